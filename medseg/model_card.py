@@ -1,0 +1,215 @@
+"""Model cards and model files.
+
+A medseg model is **one ``.safetensors`` file**: the network weights (no pickled code, so loading
+never executes anything) plus the model card as JSON in the file's metadata. The card says
+everything needed to apply the model correctly: network config, label names, target spacing,
+intensity normalisation, patch size, and how it was trained (data, split, metrics, machine,
+versions). Training-resume state (optimiser, scheduler) lives in a separate file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medseg.errors import ModelError
+from medseg.networks.factory import NetworkConfig, build_network
+
+CARD_METADATA_KEY = "medseg.model_card"
+CARD_FORMAT_VERSION = 1
+
+
+@dataclass
+class NormalizationConfig:
+    """Intensity normalisation applied before the network, identical in training and inference.
+
+    Attributes:
+        scheme: ``"zscore"`` (per image, MR/microscopy), ``"ct"`` (clip to ``clip`` then
+            z-score with the dataset's foreground ``mean``/``std``), ``"scale"`` (divide by
+            ``std`` after subtracting ``mean``, fixed for e.g. uint8 EM) or ``"none"``.
+        clip: ``(low, high)`` intensity clip, for ``"ct"``.
+        mean: Dataset mean, for ``"ct"`` and ``"scale"``.
+        std: Dataset standard deviation, for ``"ct"`` and ``"scale"``.
+        nonzero: For ``"zscore"``, compute statistics over non-zero voxels only.
+    """
+
+    scheme: str = "zscore"
+    clip: tuple[float, float] | None = None
+    mean: float | None = None
+    std: float | None = None
+    nonzero: bool = False
+
+    def __post_init__(self) -> None:
+        if self.scheme not in ("zscore", "ct", "scale", "none"):
+            raise ModelError(f"unknown normalisation scheme {self.scheme!r}")
+        if self.scheme in ("ct", "scale") and (self.mean is None or not self.std):
+            raise ModelError(f"normalisation {self.scheme!r} needs mean and a non-zero std")
+        if self.clip is not None:
+            self.clip = (float(self.clip[0]), float(self.clip[1]))
+
+
+@dataclass
+class ModelCard:
+    """Everything needed to apply a model, and the record of how it was made.
+
+    Attributes:
+        name: Short name (``"hippocampus"``).
+        network: Rebuilds the network.
+        label_names: ``{class index: name}``, background (0) included.
+        target_spacing: Spacing (mm, array axis order) the model works at; ``None`` = native.
+        roi_size: Sliding-window patch size (a multiple of the network's divisor).
+        normalization: Intensity normalisation.
+        modality: Expected input modality (``"MR"``, ``"CT"``, ``"EM"``...).
+        description: Free text for users.
+        label_colors: ``{class index: (r, g, b)}`` in 0..255 for overlays and DICOM SEG.
+        training: How it was trained (dataset, split, config, metrics, history, time, machine).
+        fingerprint: Dataset fingerprint the plan was derived from.
+        versions: Library versions at training time.
+    """
+
+    name: str
+    network: NetworkConfig
+    label_names: dict[int, str]
+    roi_size: list[int]
+    normalization: NormalizationConfig = field(default_factory=NormalizationConfig)
+    target_spacing: list[float] | None = None
+    modality: str = ""
+    description: str = ""
+    label_colors: dict[int, tuple[int, int, int]] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    format_version: int = CARD_FORMAT_VERSION
+
+    @property
+    def spatial_dims(self) -> int:
+        return self.network.spatial_dims
+
+    @property
+    def num_classes(self) -> int:
+        return self.network.out_channels
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["label_names"] = {str(k): v for k, v in self.label_names.items()}
+        d["label_colors"] = {str(k): list(v) for k, v in self.label_colors.items()}
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelCard:
+        try:
+            d = dict(d)
+            version = int(d.get("format_version", CARD_FORMAT_VERSION))
+            if version > CARD_FORMAT_VERSION:
+                raise ModelError(
+                    f"model card format {version} is newer than this medseg understands "
+                    f"({CARD_FORMAT_VERSION}); upgrade medseg"
+                )
+            d["network"] = NetworkConfig.from_dict(d["network"])
+            norm = dict(d.get("normalization") or {})
+            if norm.get("clip") is not None:
+                norm["clip"] = tuple(norm["clip"])
+            d["normalization"] = NormalizationConfig(**norm)
+            d["label_names"] = {int(k): str(v) for k, v in d["label_names"].items()}
+            d["label_colors"] = {
+                int(k): tuple(int(c) for c in v) for k, v in (d.get("label_colors") or {}).items()
+            }
+            known = {f.name for f in dataclasses.fields(cls)}
+            return cls(**{k: v for k, v in d.items() if k in known})
+        except ModelError:
+            raise
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"invalid model card: {exc}") from exc
+
+    def hash(self) -> str:
+        """SHA-256 of the canonical card JSON (identifies preprocessing + labels + training)."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that shape a model's behaviour, for provenance records."""
+    import monai
+    import numpy
+
+    import medseg
+
+    return {
+        "medseg": medseg.__version__,
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def save_model(path: str | Path, model: torch.nn.Module, card: ModelCard) -> Path:
+    """Write weights + card to a ``.safetensors`` file, atomically (temp file then rename)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in _unwrap(model).state_dict().items()}
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(state, str(tmp), metadata={CARD_METADATA_KEY: card.to_json()})
+    tmp.replace(path)
+    return path
+
+
+def read_model_card(path: str | Path) -> ModelCard:
+    """Read only the card of a model file (cheap: no weights are loaded)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"model file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as exc:  # safetensors raises several types for corrupt headers
+        raise ModelError(f"{path}: not a readable .safetensors model file ({exc})") from exc
+    if CARD_METADATA_KEY not in meta:
+        raise ModelError(f"{path}: no medseg model card in the file's metadata")
+    return ModelCard.from_dict(json.loads(meta[CARD_METADATA_KEY]))
+
+
+def load_model(
+    path: str | Path, *, device: torch.device | str = "cpu"
+) -> tuple[torch.nn.Module, ModelCard]:
+    """Load a model file: rebuild the network from its card, load weights, set eval mode."""
+    from safetensors.torch import load_file
+
+    card = read_model_card(path)
+    net = build_network(card.network)
+    try:
+        state = load_file(str(path), device="cpu")
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ModelError(f"{path}: weights do not match the card's network: {exc}") from exc
+    return net.to(device).eval(), card
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The bare module inside DDP / torch.compile wrappers."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if inner is None or not isinstance(inner, torch.nn.Module):
+            return model
+        model = inner
