@@ -1,0 +1,132 @@
+"""napari readers: DICOM series folders, NIfTI and other volumes, through ``medseg.io``.
+
+A DICOM folder that holds several image series opens **every series as its own layer**, largest
+first (each with its own geometry, so series of one study overlap where they overlap in the
+patient); a folder with no DICOM file at its top level is searched recursively (a study folder
+with one sub-folder per series). A single ``.dcm`` file opens the whole series it belongs to.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom.misc import is_dicom
+
+from medseg.errors import ImageReadError
+from medseg.io.image import MedImage
+from napari_plugin._geometry import image_layer_data
+
+logger = logging.getLogger(__name__)
+
+LayerData = tuple[Any, dict[str, Any], str]
+ReaderFunction = Callable[[str | list[str]], list[LayerData]]
+
+#: File endings the volume reader accepts (matched case-insensitively by napari).
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+#: How many files a folder probe looks at before deciding it holds no DICOM.
+PROBE_FILES = 64
+
+
+def get_reader(path: str | list[str]) -> ReaderFunction | None:
+    """npe2 reader hook: the medseg reader if every path is a volume, DICOM file or DICOM folder.
+
+    Cheap by design (napari calls it on every open): a folder is accepted when one of its first
+    :data:`PROBE_FILES` files (searched two levels deep) has the DICOM preamble.
+    """
+    paths = [path] if isinstance(path, str | os.PathLike) else list(path)
+    if not paths or not all(_is_readable(Path(p)) for p in paths):
+        return None
+    return read_layers
+
+
+def read_layers(path: str | list[str]) -> list[LayerData]:
+    """Read each path into napari image layers with geometry and ``ImageMeta`` metadata.
+
+    Raises:
+        ImageReadError: A path cannot be read (the message names it and the problem).
+    """
+    paths = [path] if isinstance(path, str | os.PathLike) else list(path)
+    layers: list[LayerData] = []
+    for p in paths:
+        for name, image in _read_path(Path(p)):
+            layers.extend(image_layer_data(image, name=name))
+    return layers
+
+
+def _is_readable(path: Path) -> bool:
+    if path.is_dir():
+        return any(True for _ in _dicom_files(path, limit=1))
+    name = path.name.lower()
+    return name.endswith(VOLUME_SUFFIXES) or (name.endswith(".dcm") and path.is_file())
+
+
+def _dicom_files(folder: Path, *, limit: int) -> Iterator[Path]:
+    """DICOM files among the first ``PROBE_FILES`` files found up to two levels below ``folder``."""
+    seen = 0
+    for depth_glob in ("*", "*/*"):
+        for p in sorted(folder.glob(depth_glob)):
+            if seen >= PROBE_FILES or limit <= 0:
+                return
+            if p.is_file() and not p.name.startswith("."):
+                seen += 1
+                if is_dicom(p):
+                    limit -= 1
+                    yield p
+
+
+def _read_path(path: Path) -> list[tuple[str, MedImage]]:
+    from medseg.io import read_image
+
+    if path.is_dir():
+        return _read_dicom_folder(path)
+    if path.name.lower().endswith(".dcm"):
+        return [_read_series_of_file(path)]
+    return [(_volume_name(path), read_image(path))]
+
+
+def _read_dicom_folder(folder: Path) -> list[tuple[str, MedImage]]:
+    from medseg.io import list_dicom_series, read_image
+
+    series = list_dicom_series(folder, images_only=True) or list_dicom_series(
+        folder, recursive=True, images_only=True
+    )
+    if not series:
+        raise ImageReadError(f"{folder}: no DICOM image series found (searched sub-folders too)")
+    if len(series) > 1:
+        logger.info("%s holds %d image series; opening each as its own layer", folder, len(series))
+    names = [_series_name(info) for info in series]
+    out = []
+    for info, name in zip(series, names, strict=True):
+        unique = name if names.count(name) == 1 else f"{name} [{info.series_uid[-8:]}]"
+        out.append((unique, read_image(info.folder, series_uid=info.series_uid)))
+    return out
+
+
+def _read_series_of_file(path: Path) -> tuple[str, MedImage]:
+    from medseg.io import list_dicom_series, read_image
+
+    try:
+        uid = str(pydicom.dcmread(path, stop_before_pixels=True).SeriesInstanceUID)
+    except (pydicom.errors.InvalidDicomError, AttributeError, OSError) as exc:
+        raise ImageReadError(f"{path}: not a readable DICOM image file ({exc})") from exc
+    for info in list_dicom_series(path.parent, images_only=True):
+        if info.series_uid == uid:
+            return _series_name(info), read_image(path.parent, series_uid=uid)
+    raise ImageReadError(f"{path}: series {uid} is not an image series")
+
+
+def _series_name(info: Any) -> str:
+    return info.description or f"{info.folder.name} {info.modality}".strip()
+
+
+def _volume_name(path: Path) -> str:
+    name = path.name
+    for suffix in VOLUME_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
