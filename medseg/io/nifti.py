@@ -1,0 +1,140 @@
+"""NIfTI (.nii, .nii.gz) reading and writing with nibabel.
+
+nibabel's affine is RAS; :meth:`ImageMeta.from_affine` / :meth:`ImageMeta.affine_ras` convert
+to and from medseg's LPS geometry, so nothing else in medseg sees RAS.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from medseg.errors import GeometryError, ImageReadError, ImageWriteError
+from medseg.io.atomic import atomic_path
+from medseg.io.image import ImageMeta, MedImage, Provenance
+from medseg.io.validation import check_finite
+
+logger = logging.getLogger(__name__)
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def is_nifti_path(path: str | Path) -> bool:
+    """True for ``*.nii`` and ``*.nii.gz`` names (case-insensitive)."""
+    return str(path).lower().endswith(NIFTI_SUFFIXES)
+
+
+def read_nifti(path: str | Path, *, allow_channels: bool = False) -> MedImage:
+    """Read a NIfTI file as a channel-first image.
+
+    Args:
+        path: ``.nii`` or ``.nii.gz`` file.
+        allow_channels: Accept a 4D file and read its 4th axis as channels (the MSD convention
+            for multi-modal images). Otherwise a 4D file with more than one volume is an error.
+            Trailing singleton axes are always dropped.
+
+    Returns:
+        ``(C, i, j, k)`` image (``(C, i, j)`` for a 2D file) in the file's stored dtype with
+        scl_slope/scl_inter applied; geometry from nibabel's affine (sform if set, else qform).
+
+    Raises:
+        ImageReadError: Missing, empty, truncated or unreadable file; NaN/inf voxels.
+        GeometryError: 4D data where 3D is expected, or more than 4 axes.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"{path} does not exist")
+    if path.stat().st_size == 0:
+        raise ImageReadError(f"{path} is an empty (zero-byte) file")
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj)
+    except Exception as exc:  # nibabel/gzip/zlib raise many types on damaged files
+        raise ImageReadError(f"{path} cannot be read as NIfTI (truncated or corrupt?): "
+                             f"{exc}") from exc
+    shape = data.shape
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim == 5 and data.shape[3] == 1:  # ITK vector images: (x, y, z, 1, c)
+        data = data[:, :, :, 0, :]
+    if data.ndim == 4:
+        if not allow_channels:
+            raise GeometryError(
+                f"{path} is 4D (shape {shape}) but a single 3D volume is expected; split it "
+                "into 3D files, or read it with allow_channels=True to use the 4th axis as channels"
+            )
+        data = np.moveaxis(data, 3, 0)
+    elif data.ndim in (2, 3):
+        data = data[None]
+    else:
+        raise GeometryError(f"{path} has {len(shape)} axes (shape {shape}); medseg reads 2D, 3D "
+                            "or 4D (channels) NIfTI")
+    check_finite(data, source=str(path))
+    meta = ImageMeta.from_affine(
+        img.affine, ras=True,
+        provenance=Provenance(path=str(path), format="nifti"),
+    )
+    if data.ndim == 3:  # a 2D file still has a 3D affine: keep the in-plane part
+        meta = ImageMeta(spacing=meta.spacing[:2], origin=meta.origin[:2],
+                         direction=tuple(r[:2] for r in meta.direction[:2]),
+                         provenance=meta.provenance)
+    return MedImage(np.ascontiguousarray(data), meta)
+
+
+def _output_dtype(image: MedImage, dtype: str | np.dtype | None) -> np.dtype:
+    if dtype is not None:
+        return np.dtype(dtype)
+    arr = image.array
+    if arr.dtype == bool:
+        return np.dtype(np.uint8)
+    if image.meta.label_names and np.issubdtype(arr.dtype, np.integer):
+        return np.dtype(np.uint8 if arr.max(initial=0) <= 255 else np.uint16)
+    if arr.dtype == np.float64:
+        return np.dtype(np.float32)
+    return arr.dtype
+
+
+def write_nifti(image: MedImage, path: str | Path, *, dtype: str | np.dtype | None = None) -> Path:
+    """Write an image or label map as NIfTI with its exact geometry.
+
+    Both the sform and the qform are set from the image's RAS affine, with code 1 (scanner), so
+    every reader finds the same geometry. A one-channel image is written as a 3D file; several
+    channels become the 4th axis. 2D images are written as ``(x, y, 1)``.
+
+    Args:
+        image: Image or label map.
+        path: Target ``.nii`` / ``.nii.gz`` path (written atomically).
+        dtype: Output data type. Default: the array's dtype, except bool -> uint8, float64 ->
+            float32, and integer label maps (with ``label_names``) -> uint8 or uint16.
+
+    Returns:
+        The written path.
+
+    Raises:
+        ImageWriteError: Not a NIfTI file name, or values that do not fit ``dtype``.
+    """
+    path = Path(path)
+    if not is_nifti_path(path):
+        raise ImageWriteError(f"{path}: a NIfTI file name must end in .nii or .nii.gz")
+    out_dtype = _output_dtype(image, dtype)
+    arr = image.array
+    if np.issubdtype(out_dtype, np.integer) and arr.size:
+        info = np.iinfo(out_dtype)
+        lo, hi = arr.min(), arr.max()
+        if lo < info.min or hi > info.max:
+            raise ImageWriteError(f"{path}: values {lo}..{hi} do not fit {out_dtype}")
+    data = np.moveaxis(arr, 0, -1) if image.num_channels > 1 else arr[0]
+    if image.meta.ndim == 2:
+        data = data[:, :, None] if image.num_channels == 1 else data[:, :, None, :]
+    affine = image.meta.affine_ras()
+    nii = nib.Nifti1Image(np.asarray(data).astype(out_dtype, copy=False), affine)
+    nii.header.set_sform(affine, code=1)
+    nii.header.set_qform(affine, code=1)
+    nii.header.set_xyzt_units("mm", "sec")
+    with atomic_path(path) as tmp:
+        nib.save(nii, str(tmp))
+    logger.info("wrote %s (%s, %s)", path, data.shape, out_dtype)
+    return path
