@@ -1,0 +1,68 @@
+"""Find readable inputs under a folder (used by batch inference and dataset loading)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from medseg.errors import ImageReadError
+from medseg.io.dicom_scan import DicomSeriesInfo, group_series, scan_headers
+from medseg.io.image2d import is_2d_path
+from medseg.io.itk_formats import is_itk_path
+from medseg.io.nifti import is_nifti_path
+
+
+def is_dicom_file(path: str | Path) -> bool:
+    """True if the file has the DICOM preamble magic (``DICM`` at byte 128)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def is_image_file(path: str | Path) -> bool:
+    """True for a file :func:`medseg.io.read_image` can read on its own: NIfTI, NRRD/MHA,
+    PNG/TIFF/JPEG/BMP by name, or a DICOM file (by content). Hidden files are never images."""
+    path = Path(path)
+    if path.name.startswith(".") or not path.is_file():
+        return False
+    return is_nifti_path(path) or is_itk_path(path) or is_2d_path(path) or is_dicom_file(path)
+
+
+def find_image_files(root: str | Path) -> list[Path]:
+    """Non-DICOM image files (NIfTI, NRRD/MHA, PNG/TIFF, ...) under ``root``, sorted.
+
+    DICOM files are left out: find them as series with :func:`find_dicom_series`. A ``.nhdr`` /
+    ``.mhd`` header is listed, not its detached data file.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ImageReadError(f"{root} is not a folder")
+    return sorted(
+        p for p in root.rglob("*")
+        if not any(part.startswith(".") for part in p.relative_to(root).parts)
+        and p.is_file() and (is_nifti_path(p) or is_itk_path(p) or is_2d_path(p))
+    )
+
+
+def find_dicom_series(root: str | Path) -> list[DicomSeriesInfo]:
+    """Every DICOM image series under ``root``, one entry per (folder, SeriesInstanceUID).
+
+    Each folder is scanned on its own, so a series copied to two folders is found twice, and
+    each entry can be read with ``read_dicom_series(info.folder, series_uid=info.series_uid)``.
+    SEG/RTSTRUCT/SR objects are left out. Sorted by folder, then largest series first.
+
+    Raises:
+        ImageReadError: ``root`` is not a folder, or holds an empty or damaged DICOM file.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ImageReadError(f"{root} is not a folder")
+    found: list[DicomSeriesInfo] = []
+    for dirpath, dirnames, _ in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        headers = scan_headers(dirpath)
+        found.extend(s for s in group_series(headers) if s.is_image)
+    return found
