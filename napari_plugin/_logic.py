@@ -143,9 +143,15 @@ def label_volumes_ml(
         >>> label_volumes_ml(np.array([[0, 1], [1, 2]]), (2.0, 5.0, 10.0), label_ids=(3,))
         {1: 0.2, 2: 0.1, 3: 0.0}
     """
-    counts = np.bincount(np.asarray(labels).ravel().astype(np.int64, copy=False))
+    flat = np.asarray(labels).ravel()
     unit = voxel_volume_ml(spacing)
-    present = {int(v): float(c) * unit for v, c in enumerate(counts) if v != 0 and c > 0}
+    if flat.size and flat.min() >= 0 and flat.max() < 1 << 16:
+        counts = np.bincount(flat.astype(np.int64, copy=False))
+        values = np.flatnonzero(counts)
+        counts = counts[values]
+    else:  # sparse or negative label values (e.g. a layer napari made): count by sorting
+        values, counts = np.unique(flat, return_counts=True)
+    present = {int(v): float(c) * unit for v, c in zip(values, counts, strict=True) if v != 0}
     for v in label_ids:
         if v != 0:
             present.setdefault(int(v), 0.0)

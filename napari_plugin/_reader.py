@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import pydicom
 from pydicom.misc import is_dicom
 
 from medseg.errors import ImageReadError
@@ -110,14 +109,11 @@ def _read_dicom_folder(folder: Path) -> list[tuple[str, MedImage]]:
 def _read_series_of_file(path: Path) -> tuple[str, MedImage]:
     from medseg.io import list_dicom_series, read_image
 
-    try:
-        uid = str(pydicom.dcmread(path, stop_before_pixels=True).SeriesInstanceUID)
-    except (pydicom.errors.InvalidDicomError, AttributeError, OSError) as exc:
-        raise ImageReadError(f"{path}: not a readable DICOM image file ({exc})") from exc
+    target = path.resolve()
     for info in list_dicom_series(path.parent, images_only=True):
-        if info.series_uid == uid:
-            return _series_name(info), read_image(path.parent, series_uid=uid)
-    raise ImageReadError(f"{path}: series {uid} is not an image series")
+        if target in {f.resolve() for f in info.files}:
+            return _series_name(info), read_image(info.folder, series_uid=info.series_uid)
+    raise ImageReadError(f"{path}: not part of a DICOM image series in {path.parent}")
 
 
 def _series_name(info: Any) -> str:

@@ -1,0 +1,195 @@
+"""Review widget: per-label volumes, show/hide, opacity, contours, jump-to-label and saving.
+
+The logic lives in :mod:`napari_plugin._logic` (volumes, slices, colours) and
+:mod:`napari_plugin._save` (writing); this module only wires napari events and widgets to it.
+Painting itself is napari's own labels tools.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    Container,
+    FileEdit,
+    FloatSlider,
+    Label,
+    PushButton,
+    SpinBox,
+    create_widget,
+)
+from napari.layers import Labels
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QTimer
+
+from medseg.errors import MedsegError
+from napari_plugin._geometry import meta_from_layer
+from napari_plugin._layers import label_colormap, stored_label_colors, stored_label_names
+from napari_plugin._logic import label_centroid, label_colors_for, label_volumes_ml
+from napari_plugin._save import save_labels
+
+if TYPE_CHECKING:
+    import napari
+
+logger = logging.getLogger(__name__)
+
+#: Delay (ms) that groups bursts of edits into one volume recount.
+RECOUNT_DELAY_MS = 150
+
+
+class _LabelRow(Container):
+    """One label: visibility checkbox with its name, volume, opacity slider, jump button."""
+
+    def __init__(self, value: int, name: str) -> None:
+        self.value = value
+        self.visible = CheckBox(value=True, text=f"{value} {name}")
+        self.volume = Label(value="")
+        self.opacity = FloatSlider(value=1.0, min=0.0, max=1.0, step=0.05, readout=False)
+        self.jump = PushButton(text="Go")
+        self.jump.tooltip = "Jump to the slice holding the most of this label"
+        super().__init__(
+            widgets=[self.visible, self.volume, self.opacity, self.jump],
+            layout="horizontal",
+            labels=False,
+        )
+        self.margins = (0, 0, 0, 0)
+
+
+class ReviewWidget(Container):
+    """Review and correct a medseg labels layer, then save it on the source geometry."""
+
+    def __init__(self, napari_viewer: napari.Viewer) -> None:
+        self._viewer = napari_viewer
+        self.layer_box = create_widget(annotation=Labels, label="labels")
+        self.rows = Container(labels=False)
+        self.contour = SpinBox(value=0, min=0, max=10, label="contour")
+        self.contour.tooltip = "0 fills the labels; n > 0 draws n-pixel outlines"
+        self.total = Label(value="")
+        self.save_path = FileEdit(mode="w", filter="*.nii.gz *.nii *.dcm", label="save as")
+        self.save_button = PushButton(text="Save labels")
+        self.status = Label(value="")
+        super().__init__(
+            widgets=[self.layer_box, self.contour, self.rows, self.total,
+                     self.save_path, self.save_button, self.status]
+        )
+        self._layer: Labels | None = None
+        self._recount_timer = QTimer()
+        self._recount_timer.setSingleShot(True)
+        self._recount_timer.setInterval(RECOUNT_DELAY_MS)
+        self._recount_timer.timeout.connect(self.refresh_volumes)
+        self.layer_box.changed.connect(self._on_layer_changed)
+        self.contour.changed.connect(self._on_contour)
+        self.save_button.changed.connect(self.save)
+        self._on_layer_changed(self.layer_box.value)
+
+    # -- layer binding ----------------------------------------------------------------------
+    def _on_layer_changed(self, layer: Labels | None) -> None:
+        if self._layer is not None:
+            for emitter in (self._layer.events.paint, self._layer.events.data):
+                emitter.disconnect(self._schedule_recount)
+        self._layer = layer
+        if layer is not None:
+            layer.events.paint.connect(self._schedule_recount)
+            layer.events.data.connect(self._schedule_recount)
+            self.contour.value = int(layer.contour)
+        self._rebuild_rows()
+
+    def _schedule_recount(self, event: Any = None) -> None:
+        self._recount_timer.start()
+
+    def _spacing(self) -> tuple[float, ...]:
+        """Voxel spacing in mm from the stored grid (unit spacing for a non-medseg layer)."""
+        assert self._layer is not None
+        try:
+            return meta_from_layer(self._layer.metadata, layer_name=self._layer.name).spacing
+        except MedsegError:
+            return tuple(abs(float(s)) for s in self._layer.scale)
+
+    # -- rows -------------------------------------------------------------------------------
+    def _label_values(self) -> list[int]:
+        assert self._layer is not None
+        present = np.unique(np.asarray(self._layer.data))
+        named = stored_label_names(self._layer.metadata)
+        return sorted({int(v) for v in present if v != 0} | set(named))
+
+    def _rebuild_rows(self) -> None:
+        self.rows.clear()
+        if self._layer is None:
+            self.total.value = ""
+            return
+        names = stored_label_names(self._layer.metadata)
+        for value in self._label_values():
+            row = _LabelRow(value, names.get(value, f"label {value}"))
+            row.visible.changed.connect(self._apply_colormap)
+            row.opacity.changed.connect(self._apply_colormap)
+            row.jump.changed.connect(lambda *_, v=value: self.jump_to(v))
+            self.rows.append(row)
+        self._apply_colormap()
+        self.refresh_volumes()
+
+    def refresh_volumes(self) -> dict[int, float]:
+        """Recount every label's volume (mL) and show it; returns ``{label: mL}``."""
+        if self._layer is None:
+            return {}
+        shown = [row.value for row in self.rows]
+        volumes = label_volumes_ml(np.asarray(self._layer.data), self._spacing(), label_ids=shown)
+        if set(volumes) != set(shown):  # a new label value was painted
+            self._rebuild_rows()
+            return volumes
+        for row in self.rows:
+            row.volume.value = f"{volumes[row.value]:.2f} mL"
+        self.total.value = f"total {sum(volumes.values()):.2f} mL"
+        return volumes
+
+    def _apply_colormap(self, *_: Any) -> None:
+        if self._layer is None:
+            return
+        values = [row.value for row in self.rows]
+        colors = label_colors_for(values, stored_label_colors(self._layer.metadata))
+        hidden = {row.value for row in self.rows if not row.visible.value}
+        opacity = {row.value: float(row.opacity.value) for row in self.rows}
+        self._layer.colormap = label_colormap(colors, hidden=hidden, opacity=opacity)
+
+    def _on_contour(self, value: int) -> None:
+        if self._layer is not None:
+            self._layer.contour = int(value)
+
+    # -- actions ----------------------------------------------------------------------------
+    def jump_to(self, value: int) -> None:
+        """Move the slider to the slice with the most of ``value`` and centre the view on it."""
+        layer = self._layer
+        if layer is None:
+            return
+        dims = self._viewer.dims
+        offset = dims.ndim - layer.ndim
+        hidden_axes = [a - offset for a in dims.not_displayed if a >= offset]
+        axis = hidden_axes[0] if hidden_axes else 0
+        point = label_centroid(np.asarray(layer.data), value, axis=axis)
+        if point is None:
+            show_info(f"label {value} is not present in {layer.name!r}")
+            return
+        world = np.asarray(layer.data_to_world(point), dtype=float)
+        for a in dims.not_displayed:
+            if a >= offset:
+                dims.set_point(a, world[a - offset])
+        self._viewer.camera.center = tuple(world[a - offset] for a in dims.displayed)
+        layer.selected_label = value
+
+    def save(self, *_: Any) -> None:
+        """Save the selected layer to the path in the file box (NIfTI or DICOM SEG)."""
+        if self._layer is None:
+            self.status.value = "no labels layer selected"
+            return
+        path = self.save_path.value
+        try:
+            written = save_labels(path, self._layer.data, self._layer.metadata,
+                                  layer_name=self._layer.name)
+        except MedsegError as exc:
+            self.status.value = f"not saved: {exc}"
+            show_error(str(exc))
+            return
+        self.status.value = f"saved {written.name}"
+        show_info(f"saved {self._layer.name!r} to {written}")

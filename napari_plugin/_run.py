@@ -1,0 +1,180 @@
+"""One segmentation run, without Qt: capture the request, run the engine, build the result layer.
+
+A :class:`SegmentRequest` is taken on the GUI thread when the user presses *Run*: it holds the
+image layer itself and a *copy* of its voxels and grid, so nothing the user does afterwards
+(switching, editing, re-scaling or deleting layers) can change what is segmented or where the
+result is placed. :func:`run_request` then runs in a worker thread, and
+:func:`result_layer_data` builds the labels layer on the captured grid.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from medseg.errors import GeometryError, ModelError
+from medseg.io.image import ImageMeta, MedImage
+from napari_plugin._geometry import (
+    META_KEY,
+    SHAPE_KEY,
+    from_layer_array,
+    meta_from_layer,
+    meta_from_world_transform,
+)
+from napari_plugin._layers import LayerData, labels_layer_data
+from napari_plugin._logic import model_display_name, result_layer_name
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How to run the engine: the model and its inference settings.
+
+    Attributes:
+        model: Shipped model name or path of a ``.safetensors`` model file.
+        device: ``None`` (engine picks), ``"cpu"`` or ``"cuda"``.
+        overlap: Sliding-window overlap in ``[0, 1)``.
+        tta: Mirror test-time augmentation.
+    """
+
+    model: str
+    device: str | None = None
+    overlap: float = 0.5
+    tta: bool = False
+
+
+@dataclass(frozen=True)
+class SegmentRequest:
+    """Everything a run needs, frozen at the moment *Run* was pressed.
+
+    Attributes:
+        layer: The napari image layer the result belongs to.
+        layer_name: Its name at capture time (used to name the result).
+        image: A copy of its voxels on its grid, ``(1, i, j, k)``.
+        options: Engine settings.
+    """
+
+    layer: Any
+    layer_name: str
+    image: MedImage
+    options: EngineOptions
+
+    @property
+    def result_name(self) -> str:
+        return result_layer_name(self.layer_name, model_display_name(self.options.model))
+
+
+def layer_grid(layer: Any) -> ImageMeta:
+    """The medseg grid of an image layer: the stored one, or one derived from its transform.
+
+    A layer opened by the medseg reader carries its ``ImageMeta``; any other layer's grid is
+    derived from its napari ``scale``/``translate``/``affine`` (so a plain numpy layer with
+    a physical ``scale`` is segmented at that spacing).
+    """
+    if layer.metadata.get(META_KEY):
+        return meta_from_layer(layer.metadata, layer_name=layer.name)
+    return meta_from_world_transform(layer.data_to_world, layer.ndim)
+
+
+def capture_request(layer: Any, options: EngineOptions) -> SegmentRequest:
+    """Snapshot an image layer for a run (GUI thread).
+
+    Raises:
+        GeometryError: The layer is RGB, multiscale, not 2D/3D, or does not fit its stored grid.
+    """
+    name = str(layer.name)
+    if getattr(layer, "rgb", False) or getattr(layer, "multiscale", False):
+        raise GeometryError(f"layer {name!r} is RGB or multiscale; medseg segments one "
+                            "grey-level 2D or 3D image")
+    if layer.ndim not in (2, 3):
+        raise GeometryError(f"layer {name!r} has {layer.ndim} axes; medseg segments 2D or 3D "
+                            "images (split channels or time points into separate layers)")
+    array = from_layer_array(np.array(layer.data, copy=True))
+    meta = layer_grid(layer)
+    stored_shape = layer.metadata.get(SHAPE_KEY)
+    if stored_shape is not None and list(array.shape) != list(stored_shape):
+        raise GeometryError(f"layer {name!r} has shape {array.shape} (i, j, k) but its medseg "
+                            f"grid was read with shape {tuple(stored_shape)}")
+    return SegmentRequest(layer=layer, layer_name=name, image=MedImage(array[None], meta),
+                          options=options)
+
+
+class SegmenterCache:
+    """Keeps the last loaded engine, so repeated runs with one model load it once.
+
+    Thread-safe: loading happens in the worker thread while the GUI stays responsive.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._key: EngineOptions | None = None
+        self._segmenter: Any = None
+
+    def get(self, options: EngineOptions) -> Any:
+        """The engine for ``options`` (loaded on first use, or when the options change)."""
+        from medseg.inference import Segmenter
+
+        with self._lock:
+            if self._key != options:
+                self._segmenter = None  # free the previous model before loading the next
+                self._segmenter = Segmenter.from_file(
+                    options.model, device=options.device, overlap=options.overlap,
+                    tta=options.tta,
+                )
+                self._key = options
+            return self._segmenter
+
+
+def run_request(
+    request: SegmentRequest,
+    cache: SegmenterCache,
+    *,
+    progress: Progress | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> Any:
+    """Run the engine on the captured image (worker thread); returns its ``Prediction``.
+
+    Raises:
+        CancelledError: ``should_cancel()`` turned true.
+        ModelError: The model cannot be loaded or applied.
+    """
+    segmenter = cache.get(request.options)
+    prediction = segmenter.predict(request.image, progress=progress, should_cancel=should_cancel)
+    labels = prediction.labels
+    if labels.spatial_shape != request.image.spatial_shape or not labels.meta.same_grid(
+        request.image.meta
+    ):
+        raise ModelError(f"the engine returned labels of shape {labels.spatial_shape} off the "
+                         f"grid of {request.layer_name!r} (shape {request.image.spatial_shape})")
+    return prediction
+
+
+def model_label_info(model: str) -> tuple[dict[int, str], dict[int, tuple[int, int, int]]]:
+    """Label names and colours from a model's card (cheap: the weights are not read)."""
+    from medseg.model_card import read_model_card
+    from medseg.models import resolve_model
+
+    card = read_model_card(resolve_model(model))
+    return dict(card.label_names), dict(card.label_colors)
+
+
+def result_layer_data(request: SegmentRequest, prediction: Any) -> LayerData:
+    """The labels layer of a finished run, placed on the *captured* grid of its image."""
+    names, colors = model_label_info(request.options.model)
+    labels = MedImage(prediction.labels.array, request.image.meta)
+    return labels_layer_data(
+        labels,
+        name=request.result_name,
+        label_names=names,
+        label_colors=colors,
+        source_layer=request.layer_name,
+        model=request.options.model,
+    )

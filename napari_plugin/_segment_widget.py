@@ -1,0 +1,188 @@
+"""Segment widget: pick an image and a model, run it in a worker thread with progress and cancel.
+
+The GUI thread only captures the request (:func:`napari_plugin._run.capture_request`) and adds
+the result; loading the model and the sliding-window inference run in a napari worker thread.
+The engine's ``progress(done, total)`` callback is relayed to the progress bar through a Qt
+signal (queued across threads), and *Cancel* sets an event the engine polls via
+``should_cancel``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING, Any
+
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    ProgressBar,
+    PushButton,
+    create_widget,
+)
+from napari.layers import Image
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QObject, Signal
+
+from medseg.errors import CancelledError, MedsegError, ModelError
+from napari_plugin._logic import AUTO_DEVICE, DEVICE_CHOICES, resolve_device
+from napari_plugin._run import (
+    EngineOptions,
+    SegmenterCache,
+    SegmentRequest,
+    capture_request,
+    result_layer_data,
+    run_request,
+)
+
+if TYPE_CHECKING:
+    import napari
+
+logger = logging.getLogger(__name__)
+
+#: Model-box entry meaning "use the checkpoint file chosen below".
+CHECKPOINT_CHOICE = "checkpoint file..."
+
+
+class _ProgressRelay(QObject):
+    """Carries ``progress(done, total)`` from the worker thread to the GUI thread."""
+
+    progress = Signal(int, int)
+
+
+def shipped_models() -> list[str]:
+    """Names of the models that ship with medseg (empty if none are installed)."""
+    from medseg.models import list_models
+
+    return [str(getattr(m, "name", m)) for m in list_models()]
+
+
+def chosen_model(choice: str, checkpoint: str) -> str:
+    """The model to load from the model box and the checkpoint field.
+
+    Raises:
+        ModelError: The checkpoint entry is chosen but no ``.safetensors`` file is given.
+    """
+    if choice != CHECKPOINT_CHOICE:
+        return choice
+    if not checkpoint or not checkpoint.endswith(".safetensors"):
+        raise ModelError(f"choose a .safetensors model file (got {checkpoint or 'nothing'!r})")
+    return checkpoint
+
+
+class SegmentWidget(Container):
+    """Run a medseg model on an image layer; the result is a labels layer tied to that image."""
+
+    def __init__(self, napari_viewer: napari.Viewer) -> None:
+        self._viewer = napari_viewer
+        self.image_box = create_widget(annotation=Image, label="image")
+        self.model_box = ComboBox(label="model", choices=[*shipped_models(), CHECKPOINT_CHOICE])
+        self.checkpoint = FileEdit(mode="r", filter="*.safetensors", label="checkpoint")
+        self.device_box = ComboBox(label="device", choices=list(DEVICE_CHOICES), value=AUTO_DEVICE)
+        self.overlap = FloatSpinBox(label="overlap", value=0.5, min=0.0, max=0.9, step=0.05)
+        self.tta = CheckBox(text="test-time augmentation (mirroring)", value=False)
+        self.run_button = PushButton(text="Run")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
+        self.status = Label(value="")
+        super().__init__(widgets=[
+            self.image_box, self.model_box, self.checkpoint, self.device_box, self.overlap,
+            self.tta, self.run_button, self.cancel_button, self.progress, self.status,
+        ])
+        self._cache = SegmenterCache()
+        self._cancel_event = threading.Event()
+        self._relay = _ProgressRelay()
+        self._relay.progress.connect(self._on_progress)
+        self.worker: Any = None
+        self.model_box.changed.connect(self._sync_checkpoint_visibility)
+        self.run_button.changed.connect(self.run)
+        self.cancel_button.changed.connect(self.cancel)
+        self._sync_checkpoint_visibility()
+
+    def _sync_checkpoint_visibility(self, *_: Any) -> None:
+        self.checkpoint.visible = self.model_box.value == CHECKPOINT_CHOICE
+
+    # -- run --------------------------------------------------------------------------------
+    def _options(self) -> EngineOptions:
+        import torch
+
+        model = chosen_model(str(self.model_box.value), str(self.checkpoint.value or ""))
+        device = resolve_device(str(self.device_box.value),
+                                cuda_available=torch.cuda.is_available())
+        return EngineOptions(model=model, device=device, overlap=float(self.overlap.value),
+                             tta=bool(self.tta.value))
+
+    def run(self, *_: Any) -> None:
+        """Capture the selected image and start a worker (does nothing while one runs)."""
+        if self.worker is not None:
+            return
+        layer = self.image_box.value
+        if layer is None:
+            self._fail("no image layer selected")
+            return
+        try:
+            request = capture_request(layer, self._options())
+        except MedsegError as exc:
+            self._fail(str(exc))
+            return
+        self._cancel_event.clear()
+        self.worker = create_worker(
+            run_request, request, self._cache,
+            progress=self._relay.progress.emit, should_cancel=self._cancel_event.is_set,
+            _start_thread=False,
+        )
+        self.worker.returned.connect(lambda prediction: self._on_done(request, prediction))
+        self.worker.errored.connect(self._on_error)
+        self.worker.finished.connect(self._on_finished)
+        self._set_running(True)
+        self.status.value = f"segmenting {request.layer_name!r}..."
+        self.worker.start()
+
+    def cancel(self, *_: Any) -> None:
+        """Ask the running engine to stop at its next window."""
+        self._cancel_event.set()
+        self.status.value = "cancelling..."
+
+    # -- GUI-thread callbacks -----------------------------------------------------------------
+    def _on_progress(self, done: int, total: int) -> None:
+        self.progress.max = max(int(total), 1)
+        self.progress.value = min(int(done), self.progress.max)
+
+    def _on_done(self, request: SegmentRequest, prediction: Any) -> None:
+        try:
+            data, kwargs, _ = result_layer_data(request, prediction)
+        except MedsegError as exc:
+            self._fail(str(exc))
+            return
+        self._viewer.add_labels(data, **kwargs)
+        volumes = ", ".join(f"{k}: {v:.2f} mL" for k, v in prediction.volumes_ml.items())
+        self.status.value = f"done: {request.result_name}"
+        show_info(f"{request.result_name}: {volumes or 'no foreground'}")
+
+    def _on_error(self, exc: BaseException) -> None:
+        if isinstance(exc, CancelledError):
+            self.status.value = "cancelled"
+            return
+        message = str(exc) if isinstance(exc, MedsegError) else f"{type(exc).__name__}: {exc}"
+        if not isinstance(exc, MedsegError):
+            logger.error("segmentation failed", exc_info=exc)
+        self._fail(message)
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        self._set_running(False)
+
+    def _set_running(self, running: bool) -> None:
+        self.run_button.enabled = not running
+        self.cancel_button.enabled = running
+        if running:
+            self.progress.value = 0
+
+    def _fail(self, message: str) -> None:
+        self.status.value = f"error: {message}"
+        show_error(message)
