@@ -106,6 +106,7 @@ def write_dicom_seg(
     """
     path = Path(path)
     names = dict(label_names if label_names is not None else labels.meta.label_names)
+    datasets = _source_datasets(source, path)
     if labels.num_channels != 1 or labels.spatial_shape != source.spatial_shape \
             or not labels.meta.same_grid(source.meta):
         raise ImageWriteError(
@@ -116,7 +117,6 @@ def write_dicom_seg(
     if not np.issubdtype(labels.array.dtype, np.integer) and labels.array.dtype != bool:
         raise ImageWriteError(f"cannot write DICOM SEG {path}: labels must be integers, got "
                               f"{labels.array.dtype}")
-    datasets = _source_datasets(source, path)
     numbers = _segment_numbers(labels, names, path)
     lut = np.zeros(int(labels.array.max(initial=0)) + 1, dtype=np.uint8)
     for value, number in numbers.items():
