@@ -44,17 +44,14 @@ class _LabelRow(Container):
     """One label: visibility checkbox with its name, volume, opacity slider, jump button."""
 
     def __init__(self, value: int, name: str) -> None:
+        super().__init__(layout="horizontal", labels=False)
         self.value = value
-        self.visible = CheckBox(value=True, text=f"{value} {name}")
+        self.shown = CheckBox(value=True, text=f"{value} {name}")
         self.volume = Label(value="")
         self.opacity = FloatSlider(value=1.0, min=0.0, max=1.0, step=0.05, readout=False)
         self.jump = PushButton(text="Go")
         self.jump.tooltip = "Jump to the slice holding the most of this label"
-        super().__init__(
-            widgets=[self.visible, self.volume, self.opacity, self.jump],
-            layout="horizontal",
-            labels=False,
-        )
+        self.extend([self.shown, self.volume, self.opacity, self.jump])
         self.margins = (0, 0, 0, 0)
 
 
@@ -62,6 +59,7 @@ class ReviewWidget(Container):
     """Review and correct a medseg labels layer, then save it on the source geometry."""
 
     def __init__(self, napari_viewer: napari.Viewer) -> None:
+        super().__init__()
         self._viewer = napari_viewer
         self.layer_box = create_widget(annotation=Labels, label="labels")
         self.rows = Container(labels=False)
@@ -71,10 +69,8 @@ class ReviewWidget(Container):
         self.save_path = FileEdit(mode="w", filter="*.nii.gz *.nii *.dcm", label="save as")
         self.save_button = PushButton(text="Save labels")
         self.status = Label(value="")
-        super().__init__(
-            widgets=[self.layer_box, self.contour, self.rows, self.total,
-                     self.save_path, self.save_button, self.status]
-        )
+        self.extend([self.layer_box, self.contour, self.rows, self.total,
+                     self.save_path, self.save_button, self.status])
         self._layer: Labels | None = None
         self._recount_timer = QTimer()
         self._recount_timer.setSingleShot(True)
@@ -123,7 +119,7 @@ class ReviewWidget(Container):
         names = stored_label_names(self._layer.metadata)
         for value in self._label_values():
             row = _LabelRow(value, names.get(value, f"label {value}"))
-            row.visible.changed.connect(self._apply_colormap)
+            row.shown.changed.connect(self._apply_colormap)
             row.opacity.changed.connect(self._apply_colormap)
             row.jump.changed.connect(lambda *_, v=value: self.jump_to(v))
             self.rows.append(row)
@@ -149,7 +145,7 @@ class ReviewWidget(Container):
             return
         values = [row.value for row in self.rows]
         colors = label_colors_for(values, stored_label_colors(self._layer.metadata))
-        hidden = {row.value for row in self.rows if not row.visible.value}
+        hidden = {row.value for row in self.rows if not row.shown.value}
         opacity = {row.value: float(row.opacity.value) for row in self.rows}
         self._layer.colormap = label_colormap(colors, hidden=hidden, opacity=opacity)
 

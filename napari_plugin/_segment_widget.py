@@ -79,6 +79,7 @@ class SegmentWidget(Container):
     """Run a medseg model on an image layer; the result is a labels layer tied to that image."""
 
     def __init__(self, napari_viewer: napari.Viewer) -> None:
+        super().__init__()
         self._viewer = napari_viewer
         self.image_box = create_widget(annotation=Image, label="image")
         self.model_box = ComboBox(label="model", choices=[*shipped_models(), CHECKPOINT_CHOICE])
@@ -90,7 +91,7 @@ class SegmentWidget(Container):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
         self.status = Label(value="")
-        super().__init__(widgets=[
+        self.extend([
             self.image_box, self.model_box, self.checkpoint, self.device_box, self.overlap,
             self.tta, self.run_button, self.cancel_button, self.progress, self.status,
         ])
