@@ -154,13 +154,15 @@ def library_versions() -> dict[str, str]:
 
 def save_model(path: str | Path, model: torch.nn.Module, card: ModelCard) -> Path:
     """Write weights + card to a ``.safetensors`` file, atomically (temp file then rename)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save_model as save_safetensors_model
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in _unwrap(model).state_dict().items()}
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file(state, str(tmp), metadata={CARD_METADATA_KEY: card.to_json()})
+    # DynUNet registers some modules twice (skip_layers alias downsamples/upsamples), and
+    # safetensors' save_file refuses shared tensors; its save_model/load_model drop and restore
+    # the aliases.
+    save_safetensors_model(_unwrap(model), str(tmp), metadata={CARD_METADATA_KEY: card.to_json()})
     tmp.replace(path)
     return path
 
@@ -186,13 +188,12 @@ def load_model(
     path: str | Path, *, device: torch.device | str = "cpu"
 ) -> tuple[torch.nn.Module, ModelCard]:
     """Load a model file: rebuild the network from its card, load weights, set eval mode."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load_model as load_safetensors_model
 
     card = read_model_card(path)
     net = build_network(card.network)
     try:
-        state = load_file(str(path), device="cpu")
-        net.load_state_dict(state, strict=True)
+        load_safetensors_model(net, str(path), strict=True, device="cpu")
     except RuntimeError as exc:
         raise ModelError(f"{path}: weights do not match the card's network: {exc}") from exc
     return net.to(device).eval(), card

@@ -1,0 +1,256 @@
+"""Typed training configuration, loaded from YAML/JSON and validated at the edge.
+
+Every option left as ``None`` is filled from the dataset fingerprint by
+:func:`medseg.training.plan.resolve_plan`; a value given here overrides the plan.
+No code lives in config strings: every field is a plain number, string or list.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medseg.errors import ConfigError
+
+SOURCES = ("msd", "dicom", "folder2d", "manifest")
+
+
+@dataclass
+class DataConfig:
+    """Where the data is and how to split it.
+
+    Attributes:
+        source: ``"msd"`` (dataset.json + imagesTr/labelsTr), ``"dicom"`` (one folder per case
+            holding a DICOM series and a label map), ``"folder2d"`` (image/ and label/ folders of
+            PNG/TIFF), or ``"manifest"`` (CSV/JSON list of image/label pairs).
+        path: Dataset root folder (or the manifest file).
+        image_dir: For ``folder2d``: the image sub-folder.
+        label_dir: For ``folder2d``: the label sub-folder.
+        label_values: Raw label value -> class index (e.g. ``{0: 1, 255: 0}`` to make ISBI's
+            membrane class 1); ``None`` keeps values as they are.
+        label_names: ``{class: name}``; ``None`` takes them from dataset.json or numbers them.
+        modality: ``"MR"``, ``"CT"``, ``"EM"``...; ``None`` reads it from the dataset.
+        val_cases: Explicit held-out case ids; else a seeded ``val_fraction`` split.
+        val_fraction: Fraction of cases held out when ``val_cases`` is not given.
+        max_cases: Use only the first N cases (smoke tests).
+    """
+
+    source: str
+    path: str
+    image_dir: str = "image"
+    label_dir: str = "label"
+    label_values: dict[int, int] | None = None
+    label_names: dict[int, str] | None = None
+    modality: str | None = None
+    val_cases: list[str] | None = None
+    val_fraction: float = 0.2
+    max_cases: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise ConfigError(f"data.source must be one of {SOURCES}, got {self.source!r}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.label_values is not None:
+            self.label_values = {int(k): int(v) for k, v in self.label_values.items()}
+        if self.label_names is not None:
+            self.label_names = {int(k): str(v) for k, v in self.label_names.items()}
+
+
+@dataclass
+class AugmentConfig:
+    """Batched on-the-fly augmentation (see :mod:`medseg.training.augment`).
+
+    Attributes:
+        flip_axes: Spatial axes randomly mirrored (each with probability 0.5).
+        rot90: Random multiples of 90 degrees in the plane of the first two axes (2D EM).
+        rotation_deg: Maximum random rotation (degrees) about each axis.
+        scale: ``(min, max)`` random isotropic zoom.
+        affine_prob: Probability that a sample gets the random rotation/zoom.
+        elastic_prob: Probability of an elastic deformation (U-Net style, 2D EM).
+        elastic_sigma: Smoothness of the displacement field (fraction of the patch size).
+        elastic_magnitude: Displacement amplitude (voxels).
+        gamma: ``(min, max)`` random gamma on the min-max rescaled intensities.
+        intensity_scale: ``(min, max)`` random multiplicative brightness.
+        noise_std: Maximum standard deviation of additive Gaussian noise.
+        intensity_prob: Probability of each intensity augmentation.
+    """
+
+    flip_axes: list[int] = field(default_factory=list)
+    rot90: bool = False
+    rotation_deg: float = 0.0
+    scale: tuple[float, float] = (1.0, 1.0)
+    affine_prob: float = 0.0
+    elastic_prob: float = 0.0
+    elastic_sigma: float = 0.08
+    elastic_magnitude: float = 0.0
+    gamma: tuple[float, float] = (1.0, 1.0)
+    intensity_scale: tuple[float, float] = (1.0, 1.0)
+    noise_std: float = 0.0
+    intensity_prob: float = 0.15
+
+    def __post_init__(self) -> None:
+        self.scale = (float(self.scale[0]), float(self.scale[1]))
+        self.gamma = (float(self.gamma[0]), float(self.gamma[1]))
+        self.intensity_scale = (float(self.intensity_scale[0]), float(self.intensity_scale[1]))
+        for name in ("affine_prob", "elastic_prob", "intensity_prob"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise ConfigError(f"augment.{name} must be a probability, got {v}")
+
+
+@dataclass
+class TrainConfig:
+    """A full training run. ``None`` means "derive from the dataset fingerprint".
+
+    Attributes:
+        name: Model name (also the file stem of the exported model).
+        data: Dataset and split.
+        output_dir: Run folder (checkpoints, metrics.csv, TensorBoard events, config).
+        seed: Seed of every random choice (split, sampling, augmentation, weights).
+        spatial_dims: 2 or 3.
+        target_spacing: Training spacing (mm); cases are resampled to it once, up front.
+        normalization: ``"zscore"`` or ``"ct"``; ``None`` picks from the modality.
+        patch_size: Training/validation window.
+        batch_size: Samples per iteration.
+        base_filters: Features at full resolution (doubled per level up to ``max_filters``).
+        max_filters: Feature cap.
+        deep_supervision: Loss on lower-resolution decoder outputs too.
+        foreground_prob: Probability that a patch is centred on a random foreground voxel.
+        optimizer: ``"sgd"`` (Nesterov, nnU-Net) or ``"adamw"``.
+        lr: Initial learning rate.
+        momentum: SGD momentum.
+        weight_decay: Weight decay.
+        lr_schedule: ``"poly"`` (exponent 0.9) or ``"cosine"``, over the run's progress
+            (iterations or time budget, whichever ends first).
+        warmup_iters: Linear warm-up iterations.
+        epochs: Maximum epochs.
+        iters_per_epoch: Iterations per epoch.
+        time_budget_min: Stop after this many minutes (whole run) and keep best; ``None`` off.
+        val_every: Validate every N epochs (and always at the end).
+        val_overlap: Sliding-window overlap at validation.
+        val_tta: Mirror test-time augmentation at validation.
+        amp: ``"auto"`` (bf16 on CPUs that have it, bf16/fp16 on CUDA), ``"bf16"``,
+            ``"fp16"`` or ``"off"``.
+        device: ``None`` picks CUDA when present, else CPU.
+        num_threads: Torch CPU threads (``None`` = torch's default).
+        augment: Augmentation settings.
+    """
+
+    name: str
+    data: DataConfig
+    output_dir: str = "runs/train"
+    seed: int = 0
+    spatial_dims: int | None = None
+    target_spacing: list[float] | None = None
+    normalization: str | None = None
+    patch_size: list[int] | None = None
+    batch_size: int | None = None
+    base_filters: int = 16
+    max_filters: int = 256
+    deep_supervision: bool = True
+    foreground_prob: float = 0.33
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.99
+    weight_decay: float = 3e-5
+    lr_schedule: str = "poly"
+    warmup_iters: int = 0
+    epochs: int = 100
+    iters_per_epoch: int = 100
+    time_budget_min: float | None = None
+    val_every: int = 5
+    val_overlap: float = 0.5
+    val_tta: bool = False
+    amp: str = "auto"
+    device: str | None = None
+    num_threads: int | None = None
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ConfigError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
+        if self.lr_schedule not in ("poly", "cosine"):
+            raise ConfigError(f"lr_schedule must be 'poly' or 'cosine', got {self.lr_schedule!r}")
+        if self.amp not in ("auto", "bf16", "fp16", "off"):
+            raise ConfigError(f"amp must be auto, bf16, fp16 or off, got {self.amp!r}")
+        if self.spatial_dims not in (None, 2, 3):
+            raise ConfigError(f"spatial_dims must be 2 or 3, got {self.spatial_dims}")
+        if self.normalization not in (None, "zscore", "ct"):
+            raise ConfigError(f"normalization must be 'zscore' or 'ct', got {self.normalization!r}")
+        for name in ("epochs", "iters_per_epoch", "val_every"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        for key in ("label_values", "label_names"):
+            if d["data"][key] is not None:
+                d["data"][key] = {str(k): v for k, v in d["data"][key].items()}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], *, source: str = "config") -> TrainConfig:
+        """Build and validate from plain data, rejecting unknown keys (typos)."""
+        d = dict(d)
+        try:
+            data = _strict(DataConfig, d.pop("data"), f"{source}: data")
+            augment = _strict(AugmentConfig, d.pop("augment", None) or {}, f"{source}: augment")
+        except KeyError as exc:
+            raise ConfigError(f"{source}: missing section {exc}") from exc
+        return _strict(cls, {**d, "data": data, "augment": augment}, source)
+
+
+def _strict(kind: type, values: dict[str, Any], where: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
+    known = {f.name for f in dataclasses.fields(kind)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown option(s) {unknown}")
+    try:
+        return kind(**values)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+def load_config(path: str | Path, *, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Read a YAML or JSON training config (relative paths resolve against the working directory).
+
+    Args:
+        path: Config file.
+        overrides: Dotted keys to replace, e.g. ``{"data.max_cases": 10}``.
+    """
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML/JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    for key, value in (overrides or {}).items():
+        _set_dotted(raw, key, value)
+    return TrainConfig.from_dict(raw, source=str(path))
+
+
+def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    for p in parts[:-1]:
+        d = d.setdefault(p, {})
+    d[parts[-1]] = value
+
+
+def save_config(config: TrainConfig, path: str | Path) -> Path:
+    """Write the resolved config as JSON (atomically)."""
+    from medseg.io.atomic import atomic_write_text
+
+    return atomic_write_text(path, json.dumps(config.to_dict(), indent=2, sort_keys=True))

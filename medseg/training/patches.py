@@ -1,0 +1,96 @@
+"""Foreground-aware patch sampling with mirror (reflection) padding.
+
+As in the U-Net overlap-tile strategy, wherever a patch reaches past the image border the
+missing context is the image reflected at that border. Patches larger than the image (whole-
+volume training on small crops such as MSD Hippocampus) get a random offset and are filled by
+reflection on every side. Hand-written because MONAI's crop transforms pad with a constant or
+need per-sample dict pipelines; here one index gather per axis does crop and reflection at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from medseg.training.dataset import PreparedCase
+
+
+def reflect_indices(start: int, size: int, length: int) -> torch.Tensor:
+    """Indices ``start .. start+size-1`` folded back into ``0 .. length-1`` by reflection.
+
+    Reflection excludes the edge voxel (like ``numpy.pad(mode="reflect")``) and repeats as
+    often as needed, so any offset is valid.
+
+    Examples:
+        >>> reflect_indices(-2, 7, 3).tolist()
+        [2, 1, 0, 1, 2, 1, 0]
+    """
+    idx = torch.arange(start, start + size)
+    if length == 1:
+        return torch.zeros_like(idx)
+    period = 2 * (length - 1)
+    idx = idx.remainder(period)
+    return torch.where(idx >= length, period - idx, idx)
+
+
+def crop_reflect(array: torch.Tensor, start: Sequence[int], size: Sequence[int]) -> torch.Tensor:
+    """Crop ``(C, *spatial)`` at ``start`` with ``size``, reflecting outside the array."""
+    out = array
+    for axis, (s, n) in enumerate(zip(start, size, strict=True)):
+        out = out.index_select(axis + 1, reflect_indices(int(s), int(n), array.shape[axis + 1]))
+    return out
+
+
+class PatchSampler:
+    """Draw training batches of patches from prepared cases.
+
+    Args:
+        cases: Training cases (tensors in memory).
+        patch_size: Spatial patch size.
+        foreground_prob: Probability that a patch is centred on a voxel of a random class
+            present in the case (class balance for small structures).
+        generator: The run's random generator (all sampling randomness comes from it, so a
+            resumed run continues the same sequence).
+    """
+
+    def __init__(self, cases: Sequence[PreparedCase], patch_size: Sequence[int], *,
+                 foreground_prob: float, generator: torch.Generator) -> None:
+        self.cases = list(cases)
+        self.patch_size = [int(p) for p in patch_size]
+        self.foreground_prob = float(foreground_prob)
+        self.generator = generator
+
+    def _randint(self, low: int, high: int) -> int:
+        """Uniform integer in ``[low, high]`` (inclusive)."""
+        return int(torch.randint(low, high + 1, (1,), generator=self.generator))
+
+    def patch_start(self, case: PreparedCase) -> list[int]:
+        """Start corner of a patch in ``case`` (may be negative: reflection fills the rest)."""
+        shape = case.image.shape[1:]
+        # Valid starts keep the patch inside the image, or the image inside the patch.
+        lows = [min(0, s - p) for s, p in zip(shape, self.patch_size, strict=True)]
+        highs = [max(0, s - p) for s, p in zip(shape, self.patch_size, strict=True)]
+        classes = sorted(case.class_locations)
+        if classes and float(torch.rand(1, generator=self.generator)) < self.foreground_prob:
+            c = classes[self._randint(0, len(classes) - 1)]
+            locs = case.class_locations[c]
+            centre = locs[self._randint(0, len(locs) - 1)].tolist()
+            return [min(max(v - p // 2, lo), hi)
+                    for v, p, lo, hi in zip(centre, self.patch_size, lows, highs, strict=True)]
+        return [self._randint(lo, hi) for lo, hi in zip(lows, highs, strict=True)]
+
+    def sample(self, case_indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch ``(image (B, C, *patch) float32, label (B, 1, *patch) int64)``."""
+        images, labels = [], []
+        for i in case_indices:
+            case = self.cases[i]
+            start = self.patch_start(case)
+            images.append(crop_reflect(case.image, start, self.patch_size))
+            labels.append(crop_reflect(case.label, start, self.patch_size))
+        return torch.stack(images), torch.stack(labels).long()
+
+    def next_batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch of random cases (with replacement)."""
+        idx = torch.randint(0, len(self.cases), (batch_size,), generator=self.generator)
+        return self.sample(idx.tolist())

@@ -1,0 +1,204 @@
+"""Dataset fingerprint and the training plan derived from it (every choice overridable).
+
+The fingerprint summarises what the plan needs (shapes, spacings, modality, intensities, labels);
+:func:`resolve_plan` turns it plus a :class:`TrainConfig` into a :class:`TrainingPlan`, the
+fully resolved settings a run uses. Both are plain data, saved beside the checkpoints and in the
+model card.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from medseg.errors import ConfigError, DatasetError
+from medseg.model_card import NormalizationConfig
+from medseg.networks.factory import NetworkConfig, plan_network
+from medseg.training.config import TrainConfig
+from medseg.training.dataset import RawCase
+
+# Voxels per batch that keep one step around a second on a CPU / that fit a GPU comfortably.
+CPU_BATCH_VOXELS = 400_000
+GPU_BATCH_VOXELS_PER_GB = 1_000_000
+MAX_PATCH_VOXELS = {2: 512 * 512, 3: 128 * 128 * 128}
+
+
+@dataclass
+class Fingerprint:
+    """What the plan is derived from.
+
+    Attributes:
+        num_cases: Cases in the dataset.
+        spatial_dims: 2 or 3.
+        in_channels: Image channels.
+        median_shape: Median spatial shape (voxels).
+        max_shape: Largest spatial size per axis.
+        median_spacing: Median spacing (mm).
+        modality: Declared or configured modality.
+        label_values: Class values found in the labels.
+        foreground_percentiles: 0.5 / 50 / 99.5 intensity percentiles inside the labels.
+        foreground_mean: Mean intensity inside the labels.
+        foreground_std: Standard deviation inside the labels.
+    """
+
+    num_cases: int
+    spatial_dims: int
+    in_channels: int
+    median_shape: list[int]
+    max_shape: list[int]
+    median_spacing: list[float]
+    modality: str
+    label_values: list[int]
+    foreground_percentiles: list[float]
+    foreground_mean: float
+    foreground_std: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def compute_fingerprint(cases: Sequence[RawCase], *, modality: str | None = None,
+                        seed: int = 0) -> Fingerprint:
+    """Summarise a list of validated cases (intensities sampled, at most 10k voxels per case)."""
+    if not cases:
+        raise DatasetError("cannot fingerprint an empty dataset")
+    dims = {c.image.meta.ndim for c in cases}
+    chans = {c.image.num_channels for c in cases}
+    if len(dims) != 1 or len(chans) != 1:
+        raise DatasetError(f"cases mix dimensions {sorted(dims)} / channel counts {sorted(chans)}")
+    rng = np.random.default_rng(seed)
+    shapes = np.array([c.image.spatial_shape for c in cases])
+    spacings = np.array([c.image.meta.spacing for c in cases])
+    samples, values = [], set()
+    for c in cases:
+        lab = np.asarray(c.label.array[0])
+        values.update(int(v) for v in np.unique(lab))
+        fg = np.asarray(c.image.array[0], dtype=np.float64)[lab > 0]
+        if fg.size > 10000:
+            fg = rng.choice(fg, 10000, replace=False)
+        samples.append(fg)
+    fg_all = np.concatenate(samples) if samples else np.zeros(1)
+    if fg_all.size == 0:
+        fg_all = np.zeros(1)
+    return Fingerprint(
+        num_cases=len(cases),
+        spatial_dims=dims.pop(),
+        in_channels=chans.pop(),
+        median_shape=[int(v) for v in np.median(shapes, axis=0)],
+        max_shape=[int(v) for v in shapes.max(axis=0)],
+        median_spacing=[float(v) for v in np.median(spacings, axis=0)],
+        modality=(modality or "").upper(),
+        label_values=sorted(values),
+        foreground_percentiles=[float(v) for v in np.percentile(fg_all, [0.5, 50, 99.5])],
+        foreground_mean=float(fg_all.mean()),
+        foreground_std=float(fg_all.std()),
+    )
+
+
+@dataclass
+class TrainingPlan:
+    """The resolved settings of a run (config overrides applied to the fingerprint's plan)."""
+
+    spatial_dims: int
+    target_spacing: list[float] | None
+    normalization: NormalizationConfig
+    patch_size: list[int]
+    batch_size: int
+    label_names: dict[int, str]
+    network: NetworkConfig
+    modality: str
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_names)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["label_names"] = {str(k): v for k, v in self.label_names.items()}
+        return d
+
+
+def default_normalization(fp: Fingerprint) -> NormalizationConfig:
+    """CT: clip to the foreground 0.5/99.5 percentiles, z-score with dataset statistics.
+    Everything else (MR, microscopy, EM): per-image z-score."""
+    if fp.modality == "CT":
+        lo, _, hi = fp.foreground_percentiles
+        return NormalizationConfig(scheme="ct", clip=(lo, hi), mean=fp.foreground_mean,
+                                   std=max(fp.foreground_std, 1e-3))
+    return NormalizationConfig(scheme="zscore")
+
+
+def default_patch_size(shape: Sequence[int], divisor: int = 8, *, spatial_dims: int) -> list[int]:
+    """The median shape rounded up to ``divisor`` (whole-image patches), shrunk to the cap."""
+    patch = [max(divisor, int(math.ceil(s / divisor)) * divisor) for s in shape]
+    while math.prod(patch) > MAX_PATCH_VOXELS[spatial_dims]:
+        i = int(np.argmax(patch))
+        patch[i] = max(divisor, patch[i] - divisor)
+    return patch
+
+
+def default_batch_size(patch: Sequence[int], *, device_type: str,
+                       memory_gb: float | None = None) -> int:
+    """Fill a voxel budget set by the device (compute on CPU, memory on GPU), from 2 to 32."""
+    budget = CPU_BATCH_VOXELS if device_type == "cpu" else \
+        GPU_BATCH_VOXELS_PER_GB * max(1.0, (memory_gb or 8.0) * 0.5)
+    return int(min(32, max(2, budget // math.prod(patch))))
+
+
+def resolve_plan(config: TrainConfig, fp: Fingerprint, *, label_names: dict[int, str] | None,
+                 device_type: str, memory_gb: float | None = None) -> TrainingPlan:
+    """Apply ``config``'s overrides to the plan derived from ``fp``."""
+    dims = config.spatial_dims or fp.spatial_dims
+    if dims != fp.spatial_dims:
+        raise ConfigError(f"spatial_dims {dims} does not match the {fp.spatial_dims}D dataset")
+    names = config.data.label_names or label_names
+    if not names:
+        names = {v: ("background" if v == 0 else f"label_{v}")
+                 for v in range(max(fp.label_values) + 1)}
+    names = {int(k): str(v) for k, v in sorted(names.items())}
+    if sorted(names) != list(range(len(names))):
+        raise ConfigError(
+            f"label names must cover classes 0..N-1 without gaps, got {sorted(names)}")
+    outside = [v for v in fp.label_values if v not in names]
+    if outside:
+        raise DatasetError(f"labels hold values {outside} that have no label name ({names})")
+    spacing = config.target_spacing or fp.median_spacing
+    if len(spacing) != dims:
+        raise ConfigError(f"target_spacing {spacing} must have {dims} entries")
+    shape = [int(round(s * sp / t))
+             for s, sp, t in zip(fp.median_shape, fp.median_spacing, spacing, strict=True)]
+    if config.normalization == "zscore":
+        norm = NormalizationConfig(scheme="zscore")
+    elif config.normalization == "ct":
+        norm = default_normalization(dataclasses.replace(fp, modality="CT"))
+    else:
+        norm = default_normalization(fp)
+    patch = list(config.patch_size) if config.patch_size else \
+        default_patch_size(shape, 8 if dims == 3 else 16, spatial_dims=dims)
+    if len(patch) != dims:
+        raise ConfigError(f"patch_size {patch} must have {dims} entries")
+    network = plan_network(
+        spatial_dims=dims, in_channels=fp.in_channels, out_channels=len(names),
+        patch_size=patch, spacing=spacing, base_filters=config.base_filters,
+        max_filters=config.max_filters, deep_supervision=config.deep_supervision,
+    )
+    bad = [p for p, d in zip(patch, network.divisor, strict=True) if p % d]
+    if bad:
+        raise ConfigError(f"patch_size {patch} must be a multiple of {network.divisor}")
+    batch = config.batch_size or default_batch_size(patch, device_type=device_type,
+                                                    memory_gb=memory_gb)
+    return TrainingPlan(
+        spatial_dims=dims,
+        target_spacing=[float(s) for s in spacing],
+        normalization=norm,
+        patch_size=patch,
+        batch_size=batch,
+        label_names=names,
+        network=network,
+        modality=fp.modality,
+    )

@@ -1,0 +1,108 @@
+"""Where and how a run executes: device, mixed precision, distributed rank, seeds.
+
+Picked once at the edge (never ``"cuda"`` as a default inside the library). Distributed runs
+(torchrun) set ``RANK``/``WORLD_SIZE``; only rank 0 logs, shows progress and writes files.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medseg.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Execution context of a run.
+
+    Attributes:
+        device: Torch device the network runs on.
+        amp_dtype: Autocast dtype (``None`` = full precision).
+        rank: Process rank (0 when not distributed).
+        world_size: Number of processes.
+    """
+
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def describe(self) -> dict[str, object]:
+        """Machine description for the model card."""
+        d: dict[str, object] = {
+            "device": str(self.device),
+            "amp": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "off",
+            "world_size": self.world_size,
+            "cpu": _cpu_name(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "platform": platform.platform(),
+        }
+        if self.device.type == "cuda":
+            d["gpu"] = torch.cuda.get_device_name(self.device)
+        return d
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def cpu_has_bf16() -> bool:
+    """True when the CPU has native bf16 matrix support (AVX512-BF16 or AMX)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def pick_runtime(*, device: str | None, amp: str) -> Runtime:
+    """Choose device and precision: CUDA when present (unless ``device`` says otherwise)."""
+    rank = int(os.environ.get("RANK", "0"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if device is None:
+        dev = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+                           if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            dev = torch.device(device)
+        except RuntimeError as exc:
+            raise ConfigError(f"invalid device {device!r}: {exc}") from exc
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r} requested but CUDA is not available")
+    amp_dtype: torch.dtype | None = None
+    if amp == "bf16" or (amp == "auto" and dev.type == "cpu" and cpu_has_bf16()):
+        amp_dtype = torch.bfloat16
+    elif amp == "fp16" or (amp == "auto" and dev.type == "cuda"):
+        amp_dtype = torch.bfloat16 if (dev.type == "cuda" and amp == "auto"
+                                       and torch.cuda.is_bf16_supported()) else torch.float16
+    if amp_dtype == torch.float16 and dev.type == "cpu":
+        raise ConfigError("fp16 autocast is for CUDA; use amp: bf16 or off on a CPU")
+    return Runtime(dev, amp_dtype, rank, world)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (weights init); run randomness uses its own generator."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

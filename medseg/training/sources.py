@@ -1,0 +1,197 @@
+"""Dataset sources: turn a dataset layout into a list of image/label file pairs.
+
+Four layouts are understood (see :class:`medseg.training.config.DataConfig`):
+
+* ``msd``: the Medical Segmentation Decathlon / nnU-Net layout (``dataset.json`` listing
+  ``imagesTr/`` and ``labelsTr/`` files);
+* ``dicom``: one sub-folder per case holding a DICOM series plus a label map
+  (``label.nii.gz``/``label.nii``/``label.nrrd`` or a DICOM SEG file ``seg.dcm``);
+* ``folder2d``: matching file names in an image and a label folder (PNG/TIFF);
+* ``manifest``: a CSV (``image,label[,case_id]`` columns) or JSON list of such records.
+
+Nothing is read here except the index files: pairs are cheap and errors name the case.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medseg.errors import DatasetError
+
+IMAGE_2D_SUFFIXES = (".png", ".tif", ".tiff")
+DICOM_LABEL_NAMES = ("label.nii.gz", "label.nii", "label.nrrd", "label.mha", "seg.dcm")
+
+
+@dataclass(frozen=True)
+class CasePair:
+    """One training case: an image and its label map.
+
+    Attributes:
+        case_id: Unique, stable identifier (used for the split and in error messages).
+        image: Image file or DICOM series folder.
+        label: Label map file (NIfTI/NRRD/PNG/TIFF or DICOM SEG).
+        label_is_seg: True when ``label`` is a DICOM SEG object referencing ``image``.
+    """
+
+    case_id: str
+    image: Path
+    label: Path
+    label_is_seg: bool = False
+
+
+@dataclass(frozen=True)
+class DatasetIndex:
+    """The pairs of a dataset plus what its index file declares (if anything)."""
+
+    pairs: list[CasePair]
+    label_names: dict[int, str] | None = None
+    modality: str | None = None
+
+
+def index_dataset(source: str, path: str | Path, *, image_dir: str = "image",
+                  label_dir: str = "label") -> DatasetIndex:
+    """List the case pairs of a dataset.
+
+    Raises:
+        DatasetError: the folder/manifest is missing, empty, or a listed file is missing.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(f"dataset path does not exist: {path}")
+    if source == "msd":
+        index = _index_msd(path)
+    elif source == "dicom":
+        index = DatasetIndex(_index_dicom(path))
+    elif source == "folder2d":
+        index = DatasetIndex(_index_folder2d(path / image_dir, path / label_dir))
+    elif source == "manifest":
+        index = DatasetIndex(_index_manifest(path))
+    else:
+        raise DatasetError(f"unknown dataset source {source!r}")
+    if not index.pairs:
+        raise DatasetError(f"{path}: the dataset is empty (no image/label pairs found)")
+    ids = [p.case_id for p in index.pairs]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        raise DatasetError(f"{path}: duplicate case ids {dupes[:5]}")
+    for pair in index.pairs:
+        for what, f in (("image", pair.image), ("label", pair.label)):
+            if not f.exists():
+                raise DatasetError(f"case {pair.case_id}: {what} {f} does not exist")
+    return index
+
+
+def _case_id(path: Path) -> str:
+    name = path.name
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha", ".png", ".tiff", ".tif", ".dcm"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def _index_msd(root: Path) -> DatasetIndex:
+    meta_file = root / "dataset.json" if root.is_dir() else root
+    root = meta_file.parent
+    if not meta_file.is_file():
+        raise DatasetError(f"{root}: no dataset.json (expected the MSD / nnU-Net layout)")
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{meta_file}: not valid JSON: {exc}") from exc
+    records = meta.get("training")
+    if not isinstance(records, list):
+        raise DatasetError(f"{meta_file}: no 'training' list of image/label records")
+    pairs = []
+    for i, rec in enumerate(records):
+        if not isinstance(rec, dict) or "image" not in rec or "label" not in rec:
+            raise DatasetError(f"{meta_file}: training record {i} lacks 'image' and 'label'")
+        image = (root / rec["image"]).resolve()
+        pairs.append(CasePair(_case_id(image), image, (root / rec["label"]).resolve()))
+    labels = meta.get("labels")
+    names = {int(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else None
+    modality = meta.get("modality")
+    mod = str(modality.get("0")) if isinstance(modality, dict) and "0" in modality else None
+    return DatasetIndex(pairs, names, _normalise_modality(mod))
+
+
+def _normalise_modality(modality: str | None) -> str | None:
+    if modality is None:
+        return None
+    m = modality.strip().upper()
+    return {"MRI": "MR", "T1": "MR", "T2": "MR", "FLAIR": "MR"}.get(m, m)
+
+
+def _index_dicom(root: Path) -> list[CasePair]:
+    pairs = []
+    for case in sorted(p for p in root.iterdir() if p.is_dir()):
+        labels = [case / n for n in DICOM_LABEL_NAMES if (case / n).exists()]
+        if not labels:
+            raise DatasetError(
+                f"case {case.name}: no label map in {case} (expected one of {DICOM_LABEL_NAMES})"
+            )
+        series = case / "image" if (case / "image").is_dir() else case
+        label = labels[0]
+        pairs.append(CasePair(case.name, series, label, label_is_seg=label.suffix == ".dcm"))
+    return pairs
+
+
+def _index_folder2d(image_dir: Path, label_dir: Path) -> list[CasePair]:
+    for d in (image_dir, label_dir):
+        if not d.is_dir():
+            raise DatasetError(f"folder {d} does not exist")
+    images = {_case_id(p): p for p in image_dir.iterdir()
+              if p.suffix.lower() in IMAGE_2D_SUFFIXES}
+    labels = {_case_id(p): p for p in label_dir.iterdir()
+              if p.suffix.lower() in IMAGE_2D_SUFFIXES}
+    if not images:
+        raise DatasetError(f"folder {image_dir} holds no PNG/TIFF images")
+    missing = sorted(set(images) - set(labels))
+    if missing:
+        raise DatasetError(f"case {missing[0]}: no label in {label_dir} "
+                           f"({len(missing)} image(s) without a label)")
+    return [CasePair(k, images[k], labels[k]) for k in sorted(images, key=_natural_key)]
+
+
+def _natural_key(s: str) -> tuple[Any, ...]:
+    return tuple(int(t) if t.isdigit() else t for t in _split_digits(s))
+
+
+def _split_digits(s: str) -> list[str]:
+    out, cur = [], ""
+    for ch in s:
+        if cur and ch.isdigit() != cur[-1].isdigit():
+            out.append(cur)
+            cur = ""
+        cur += ch
+    return out + ([cur] if cur else [])
+
+
+def _index_manifest(path: Path) -> list[CasePair]:
+    base = path.parent
+    if path.suffix.lower() == ".json":
+        try:
+            records = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise DatasetError(f"{path}: not valid JSON: {exc}") from exc
+        if isinstance(records, dict):
+            records = records.get("training", records.get("cases"))
+        if not isinstance(records, list):
+            raise DatasetError(f"{path}: expected a list of {{image, label}} records")
+    elif path.suffix.lower() == ".csv":
+        with open(path, newline="", encoding="utf-8") as f:
+            records = list(csv.DictReader(f))
+    else:
+        raise DatasetError(f"{path}: a manifest must be a .csv or .json file")
+    pairs = []
+    for i, rec in enumerate(records):
+        if not isinstance(rec, dict) or not rec.get("image") or not rec.get("label"):
+            raise DatasetError(f"{path}: record {i + 1} lacks 'image' and 'label'")
+        image = (base / rec["image"]).resolve()
+        label = (base / rec["label"]).resolve()
+        case_id = str(rec.get("case_id") or _case_id(image))
+        pairs.append(CasePair(case_id, image, label, label_is_seg=label.suffix == ".dcm"))
+    return pairs
