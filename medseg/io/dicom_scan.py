@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pydicom
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
 
 from medseg.errors import ImageReadError
 
@@ -138,6 +139,10 @@ def read_header(path: Path) -> DicomHeader | None:
         logger.debug("%s has no SeriesInstanceUID (anonymised?)", path)
     # stop_before_pixels leaves PixelData out; an image pixel module always has Rows.
     has_pixels = "Rows" in ds
+    if not has_pixels and "Image Storage" in UID(sop_class).name:
+        # pydicom stops quietly at the end of a truncated file: an image without Rows is one
+        raise ImageReadError(f"{path} is a damaged DICOM file: its header ends before the image "
+                             f"attributes of a {UID(sop_class).name} object (truncated copy?)")
     slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
     intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
     thickness = ds.get("SliceThickness")

@@ -98,7 +98,7 @@ def validate_slice_geometry(
         raise GeometryError(f"{name}: two slices share the position {along[k]:.3f} mm along the "
                             "slice normal (duplicate slices or several series mixed)")
     _check_tilt(pos, normal, along, name)
-    spacing = float(np.min(gaps))
+    spacing = float(np.median(gaps))  # the regular spacing, assuming most slices are present
     _check_spacing(gaps, along, spacing, name)
     # Spacing from the full extent: less sensitive to rounding of individual positions.
     spacing = float((along[-1] - along[0]) / (len(along) - 1))
