@@ -1,4 +1,4 @@
-"""NIfTI/NRRD/MHA/PNG/TIFF readers and writers, checked against nibabel, SimpleITK, PIL, tifffile."""
+"""NIfTI, NRRD/MHA, PNG/TIFF readers and writers, checked against nibabel, SimpleITK, PIL."""
 
 from __future__ import annotations
 
