@@ -136,6 +136,13 @@ def test_written_segs_pass_dciodvfy(shared_data, ct3, ct_series, tmp_path):
                                label_names={1: "sphere", 2: "absent"})
     write_dicom_seg(labels, source, tmp_path / "b.dcm")
     assert _dciodvfy_errors(tmp_path / "b.dcm") == []
+    # a real oblique MR series as the source
+    t2 = read_image(shared_data / "hippocrop_dicom" / "Study3" / "37830-T2reg-78532")
+    mask = (t2.array > np.percentile(t2.array, 90)).astype(np.uint8)
+    write_dicom_seg(t2.with_array(mask), t2, tmp_path / "c.dcm", label_names={1: "bright"})
+    assert _dciodvfy_errors(tmp_path / "c.dcm") == []
+    back = read_dicom_seg(tmp_path / "c.dcm", t2)
+    np.testing.assert_array_equal(back.array, mask)
 
 
 @pytest.mark.skipif(not DCMQI_BIN.exists(), reason="dcmqi segimage2itkimage not installed")
