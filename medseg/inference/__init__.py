@@ -1,0 +1,26 @@
+"""Inference: the engine (:class:`Segmenter`), the windowed forward pass, the batch runner.
+
+Examples::
+
+    from medseg.inference import Segmenter
+    from medseg.io import read_image
+
+    segmenter = Segmenter.from_file("hippocampus")          # or a path to a .safetensors file
+    prediction = segmenter.predict(read_image("case.nii.gz"))
+    prediction.labels, prediction.volumes_ml, prediction.timings
+"""
+
+from medseg.inference.engine import Prediction, Segmenter
+from medseg.inference.postprocess import PostprocessConfig
+from medseg.inference.sliding_window import resolve_device, sliding_window_logits
+from medseg.inference.windows import WindowGrid, plan_windows
+
+__all__ = [
+    "PostprocessConfig",
+    "Prediction",
+    "Segmenter",
+    "WindowGrid",
+    "plan_windows",
+    "resolve_device",
+    "sliding_window_logits",
+]

@@ -1,0 +1,299 @@
+"""The inference engine: load a model once, segment many images on their exact grids.
+
+``Segmenter.predict`` runs: model-card preprocessing (resample to the model's spacing only when
+it differs; intensity normalisation window by window) -> memory-bounded sliding-window
+inference (reflection padding, Gaussian blending, optional mirror TTA, autocast) -> back onto
+the input's exact grid -> optional clean-up -> volumes. Every stage is timed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medseg.errors import ModelError
+from medseg.inference.postprocess import PostprocessConfig, clean_labels, label_volumes_ml
+from medseg.inference.preprocess import window_normalizer
+from medseg.inference.sliding_window import (
+    CancelFn,
+    ProgressFn,
+    autocast_context,
+    resolve_device,
+    run_window_grid,
+)
+from medseg.inference.windows import WindowReader, plan_windows
+from medseg.io.image import ImageMeta, MedImage
+from medseg.model_card import ModelCard, file_sha256, library_versions, load_model
+from medseg.transforms import resample_onto, resample_to_spacing, spacing_matches
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Prediction:
+    """The result of :meth:`Segmenter.predict`, on the input image's exact grid.
+
+    Attributes:
+        labels: One-channel label map (uint8, uint16 above 255 classes) with ``label_names``.
+        probabilities: ``(K, *spatial)`` float16 softmax probabilities, when requested.
+        timings: Seconds per stage: ``preprocess``, ``infer``, ``resample``, ``postprocess``.
+        volumes_ml: Volume of each named foreground label in mL (3D; mm^2/1000 for 2D).
+        num_windows: Sliding windows run.
+    """
+
+    labels: MedImage
+    probabilities: MedImage | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    volumes_ml: dict[str, float] = field(default_factory=dict)
+    num_windows: int = 0
+
+
+def _amp_dtype(amp: bool | None, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype: float16 on CUDA, bfloat16 on CPU; ``None`` (auto) enables it on CUDA."""
+    if amp is None:
+        amp = device.type == "cuda"
+    if not amp:
+        return None
+    return torch.float16 if device.type == "cuda" else torch.bfloat16
+
+
+def _mirror_axes(spatial_dims: int) -> list[tuple[int, ...]]:
+    """Every subset of spatial axes of a ``(B, C, *spatial)`` tensor, the identity first."""
+    axes = range(2, 2 + spatial_dims)
+    return [c for n in range(spatial_dims + 1) for c in itertools.combinations(axes, n)]
+
+
+class Segmenter:
+    """Segments images with one model, loaded once.
+
+    Args:
+        model: The network (eval mode is set here).
+        card: Its model card (preprocessing, window size, labels).
+        device: Compute device; ``None``: CUDA if available, else CPU.
+        overlap: Sliding-window overlap in ``[0, 1)``.
+        tta: Average over all mirrorings of each window (test-time augmentation, 2^d passes).
+        amp: Autocast (float16 on CUDA, bfloat16 on CPU); ``None``: on for CUDA only.
+        sw_batch_size: Windows per forward pass.
+        margin: Reflected context per side, in voxels (see
+            :func:`medseg.inference.windows.plan_windows`); ``None`` for the default.
+        blend: ``"gaussian"`` or ``"constant"`` window weighting.
+        postprocess: Optional label clean-up.
+        channels_last: Run 3D convolutions in channels-last memory layout (faster with oneDNN
+            on CPU); ``None``: on for CPU.
+        model_path: The file the model came from (for provenance).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        card: ModelCard,
+        *,
+        device: torch.device | str | None = None,
+        overlap: float = 0.5,
+        tta: bool = False,
+        amp: bool | None = None,
+        sw_batch_size: int = 1,
+        margin: Sequence[int] | int | None = None,
+        blend: str = "gaussian",
+        postprocess: PostprocessConfig | None = None,
+        channels_last: bool | None = None,
+        model_path: str | Path | None = None,
+    ) -> None:
+        self.device = resolve_device(device)
+        self.card = card
+        self.overlap = float(overlap)
+        self.tta = bool(tta)
+        self.amp_dtype = _amp_dtype(amp, self.device)
+        self.sw_batch_size = int(sw_batch_size)
+        self.margin = margin
+        self.blend = blend
+        self.postprocess = postprocess or PostprocessConfig()
+        self.channels_last = (self.device.type == "cpu") if channels_last is None else channels_last
+        self.model_path = Path(model_path) if model_path is not None else None
+        self._weights_sha256: str | None = None
+        plan_windows(card.roi_size, card.roi_size, overlap=self.overlap, margin=margin)  # validate
+        self.model = model.to(self.device).eval()
+        if self.channels_last:
+            self.model = self.model.to(memory_format=self._memory_format)
+        self._flips = _mirror_axes(card.spatial_dims) if self.tta else [()]
+
+    @classmethod
+    def from_file(
+        cls,
+        name_or_path: str | Path,
+        *,
+        device: torch.device | str | None = None,
+        overlap: float = 0.5,
+        tta: bool = False,
+        amp: bool | None = None,
+        **options: Any,
+    ) -> Segmenter:
+        """Load a shipped model by name or a ``.safetensors`` model file (see ``__init__``)."""
+        from medseg.models import resolve_model
+
+        path = resolve_model(name_or_path)
+        device = resolve_device(device)
+        model, card = load_model(path, device=device)
+        logger.info("loaded model %s (%s) on %s", card.name, path, device)
+        return cls(model, card, device=device, overlap=overlap, tta=tta, amp=amp,
+                   model_path=path, **options)
+
+    # -- provenance ----------------------------------------------------------------------------
+    @property
+    def _memory_format(self) -> torch.memory_format:
+        return torch.channels_last_3d if self.card.spatial_dims == 3 else torch.channels_last
+
+    def options(self) -> dict[str, Any]:
+        """The settings that shape a prediction (recorded with every output)."""
+        return {
+            "overlap": self.overlap, "tta": self.tta, "sw_batch_size": self.sw_batch_size,
+            "margin": self.margin, "blend": self.blend, "channels_last": self.channels_last,
+            "amp_dtype": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else None,
+            "keep_largest": self.postprocess.keep_largest,
+            "min_size_ml": self.postprocess.min_size_ml, "roi_size": list(self.card.roi_size),
+            "target_spacing": self.card.target_spacing,
+        }
+
+    def provenance(self) -> dict[str, Any]:
+        """What produced a prediction: versions, model identity (card and weights hashes)."""
+        if self._weights_sha256 is None and self.model_path is not None:
+            self._weights_sha256 = file_sha256(self.model_path)
+        return {
+            "versions": library_versions(),
+            "model_name": self.card.name,
+            "model_path": str(self.model_path) if self.model_path else None,
+            "model_card_sha256": self.card.hash(),
+            "weights_sha256": self._weights_sha256,
+            "device": str(self.device),
+            "options": self.options(),
+        }
+
+    # -- prediction ------------------------------------------------------------------------------
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of a batch of windows, averaged over mirrorings when TTA is on."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=self._memory_format)
+        total: torch.Tensor | None = None
+        with autocast_context(self.device, self.amp_dtype):
+            for axes in self._flips:
+                y = self.model(x.flip(axes) if axes else x).float()
+                y = y.flip(axes) if axes else y
+                total = y if total is None else total.add_(y)
+        assert total is not None
+        return total / len(self._flips) if len(self._flips) > 1 else total
+
+    def _check_input(self, image: MedImage) -> None:
+        source = image.meta.provenance.path or "the input image"
+        if image.meta.ndim != self.card.spatial_dims:
+            raise ModelError(f"{source}: model {self.card.name!r} is {self.card.spatial_dims}D but "
+                             f"the image is {image.meta.ndim}D (shape {image.spatial_shape})")
+        expected = self.card.network.in_channels
+        if image.num_channels != expected:
+            raise ModelError(f"{source}: model {self.card.name!r} expects {expected} channel(s) "
+                             f"but the image has {image.num_channels}")
+
+    def predict(
+        self,
+        image: MedImage,
+        *,
+        progress: ProgressFn | None = None,
+        should_cancel: CancelFn | None = None,
+        return_probabilities: bool = False,
+    ) -> Prediction:
+        """Segment one image; the labels come back on ``image``'s exact grid.
+
+        Args:
+            image: Channel-first image with its geometry (any dtype; not modified).
+            progress: ``progress(windows_done, windows_total)`` after every batch of windows.
+            should_cancel: Polled between windows; returning ``True`` raises ``CancelledError``.
+            return_probabilities: Also return float16 softmax probabilities.
+
+        Raises:
+            ModelError: Wrong dimensionality or number of channels for this model.
+            CancelledError: ``should_cancel()`` returned ``True``.
+        """
+        self._check_input(image)
+        timings: dict[str, float] = {}
+        t = time.perf_counter()
+        work = image
+        target = self.card.target_spacing
+        resample = bool(target) and not spacing_matches(image.meta.spacing, target)
+        if resample:
+            work = resample_to_spacing(image, target, order=1)
+        reader = WindowReader(
+            work.array,
+            plan_windows(work.spatial_shape, self.card.roi_size, overlap=self.overlap,
+                         margin=self.margin),
+            transform=window_normalizer(work.array, self.card.normalization),
+        )
+        timings["preprocess"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        with torch.inference_mode():
+            out = run_window_grid(
+                reader, self._forward, device=self.device, blend=self.blend,
+                sw_batch_size=self.sw_batch_size, labels=not resample,
+                probabilities=resample or return_probabilities, progress=progress,
+                should_cancel=should_cancel,
+            )
+        timings["infer"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        meta = image.meta.replace(
+            label_names={k: v for k, v in self.card.label_names.items() if k != 0})
+        if resample:
+            assert out.probabilities is not None
+            labels, probabilities = _resample_back(
+                out.probabilities, work.meta, meta, image.spatial_shape,
+                keep_probabilities=return_probabilities)
+        else:
+            assert out.labels is not None
+            labels, probabilities = out.labels, out.probabilities
+        timings["resample"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        labels = clean_labels(labels, image.meta.spacing, self.postprocess)
+        volumes = label_volumes_ml(labels, image.meta.spacing, meta.label_names)
+        timings["postprocess"] = time.perf_counter() - t
+        logger.info("predicted %s: %d windows, %s", image.meta.provenance.path or "image",
+                    out.num_windows, {k: round(v, 3) for k, v in timings.items()})
+        return Prediction(
+            labels=MedImage(labels[None], meta),
+            probabilities=(MedImage(probabilities, meta.replace(label_names={}))
+                           if return_probabilities and probabilities is not None else None),
+            timings=timings, volumes_ml=volumes, num_windows=out.num_windows,
+        )
+
+
+def _resample_back(probabilities: np.ndarray, model_meta: ImageMeta, meta: ImageMeta,
+                   shape: tuple[int, ...], *, keep_probabilities: bool
+                   ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Labels (and probabilities) on the input grid from probabilities on the model grid.
+
+    Each class's probability is resampled linearly (``resample_onto``) and the labels are the
+    running argmax, one class at a time, so memory stays a few input-sized float32 volumes
+    whatever the number of classes.
+    """
+    k = probabilities.shape[0]
+    best = np.full(shape, -1.0, dtype=np.float32)
+    labels = np.zeros(shape, dtype=np.uint8 if k <= 256 else np.uint16)
+    kept = np.zeros((k, *shape), dtype=np.float16) if keep_probabilities else None
+    for c in range(k):
+        p = resample_onto(MedImage(probabilities[c:c + 1], model_meta), meta, shape,
+                          order=1).array[0]
+        if k == 1:  # a single sigmoid output
+            labels[p >= 0.5] = 1
+        better = p > best
+        labels[better & (k > 1)] = c
+        np.maximum(best, p, out=best)
+        if kept is not None:
+            kept[c] = p
+    return labels, kept

@@ -1,0 +1,183 @@
+"""Window grids with mirror (reflection) padding, and reading one window out of a volume.
+
+The overlap-tile scheme of the original U-Net: the volume is padded by reflection so that voxels
+at its border sit as deep inside a window as interior voxels do, the windows tile the padded
+volume on a regular grid, and the prediction is cropped back. Padding is never materialised:
+each window gathers its voxels through reflected indices (:meth:`WindowReader.read`), so a
+large volume is never copied whole.
+
+MONAI's ``sliding_window_inference`` pads with a constant only where the image is smaller than
+the window, and flushes its last window against the far border; it has no reflection margin and
+no way to read windows lazily, which is why the grid is planned here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from medseg.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class WindowGrid:
+    """A regular grid of windows over a reflection-padded volume.
+
+    Attributes:
+        shape: Spatial shape of the volume (unpadded).
+        roi_size: Window size per axis.
+        pad_before: Reflected voxels added before each axis (after = padded - shape - before).
+        padded_shape: Spatial shape of the padded volume the windows tile exactly.
+        starts: Per axis, window start positions in padded coordinates.
+        slab_axis: Axis along which the volume is processed slab by slab (the one that keeps
+            the stitching buffer smallest).
+    """
+
+    shape: tuple[int, ...]
+    roi_size: tuple[int, ...]
+    pad_before: tuple[int, ...]
+    padded_shape: tuple[int, ...]
+    starts: tuple[tuple[int, ...], ...]
+    slab_axis: int
+
+    @property
+    def num_windows(self) -> int:
+        return math.prod(len(s) for s in self.starts)
+
+    def crop(self, axis: int) -> tuple[int, int]:
+        """``(start, stop)`` of the unpadded volume along ``axis`` in padded coordinates."""
+        return self.pad_before[axis], self.pad_before[axis] + self.shape[axis]
+
+
+def default_margin(roi_size: Sequence[int], overlap: float) -> list[int]:
+    """Reflection margin giving border voxels the context interior voxels get.
+
+    With windows every ``roi * (1 - overlap)`` voxels, every interior voxel lies at least
+    ``roi * overlap / 2`` voxels inside some window; the same margin of mirrored context puts
+    the volume's border voxels equally deep.
+    """
+    return [math.ceil(r * overlap / 2) for r in roi_size]
+
+
+def plan_windows(
+    shape: Sequence[int],
+    roi_size: Sequence[int],
+    *,
+    overlap: float = 0.5,
+    margin: Sequence[int] | int | None = None,
+) -> WindowGrid:
+    """Plan a regular window grid over ``shape`` padded by at least ``margin`` per side.
+
+    The step is MONAI's, ``int(roi * (1 - overlap))`` (at least 1). The padded size is rounded
+    up to a whole number of steps so every window is a full step from the previous one; the
+    slack is shared between both sides as extra context, at no extra windows.
+
+    Args:
+        shape: Spatial shape of the volume.
+        roi_size: Window size (one value per spatial axis).
+        overlap: Fraction of a window shared with its neighbour, in ``[0, 1)``.
+        margin: Minimum reflected context per side (voxels; one value or one per axis).
+            ``None``: :func:`default_margin`, except along an axis the volume is not longer than
+            the window, where one window centred on the volume is used (as nnU-Net does;
+            extra windows there would multiply the cost of small images for little context).
+            ``0``: no padding beyond what a volume smaller than the window needs.
+
+    Raises:
+        ConfigError: Inconsistent dimensions, non-positive window, or overlap outside [0, 1).
+
+    Examples:
+        >>> g = plan_windows((200,), (128,), overlap=0.25, margin=0)
+        >>> g.padded_shape, g.pad_before, g.starts
+        ((224,), (12,), ((0, 96),))
+    """
+    shape = tuple(int(s) for s in shape)
+    roi = tuple(int(r) for r in roi_size)
+    if len(roi) != len(shape):
+        raise ConfigError(f"window size {list(roi)} has {len(roi)} axes but the image has "
+                          f"{len(shape)} spatial axes {list(shape)}")
+    if any(r < 1 for r in roi) or any(s < 1 for s in shape):
+        raise ConfigError(f"window size {list(roi)} and image shape {list(shape)} must be positive")
+    if not 0.0 <= overlap < 1.0:
+        raise ConfigError(f"overlap must be in [0, 1), got {overlap}")
+    if margin is None:
+        defaults = default_margin(roi, overlap)
+        margins = [0 if n <= r else m for n, r, m in zip(shape, roi, defaults, strict=True)]
+    elif isinstance(margin, int):
+        margins = [margin] * len(shape)
+    else:
+        margins = [int(m) for m in margin]
+    if len(margins) != len(shape) or any(m < 0 for m in margins):
+        raise ConfigError(f"margin {margin} must be non-negative, one value per axis")
+
+    before, padded, starts = [], [], []
+    for n, r, m in zip(shape, roi, margins, strict=True):
+        step = max(1, int(r * (1 - overlap)))
+        needed = max(n + 2 * m, r)
+        count = math.ceil((needed - r) / step) + 1
+        size = (count - 1) * step + r
+        before.append((size - n) // 2)
+        padded.append(size)
+        starts.append(tuple(k * step for k in range(count)))
+    # The stitching buffer spans one window along the slab axis and everything along the
+    # others: choose the axis with the smallest window relative to the padded extent.
+    slab_axis = min(range(len(shape)), key=lambda a: (roi[a] / padded[a], -a))
+    return WindowGrid(shape=shape, roi_size=roi, pad_before=tuple(before),
+                      padded_shape=tuple(padded), starts=tuple(starts), slab_axis=slab_axis)
+
+
+def reflect_indices(indices: np.ndarray, size: int) -> np.ndarray:
+    """Map any integer indices into ``[0, size)`` by repeated mirroring about the edge voxels.
+
+    Equivalent to ``numpy.pad(mode="reflect")`` (the edge voxel is not repeated), also for pads
+    longer than the axis.
+
+    Examples:
+        >>> reflect_indices(np.arange(-3, 7), 4).tolist()
+        [3, 2, 1, 0, 1, 2, 3, 2, 1, 0]
+    """
+    if size == 1:
+        return np.zeros_like(indices)
+    period = 2 * (size - 1)
+    folded = np.mod(indices, period)
+    return np.where(folded >= size, period - folded, folded)
+
+
+class WindowReader:
+    """Reads windows of the (virtually) reflection-padded volume, one at a time.
+
+    Args:
+        array: The volume, channel-first ``(C, *spatial)``, any dtype (kept as-is in memory).
+        grid: The window grid planned for its spatial shape.
+        transform: Applied to every window as it is read (intensity normalisation); must map
+            a ``(C, *roi)`` array to float32 voxel-wise. Default: cast to float32.
+    """
+
+    def __init__(self, array: np.ndarray, grid: WindowGrid, *,
+                 transform: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
+        if tuple(array.shape[1:]) != grid.shape:
+            raise ConfigError(f"array of shape {array.shape} does not match the grid {grid.shape}")
+        self.array = array
+        self.grid = grid
+        self.transform = transform
+
+    def read(self, starts: Sequence[int]) -> np.ndarray:
+        """The float32 window ``(C, *roi)`` whose corner is at ``starts`` (padded coordinates)."""
+        index: list[slice | np.ndarray] = []
+        g = self.grid
+        for s, r, b, n in zip(starts, g.roi_size, g.pad_before, g.shape, strict=True):
+            lo = s - b
+            if lo >= 0 and lo + r <= n:
+                index.append(slice(lo, lo + r))  # inside the volume: a view, no gather
+            else:
+                index.append(reflect_indices(np.arange(lo, lo + r), n))
+        if all(isinstance(i, slice) for i in index):
+            window = self.array[(slice(None), *index)]
+        else:
+            gather = [np.arange(i.start, i.stop) if isinstance(i, slice) else i for i in index]
+            window = self.array[np.ix_(np.arange(self.array.shape[0]), *gather)]
+        if self.transform is not None:
+            return self.transform(window)
+        return np.asarray(window, dtype=np.float32)
