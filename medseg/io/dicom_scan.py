@@ -52,6 +52,7 @@ class DicomHeader:
     rescale: tuple[float, float]
     number_of_frames: int
     has_pixels: bool
+    matrix: tuple[int, int] | None = None
 
     @property
     def kind(self) -> str:
@@ -163,6 +164,7 @@ def read_header(path: Path) -> DicomHeader | None:
         rescale=(slope, intercept),
         number_of_frames=int(ds.get("NumberOfFrames", 1) or 1),
         has_pixels=has_pixels,
+        matrix=(int(ds.Rows), int(ds.Columns)) if has_pixels and "Columns" in ds else None,
     )
 
 

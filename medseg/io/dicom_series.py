@@ -117,6 +117,10 @@ def read_dicom_series(
     if missing:
         raise GeometryError(f"{missing[0].path} has no ImagePositionPatient/"
                             "ImageOrientationPatient, so its place in the volume is unknown")
+    matrices = {h.matrix for h in members}
+    if len(matrices) != 1:
+        raise GeometryError(f"{name}: slices have different sizes (rows, columns) "
+                            f"{sorted(map(str, matrices))}; it is not one 3D volume")
     spacings = {h.pixel_spacing for h in members}
     if len(spacings) != 1 or None in spacings:
         raise GeometryError(f"{name}: slices have different or missing PixelSpacing "

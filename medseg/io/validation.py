@@ -127,10 +127,12 @@ def _check_spacing(gaps: np.ndarray, along: np.ndarray, spacing: float, name: st
     ratio = gaps[k] / spacing
     lo, hi = along[k], along[k + 1]
     if abs(ratio - round(ratio)) <= SPACING_RTOL * ratio:
-        missing = int(np.sum(np.round(gaps[bad] / spacing) - 1))
+        missing = int(round(ratio)) - 1
+        more = int(np.count_nonzero(bad)) - 1
+        elsewhere = f"; {more} more gap{'s' if more != 1 else ''} further on" if more else ""
         raise GeometryError(
             f"{name} has {missing} missing slice{'s' if missing != 1 else ''} between "
-            f"z={lo:.1f} and z={hi:.1f} mm (expected a slice every {spacing:.3f} mm)"
+            f"z={lo:.1f} and z={hi:.1f} mm (expected a slice every {spacing:.3f} mm{elsewhere})"
         )
     raise GeometryError(
         f"{name} has non-uniform slice spacing: {gaps[k]:.3f} mm between z={lo:.1f} and "

@@ -147,6 +147,25 @@ def test_missing_slices(tmp_path):
         read_image(tmp_path)
 
 
+def test_two_gaps_are_both_reported(tmp_path):
+    files = _series(tmp_path)
+    files[2].unlink()  # z = 4
+    files[7].unlink()  # z = 14
+    with pytest.raises(GeometryError, match=r"has 1 missing slice between z=2\.0 and z=6\.0 mm "
+                                            r"\(expected a slice every 2\.000 mm; 1 more gap "):
+        read_image(tmp_path)
+
+
+def test_slices_of_different_sizes(tmp_path):
+    uid = "1.2.826.0.1.3680043.8.498.1"
+    _series(tmp_path / "s", slices=3, series_instance_uid=uid)
+    (odd,) = write_dicom_series(ct_volume((9, 7, 1), meta=AXIAL_2MM.replace(
+        origin=(0.0, 0.0, 6.0))), tmp_path / "other", series_instance_uid=uid)
+    odd.rename(tmp_path / "s" / "odd.dcm")
+    with pytest.raises(GeometryError, match=r"slices have different sizes \(rows, columns\)"):
+        read_image(tmp_path / "s")
+
+
 def test_non_uniform_spacing(tmp_path):
     files = _series(tmp_path)
     ds = pydicom.dcmread(files[4])
