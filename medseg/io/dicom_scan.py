@@ -168,11 +168,20 @@ def read_header(path: Path) -> DicomHeader | None:
     )
 
 
+#: Files with these endings are never opened as DICOM (an empty notes.txt is not an error).
+NOT_DICOM_SUFFIXES = (
+    ".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".raw", ".png", ".jpg", ".jpeg",
+    ".bmp", ".tif", ".tiff", ".txt", ".md", ".json", ".csv", ".xml", ".html", ".pdf", ".zip",
+    ".gz", ".yaml", ".yml", ".py",
+)
+
+
 def _candidate_files(folder: Path, recursive: bool) -> list[Path]:
     it = folder.rglob("*") if recursive else folder.iterdir()
     return sorted(
         p for p in it
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        if p.is_file() and not p.name.lower().endswith(NOT_DICOM_SUFFIXES)
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
     )
 
 

@@ -55,6 +55,8 @@ def test_missing_and_empty_folder(tmp_path):
     with pytest.raises(ImageReadError, match=r"empty holds no DICOM files"):
         read_image(tmp_path / "empty")
     (tmp_path / "empty" / "notes.txt").write_text("not an image")
+    (tmp_path / "empty" / "README.md").touch()  # empty, but plainly not DICOM: skipped
+    (tmp_path / "empty" / "blob").write_bytes(b"\x00\x01 not dicom" * 50)
     with pytest.raises(ImageReadError, match=r"empty holds no DICOM files"):
         read_image(tmp_path / "empty")
 
