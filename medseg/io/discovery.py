@@ -47,15 +47,24 @@ def find_image_files(root: str | Path) -> list[Path]:
     )
 
 
-def find_dicom_series(root: str | Path) -> list[DicomSeriesInfo]:
+def find_dicom_series(
+    root: str | Path, *, errors: list[tuple[Path, str]] | None = None
+) -> list[DicomSeriesInfo]:
     """Every DICOM image series under ``root``, one entry per (folder, SeriesInstanceUID).
 
     Each folder is scanned on its own, so a series copied to two folders is found twice, and
     each entry can be read with ``read_dicom_series(info.folder, series_uid=info.series_uid)``.
     SEG/RTSTRUCT/SR objects are left out. Sorted by folder, then largest series first.
 
+    Args:
+        root: Folder to search recursively.
+        errors: When given, a folder holding an empty or damaged DICOM file is skipped and
+            ``(folder, reason)`` is appended here instead of raising, so that one bad file
+            cannot stop an unattended batch.
+
     Raises:
-        ImageReadError: ``root`` is not a folder, or holds an empty or damaged DICOM file.
+        ImageReadError: ``root`` is not a folder, or (without ``errors``) holds an empty or
+            damaged DICOM file.
     """
     root = Path(root)
     if not root.is_dir():
@@ -63,6 +72,12 @@ def find_dicom_series(root: str | Path) -> list[DicomSeriesInfo]:
     found: list[DicomSeriesInfo] = []
     for dirpath, dirnames, _ in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        headers = scan_headers(dirpath)
+        try:
+            headers = scan_headers(dirpath)
+        except ImageReadError as exc:
+            if errors is None:
+                raise
+            errors.append((Path(dirpath), str(exc)))
+            continue
         found.extend(s for s in group_series(headers) if s.is_image)
     return found

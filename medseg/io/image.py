@@ -40,7 +40,8 @@ class Provenance:
         frame_of_reference_uid: DICOM FrameOfReferenceUID.
         patient_id: DICOM PatientID (kept for records, never used to build file names).
         series_description: DICOM SeriesDescription.
-        files: For DICOM, the instance files in slice order (index ``k`` of the array is ``files[k]``).
+        files: For DICOM, the instance files in slice order (array index ``k`` is
+            ``files[k]``).
         sop_instance_uids: SOPInstanceUIDs in the same order as ``files``.
     """
 
