@@ -23,7 +23,8 @@ from magicgui.widgets import (
 )
 from napari.layers import Labels
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import Qt, QTimer
+from qtpy.QtWidgets import QScrollArea
 
 from medseg.errors import MedsegError
 from napari_plugin._geometry import meta_from_layer
@@ -49,10 +50,27 @@ class _LabelRow(Container):
         self.shown = CheckBox(value=True, text=f"{value} {name}")
         self.volume = Label(value="")
         self.opacity = FloatSlider(value=1.0, min=0.0, max=1.0, step=0.05, readout=False)
+        self.opacity.tooltip = f"opacity of label {value}"
+        self.opacity.max_width = 110
         self.jump = PushButton(text="Go")
         self.jump.tooltip = "Jump to the slice holding the most of this label"
         self.extend([self.shown, self.volume, self.opacity, self.jump])
+        self.native.layout().insertStretch(2)  # sliders and buttons line up on the right
         self.margins = (0, 0, 0, 0)
+
+
+def _scroll_area(content: Container) -> QScrollArea:
+    """A vertical scroll area around ``content`` (a CT can carry a hundred labels).
+
+    Hand-made because magicgui's ``Container(scrollable=True)`` let the rows grow the whole
+    napari window instead of scrolling (magicgui 0.10).
+    """
+    area = QScrollArea()
+    area.setWidgetResizable(True)
+    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    area.setMinimumHeight(160)
+    area.setWidget(content.native)
+    return area
 
 
 class ReviewWidget(Container):
@@ -69,8 +87,9 @@ class ReviewWidget(Container):
         self.save_path = FileEdit(mode="w", filter="*.nii.gz *.nii *.dcm", label="save as")
         self.save_button = PushButton(text="Save labels")
         self.status = Label(value="")
-        self.extend([self.layer_box, self.contour, self.rows, self.total,
+        self.extend([self.layer_box, self.contour, self.total,
                      self.save_path, self.save_button, self.status])
+        self.native.layout().insertWidget(2, _scroll_area(self.rows))
         self._layer: Labels | None = None
         self._recount_timer = QTimer()
         self._recount_timer.setSingleShot(True)
