@@ -1,7 +1,7 @@
 """Segment widget: pick an image and a model, run it in a worker thread with progress and cancel.
 
 The GUI thread only captures the request (:func:`napari_plugin._run.capture_request`) and adds
-the result; loading the model and the sliding-window inference run in a napari worker thread.
+the result; loading the model and the sliding-window inference run in a superqt worker thread.
 The engine's ``progress(done, total)`` callback is relayed to the progress bar through a Qt
 signal (queued across threads), and *Cancel* sets an event the engine polls via
 ``should_cancel``.
@@ -25,9 +25,9 @@ from magicgui.widgets import (
     create_widget,
 )
 from napari.layers import Image
-from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QObject, Signal
+from superqt.utils import create_worker
 
 from medseg.errors import CancelledError, MedsegError, ModelError
 from napari_plugin._logic import AUTO_DEVICE, DEVICE_CHOICES, resolve_device
@@ -59,7 +59,7 @@ def shipped_models() -> list[str]:
     """Names of the models that ship with medseg (empty if none are installed)."""
     from medseg.models import list_models
 
-    return [str(getattr(m, "name", m)) for m in list_models()]
+    return list(list_models())
 
 
 def chosen_model(choice: str, checkpoint: str) -> str:
@@ -132,14 +132,18 @@ class SegmentWidget(Container):
             self._fail(str(exc))
             return
         self._cancel_event.clear()
+        # superqt's worker, not napari's: napari's also relays every error (a cancel included)
+        # to its notification manager as a traceback, while this widget reports errors itself.
         self.worker = create_worker(
             run_request, request, self._cache,
             progress=self._relay.progress.emit, should_cancel=self._cancel_event.is_set,
             _start_thread=False,
+            _connect={
+                "returned": lambda prediction: self._on_done(request, prediction),
+                "errored": self._on_error,
+                "finished": self._on_finished,
+            },
         )
-        self.worker.returned.connect(lambda prediction: self._on_done(request, prediction))
-        self.worker.errored.connect(self._on_error)
-        self.worker.finished.connect(self._on_finished)
         self._set_running(True)
         self.status.value = f"segmenting {request.layer_name!r}..."
         self.worker.start()

@@ -1,0 +1,88 @@
+"""A segmentation run without Qt: capture, engine, result layer on the captured grid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from napari.layers import Image
+from scipy.spatial.transform import Rotation
+
+from medseg.errors import GeometryError, ModelError
+from medseg.inference import Segmenter
+from medseg.io.image import ImageMeta, MedImage
+from napari_plugin._geometry import META_KEY, image_layer_data
+from napari_plugin._run import (
+    EngineOptions,
+    SegmenterCache,
+    capture_request,
+    result_layer_data,
+    run_request,
+)
+from napari_plugin._segment_widget import CHECKPOINT_CHOICE, chosen_model
+
+SHAPE = (21, 22, 23)  # 2 x 2 x 2 windows of 16^3 at overlap 0.25
+
+
+def _oblique_image() -> MedImage:
+    direction = Rotation.from_euler("xyz", [10, 5, -30], degrees=True).as_matrix()
+    meta = ImageMeta(spacing=(1.0, 1.2, 1.5), origin=(5.0, -7.5, 12.0),
+                     direction=tuple(map(tuple, direction)))
+    array = np.random.default_rng(3).normal(size=(1, *SHAPE)).astype(np.float32)
+    return MedImage(array, meta)
+
+
+def test_run_places_labels_on_the_captured_grid(tiny_model: Path) -> None:
+    image = _oblique_image()
+    (data, kwargs, _), = image_layer_data(image, name="mr")
+    layer = Image(data, **kwargs)
+    options = EngineOptions(model=str(tiny_model), device="cpu", overlap=0.25)
+    request = capture_request(layer, options)
+    layer.data[:] = 0  # edits after capture must not change what is segmented
+    done: list[tuple[int, int]] = []
+    prediction = run_request(request, SegmenterCache(), progress=lambda d, t: done.append((d, t)))
+    assert done[-1] == (8, 8)
+    expected = Segmenter.from_file(tiny_model, device="cpu", overlap=0.25).predict(image)
+    np.testing.assert_array_equal(prediction.labels.array, expected.labels.array)
+
+    labels, lkw, kind = result_layer_data(request, prediction)
+    assert kind == "labels" and lkw["name"] == "mr [medseg tiny]"
+    np.testing.assert_array_equal(labels, expected.labels.array[0].T)
+    np.testing.assert_allclose(lkw["affine"], kwargs["affine"])
+    assert lkw["scale"] == kwargs["scale"] and lkw["translate"] == kwargs["translate"]
+    assert ImageMeta.from_dict(lkw["metadata"][META_KEY]) == image.meta
+    assert lkw["metadata"]["medseg_label_names"] == {"1": "anterior", "2": "posterior"}
+    assert lkw["metadata"]["medseg_source_layer"] == "mr"
+    assert lkw["colormap"].color_dict[1][:3] == pytest.approx((1.0, 0.0, 0.0))
+
+
+def test_a_plain_numpy_layer_is_segmented_at_its_scale() -> None:
+    layer = Image(np.zeros((4, 5, 6), np.float32), scale=(3.0, 0.5, 0.5), translate=(1, 2, 3))
+    request = capture_request(layer, EngineOptions(model="x"))
+    assert request.image.meta.spacing == (0.5, 0.5, 3.0)
+    assert request.image.meta.origin == (3.0, 2.0, 1.0)
+    assert request.image.spatial_shape == (6, 5, 4)
+
+
+def test_capture_refuses_rgb_and_4d_layers() -> None:
+    with pytest.raises(GeometryError, match="layer 'photo' is RGB or multiscale"):
+        capture_request(Image(np.zeros((5, 6, 3), np.uint8), name="photo", rgb=True),
+                        EngineOptions(model="x"))
+    with pytest.raises(GeometryError, match="layer 'movie' has 4 axes"):
+        capture_request(Image(np.zeros((2, 3, 4, 5)), name="movie"), EngineOptions(model="x"))
+
+
+def test_segmenter_cache_loads_once_per_options(tiny_model: Path) -> None:
+    cache = SegmenterCache()
+    options = EngineOptions(model=str(tiny_model), device="cpu")
+    first = cache.get(options)
+    assert cache.get(options) is first
+    assert cache.get(EngineOptions(model=str(tiny_model), device="cpu", tta=True)) is not first
+
+
+def test_chosen_model() -> None:
+    assert chosen_model("hippocampus", "") == "hippocampus"
+    assert chosen_model(CHECKPOINT_CHOICE, "/m/a.safetensors") == "/m/a.safetensors"
+    with pytest.raises(ModelError, match=r"choose a \.safetensors model file \(got '\.'\)"):
+        chosen_model(CHECKPOINT_CHOICE, ".")

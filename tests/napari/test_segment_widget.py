@@ -1,0 +1,124 @@
+"""Segment widget in a real viewer (under Xvfb): threaded run, progress, cancel, layer binding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from qtpy.QtCore import QTimer
+from scipy.spatial.transform import Rotation
+
+from medseg.io.image import ImageMeta, MedImage
+from napari_plugin._geometry import META_KEY, image_layer_data
+from napari_plugin._segment_widget import CHECKPOINT_CHOICE, SegmentWidget
+
+pytestmark = pytest.mark.gui
+
+RUN_TIMEOUT_MS = 180_000  # the CI machine may be shared with training jobs
+
+
+def _add_image(viewer, name: str, shape: tuple[int, int, int], *, angle: float, seed: int):
+    direction = Rotation.from_euler("z", angle, degrees=True).as_matrix()
+    meta = ImageMeta(spacing=(1.0, 1.2, 1.5), origin=(5.0 * seed, -7.5, 12.0),
+                     direction=tuple(map(tuple, direction)))
+    array = np.random.default_rng(seed).normal(size=(1, *shape)).astype(np.float32)
+    (data, kwargs, _), = image_layer_data(MedImage(array, meta), name=name)
+    return viewer.add_image(data, **kwargs), meta
+
+
+@pytest.fixture
+def segment(make_napari_viewer, tiny_model: Path):
+    viewer = make_napari_viewer()
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.model_box.value = CHECKPOINT_CHOICE
+    widget.checkpoint.value = tiny_model
+    widget.device_box.value = "cpu"
+    return viewer, widget
+
+
+def test_run_in_a_worker_binds_the_result_to_the_captured_image(
+    segment, qtbot, tmp_path: Path
+) -> None:
+    viewer, widget = segment
+    first, first_meta = _add_image(viewer, "first", (21, 22, 23), angle=30.0, seed=1)
+    second, _ = _add_image(viewer, "second", (25, 20, 18), angle=0.0, seed=2)
+    original = first.data.copy()
+    widget.image_box.value = first
+    widget.overlap.value = 0.25
+    ticks = []
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(widget.worker is not None))
+    timer.start(20)
+
+    widget.run_button.clicked.emit()
+    assert widget.worker is not None and not widget.run_button.enabled
+    # the user moves on while the model runs: another layer, edits to the first one
+    widget.image_box.value = second
+    viewer.layers.selection.active = second
+    first.data[:] = 0
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=RUN_TIMEOUT_MS)
+    timer.stop()
+
+    assert sum(ticks) >= 3, "the GUI event loop must keep running during inference"
+    assert widget.status.value == "done: first [medseg tiny]"
+    assert (widget.progress.value, widget.progress.max) == (8, 8)
+    result = viewer.layers["first [medseg tiny]"]
+    assert result.data.shape == original.shape
+    for point in ([0, 0, 0], [22, 21, 20], [3.5, 10.0, 7.25]):
+        np.testing.assert_allclose(result.data_to_world(point), first.data_to_world(point),
+                                   atol=1e-9)
+    assert ImageMeta.from_dict(result.metadata[META_KEY]) == first_meta
+    assert result.metadata["medseg_source_layer"] == "first"
+    assert list(result.features["name"]) == ["background", "anterior", "posterior"]
+
+    from medseg.inference import Segmenter
+
+    engine = Segmenter.from_file(widget.checkpoint.value, device="cpu", overlap=0.25)
+    expected = engine.predict(MedImage(original.T[None].copy(), first_meta)).labels.array[0]
+    np.testing.assert_array_equal(result.data, expected.T)
+
+    out = tmp_path / "first_seg.nii.gz"  # napari's own save, through the medseg writer
+    viewer.layers.selection.active = result
+    assert viewer.layers.save(str(out), selected=True, plugin="medseg") == [str(out)]
+    saved = nib.load(out)
+    np.testing.assert_allclose(saved.affine, first_meta.affine_ras(), atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(saved.dataobj), expected)
+
+
+def test_cancel_stops_the_run_and_adds_nothing(segment, qtbot) -> None:
+    viewer, widget = segment
+    layer, _ = _add_image(viewer, "big", (33, 34, 35), angle=0.0, seed=3)  # 125 windows
+    widget.image_box.value = layer
+    widget.overlap.value = 0.5
+    widget._relay.progress.connect(lambda done, total: widget.cancel_button.clicked.emit())
+    widget.run_button.clicked.emit()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=RUN_TIMEOUT_MS)
+    assert widget.status.value == "cancelled"
+    assert widget.progress.value < widget.progress.max == 125
+    assert [ly.name for ly in viewer.layers] == ["big"]
+    assert widget.run_button.enabled and not widget.cancel_button.enabled
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without CUDA")
+def test_cuda_without_a_gpu_is_refused_before_anything_runs(segment) -> None:
+    viewer, widget = segment
+    _add_image(viewer, "img", (8, 9, 10), angle=0.0, seed=4)
+    widget.device_box.value = "cuda"
+    widget.run_button.clicked.emit()
+    assert widget.worker is None
+    assert widget.status.value == (
+        "error: device 'cuda' was requested but no CUDA GPU is available; use auto or cpu"
+    )
+
+
+def test_a_missing_checkpoint_is_reported(segment) -> None:
+    viewer, widget = segment
+    _add_image(viewer, "img", (8, 9, 10), angle=0.0, seed=5)
+    widget.checkpoint.value = ""
+    widget.run_button.clicked.emit()
+    assert widget.worker is None
+    assert widget.status.value.startswith("error: choose a .safetensors model file")
