@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from medseg.distributed import ddp
 from medseg.errors import ConfigError, DatasetError
 from medseg.training.augment import augment_batch
 from medseg.training.checkpoint import checkpoint_paths, load_state, save_checkpoint
@@ -123,6 +124,7 @@ def train(
     """
     start = time.monotonic()
     runtime = pick_runtime(device=config.device, amp=config.amp)
+    ddp.init_from_env(runtime.device)  # under torchrun: join the process group
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     seed_everything(config.seed + runtime.rank)
@@ -139,6 +141,7 @@ def train(
                                                   "fingerprint": data.fingerprint.to_dict(),
                                                   "split": data.split}))
         logger.info("resolved plan: %s", _json(plan.to_dict()))
+    ddp.barrier()  # rank 0 has created the run folder before anyone resumes from it
 
     from medseg.networks.factory import build_network
 
@@ -148,11 +151,12 @@ def train(
     iteration, elapsed_before, history, best = 0, 0.0, [], None
     if resume:
         iteration, elapsed_before, history, best = _restore(run_dir, model, optimizer, generator,
-                                                            data.split)
-    net = wrap_model(model) if wrap_model else model
+                                                            data.split, seed=config.seed)
+    net = wrap_model(model) if wrap_model else ddp.wrap(model)
     loss_fn = _make_loss(plan)
     sampler = PatchSampler(data.train_cases, plan.patch_size,
                            foreground_prob=config.foreground_prob, generator=generator)
+    stream = ddp.case_stream(len(data.train_cases), batch_size=plan.batch_size, seed=config.seed)
     scaler = torch.amp.GradScaler("cuda") if runtime.amp_dtype == torch.float16 else None
     total_iters = config.epochs * config.iters_per_epoch
     budget_s = config.time_budget_min * 60.0 if config.time_budget_min else None
@@ -165,21 +169,25 @@ def train(
         return elapsed_before + time.monotonic() - start
 
     def checkpoint(tag: str, metrics: dict[str, Any] | None) -> None:
+        rank_generators = ddp.gather(generator.get_state())  # collective: all ranks call it
         if not runtime.is_main:
             return
         card = build_card(config, plan, data, history=history, best=best, runtime=runtime,
                           iteration=iteration, elapsed_s=elapsed())
         state = {"iteration": iteration, "elapsed_s": elapsed(),
                  "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
+                 "rank_generators": rank_generators,
                  "history": history, "best": best, "split": data.split}
         save_checkpoint(run_dir, tag, model, card, state)
 
     def run_validation() -> None:
         nonlocal best, val_cost
         t0 = time.monotonic()
-        result = validate(model, data.val_cases, num_classes=plan.num_classes,
-                          roi_size=plan.patch_size, overlap=config.val_overlap,
-                          device=runtime.device, amp_dtype=runtime.amp_dtype, tta=config.val_tta)
+        result = ddp.validate_sharded(validate, model, data.val_cases,
+                                      num_classes=plan.num_classes,
+                                      roi_size=plan.patch_size, overlap=config.val_overlap,
+                                      device=runtime.device, amp_dtype=runtime.amp_dtype,
+                                      tta=config.val_tta)
         val_cost = time.monotonic() - t0
         record = {"iteration": iteration, "epoch": iteration / config.iters_per_epoch,
                   "elapsed_s": round(elapsed(), 1), "val_mean": result["mean"],
@@ -197,7 +205,10 @@ def train(
 
     net.train()
     while iteration < total_iters:
-        if budget_s is not None and elapsed() + 1.2 * val_cost + 2.0 >= budget_s:
+        # Ranks must agree on stopping and on the learning rate: all use rank 0's clock.
+        clock, clock_val = ddp.from_main(elapsed(), val_cost) if budget_s is not None \
+            else (0.0, 0.0)
+        if budget_s is not None and clock + 1.2 * clock_val + 2.0 >= budget_s:
             stop_reason = "time budget"
             break
         if stop_after_iterations is not None and this_call >= stop_after_iterations:
@@ -205,11 +216,12 @@ def train(
             break
         progress_frac = iteration / total_iters
         if budget_s is not None:
-            progress_frac = max(progress_frac, elapsed() / budget_s)
+            progress_frac = max(progress_frac, clock / budget_s)
         lr = _lr_at(config, progress_frac, iteration)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        image, label = sampler.next_batch(plan.batch_size)
+        image, label = (sampler.sample(stream.batch(iteration)) if stream
+                        else sampler.next_batch(plan.batch_size))
         image, label = augment_batch(image, label, config.augment, generator)
         image, label = image.to(runtime.device), label.to(runtime.device)
         autocast = torch.autocast(runtime.device.type, dtype=runtime.amp_dtype) \
@@ -251,6 +263,7 @@ def train(
                     elapsed(), best)
         if log:
             log.close()
+    ddp.barrier()  # rank 0's checkpoints are complete before any rank returns their paths
     weights_best, _ = checkpoint_paths(run_dir, "best")
     weights_last, _ = checkpoint_paths(run_dir, "last")
     return TrainResult(run_dir, weights_best, weights_last, best or {}, iteration, elapsed(), plan)
@@ -274,7 +287,7 @@ def _make_loss(plan: TrainingPlan) -> Callable[[torch.Tensor, torch.Tensor], tor
 
 
 def _restore(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-             generator: torch.Generator, split: dict[str, list[str]]
+             generator: torch.Generator, split: dict[str, list[str]], *, seed: int = 0
              ) -> tuple[int, float, list[dict[str, Any]], dict[str, Any] | None]:
     from safetensors.torch import load_model as load_safetensors_model
 
@@ -286,7 +299,7 @@ def _restore(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optim
     device = str(next(model.parameters()).device)
     load_safetensors_model(model, str(weights), strict=True, device=device)
     optimizer.load_state_dict(state["optimizer"])
-    generator.set_state(state["generator"])
+    generator.set_state(ddp.generator_state(state, seed=seed))  # this rank's own stream
     logger.info("resumed from %s at iteration %d", weights, state["iteration"])
     return int(state["iteration"]), float(state["elapsed_s"]), list(state["history"]), \
         state["best"]
