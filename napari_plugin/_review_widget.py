@@ -91,6 +91,7 @@ class ReviewWidget(Container):
                      self.save_path, self.save_button, self.status])
         self.native.layout().insertWidget(2, _scroll_area(self.rows))
         self._layer: Labels | None = None
+        self._history: tuple[int, int] | None = None
         self._recount_timer = QTimer()
         self._recount_timer.setSingleShot(True)
         self._recount_timer.setInterval(RECOUNT_DELAY_MS)
@@ -103,17 +104,35 @@ class ReviewWidget(Container):
     # -- layer binding ----------------------------------------------------------------------
     def _on_layer_changed(self, layer: Labels | None) -> None:
         if self._layer is not None:
-            for emitter in (self._layer.events.paint, self._layer.events.data):
-                emitter.disconnect(self._schedule_recount)
+            self._layer.events.paint.disconnect(self._schedule_recount)
+            self._layer.events.data.disconnect(self._schedule_recount)
+            self._layer.events.set_data.disconnect(self._on_set_data)
         self._layer = layer
         if layer is not None:
             layer.events.paint.connect(self._schedule_recount)
             layer.events.data.connect(self._schedule_recount)
+            layer.events.set_data.connect(self._on_set_data)
             self.contour.value = int(layer.contour)
+        self._history = self._history_lengths()
         self._rebuild_rows()
 
     def _schedule_recount(self, event: Any = None) -> None:
         self._recount_timer.start()
+
+    def _history_lengths(self) -> tuple[int, int] | None:
+        """Lengths of the layer's undo/redo stacks (``None`` where napari hides them)."""
+        undo = getattr(self._layer, "_undo_history", None)
+        redo = getattr(self._layer, "_redo_history", None)
+        return None if undo is None or redo is None else (len(undo), len(redo))
+
+    def _on_set_data(self, event: Any = None) -> None:
+        # napari emits no event for undo/redo, only ``set_data``, which also fires on every
+        # slider move; recount only when the undo/redo stacks changed (or when they cannot be
+        # seen in this napari version).
+        lengths = self._history_lengths()
+        if lengths is None or lengths != self._history:
+            self._history = lengths
+            self._schedule_recount()
 
     def _spacing(self) -> tuple[float, ...]:
         """Voxel spacing in mm from the stored grid (unit spacing for a non-medseg layer)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from npe2 import PluginManager, PluginManifest
 
 
@@ -32,3 +33,27 @@ def test_sample_data_is_a_ct_with_labels_on_the_same_grid() -> None:
     assert labels_kwargs["metadata"]["medseg_label_names"] == {"1": "liver", "2": "lesion"}
     liver_hu = float(np.median(image[labels == 1]))
     assert 80 < liver_hu < 150  # CT-like values, not noise
+
+
+@pytest.mark.gui
+def test_plugin_menu_widgets_sample_and_file_open_readers(make_napari_viewer, shared_data) -> None:
+    from napari.plugins import _npe2
+
+    from napari_plugin._review_widget import ReviewWidget
+    from napari_plugin._segment_widget import SegmentWidget
+
+    viewer = make_napari_viewer()
+    _, segment = viewer.window.add_plugin_dock_widget("medseg", "Segment")
+    _, review = viewer.window.add_plugin_dock_widget("medseg", "Review labels")
+    assert isinstance(segment, SegmentWidget) and isinstance(review, ReviewWidget)
+
+    layers = viewer.open_sample("medseg", "synthetic_ct")
+    assert [ly.name for ly in layers] == ["synthetic CT", "synthetic CT reference labels"]
+    assert segment.image_box.value is layers[0]  # the widgets follow the layer list
+    assert review.layer_box.value is layers[1]
+    assert review.total.value.startswith("total ")
+
+    # File > Open offers the medseg reader for every medical format and for DICOM folders
+    series = shared_data / "hippocrop_dicom" / "Study1" / "13_HCropVolume"
+    for path in ("scan.nii.gz", "scan.nii", "scan.nrrd", "scan.mha", "slice.dcm", str(series)):
+        assert "medseg" in _npe2.get_readers(path), path

@@ -58,6 +58,9 @@ def test_volumes_follow_painting(review, qtbot) -> None:
     layer.fill((1, 15, 15), 0)  # erase label 1 on slice k = 1 (100 voxels)
     qtbot.waitUntil(lambda: _row(widget, 1).volume.value == f"{100 * voxel_ml:.2f} mL",
                     timeout=3000)
+    layer.undo()  # napari's undo emits no paint event; the volumes must follow it too
+    qtbot.waitUntil(lambda: _row(widget, 1).volume.value == f"{200 * voxel_ml:.2f} mL",
+                    timeout=3000)
 
 
 def test_show_hide_opacity_and_contour(review) -> None:
