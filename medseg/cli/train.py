@@ -33,6 +33,7 @@ def train_command(
     """Train as CONFIG says; prints the resolved plan, writes checkpoints, logs and metrics."""
     from tqdm import tqdm
 
+    from medseg.distributed.ddp import is_main_process
     from medseg.errors import MedsegError
     from medseg.training import load_config, train
 
@@ -43,6 +44,7 @@ def train_command(
     bar = None
     try:
         cfg = load_config(config, overrides=overrides)
+        quiet = quiet or not is_main_process()  # one progress bar under torchrun
         bar = None if quiet else tqdm(total=cfg.epochs * cfg.iters_per_epoch, unit="it",
                                       mininterval=5.0, desc=cfg.name)
 
@@ -58,6 +60,8 @@ def train_command(
     finally:
         if bar is not None:
             bar.close()
+    if not is_main_process():  # under torchrun, rank 0 reports and exports
+        return
     typer.echo(json.dumps({"best": str(result.best_path), "last": str(result.last_path),
                            "iterations": result.iterations,
                            "elapsed_s": round(result.elapsed_s, 1),
