@@ -62,8 +62,8 @@ def load_raw_case(
         DatasetError: shape or geometry mismatch, non-integer labels, or label values outside
             ``0..num_classes-1`` (after ``label_values`` mapping); the message names the case.
     """
-    image = read_case_image(pair.image)
-    label = read_case_label(pair.label, image, is_seg=pair.label_is_seg)
+    image = read_case_image(pair.image, case_id=pair.case_id)
+    label = read_case_label(pair.label, image, is_seg=pair.label_is_seg, case_id=pair.case_id)
     where = f"case {pair.case_id}"
     if label.num_channels != 1:
         raise DatasetError(f"{where}: label {pair.label} has {label.num_channels} channels, "
