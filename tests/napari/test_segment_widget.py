@@ -103,22 +103,24 @@ def test_cancel_stops_the_run_and_adds_nothing(segment, qtbot) -> None:
     assert widget.run_button.enabled and not widget.cancel_button.enabled
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without CUDA")
-def test_cuda_without_a_gpu_is_refused_before_anything_runs(segment) -> None:
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="the message shown without CUDA")
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "message"),
+    [
+        pytest.param("device_box", "cuda", "error: device 'cuda' was requested but no CUDA GPU "
+                     "is available; use auto or cpu", marks=NO_CUDA, id="cuda-without-gpu"),
+        pytest.param("checkpoint", "", "error: choose a .safetensors model file (got ",
+                     id="no-checkpoint"),
+    ],
+)
+def test_bad_settings_are_refused_before_anything_runs(
+    segment, setting: str, value: str, message: str
+) -> None:
     viewer, widget = segment
     _add_image(viewer, "img", (8, 9, 10), angle=0.0, seed=4)
-    widget.device_box.value = "cuda"
+    getattr(widget, setting).value = value
     widget.run_button.clicked.emit()
-    assert widget.worker is None
-    assert widget.status.value == (
-        "error: device 'cuda' was requested but no CUDA GPU is available; use auto or cpu"
-    )
-
-
-def test_a_missing_checkpoint_is_reported(segment) -> None:
-    viewer, widget = segment
-    _add_image(viewer, "img", (8, 9, 10), angle=0.0, seed=5)
-    widget.checkpoint.value = ""
-    widget.run_button.clicked.emit()
-    assert widget.worker is None
-    assert widget.status.value.startswith("error: choose a .safetensors model file")
+    assert widget.worker is None and widget.run_button.enabled
+    assert widget.status.value.startswith(message)
