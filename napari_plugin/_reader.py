@@ -8,19 +8,17 @@ with one sub-folder per series). A single ``.dcm`` file opens the whole series i
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from napari.utils.notifications import show_info
 from pydicom.misc import is_dicom
 
 from medseg.errors import ImageReadError
 from medseg.io.image import MedImage
 from napari_plugin._geometry import image_layer_data
-
-logger = logging.getLogger(__name__)
 
 LayerData = tuple[Any, dict[str, Any], str]
 ReaderFunction = Callable[[str | list[str]], list[LayerData]]
@@ -97,7 +95,8 @@ def _read_dicom_folder(folder: Path) -> list[tuple[str, MedImage]]:
     if not series:
         raise ImageReadError(f"{folder}: no DICOM image series found (searched sub-folders too)")
     if len(series) > 1:
-        logger.info("%s holds %d image series; opening each as its own layer", folder, len(series))
+        show_info(f"{folder.name}: {len(series)} DICOM image series, each opened as its own "
+                  f"layer (largest first): " + "; ".join(s.summary() for s in series))
     names = [_series_name(info) for info in series]
     out = []
     for info, name in zip(series, names, strict=True):
