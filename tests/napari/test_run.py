@@ -86,3 +86,26 @@ def test_chosen_model() -> None:
     assert chosen_model(CHECKPOINT_CHOICE, "/m/a.safetensors") == "/m/a.safetensors"
     with pytest.raises(ModelError, match=r"choose a \.safetensors model file \(got '\.'\)"):
         chosen_model(CHECKPOINT_CHOICE, ".")
+
+
+@pytest.mark.slow  # a few seconds on an idle machine, 20 s on a loaded 2-core one
+def test_2d_image_layer_with_a_2d_model(tmp_path: Path) -> None:
+    import torch
+
+    from medseg.model_card import ModelCard, save_model
+    from medseg.networks import build_network, plan_network
+
+    torch.manual_seed(1)
+    config = plan_network(spatial_dims=2, in_channels=1, out_channels=2, patch_size=[32, 32],
+                          base_filters=4, max_filters=8)
+    card = ModelCard(name="em", network=config, label_names={0: "membrane", 1: "cell"},
+                     roi_size=[32, 32])
+    path = save_model(tmp_path / "em.safetensors", build_network(config), card)
+    layer = Image(np.random.default_rng(0).normal(size=(40, 50)).astype(np.float32), name="em",
+                  scale=(0.5, 0.25))
+    request = capture_request(layer, EngineOptions(model=str(path), device="cpu"))
+    prediction = run_request(request, SegmenterCache())
+    data, kwargs, _ = result_layer_data(request, prediction)
+    assert data.shape == (40, 50)
+    assert kwargs["name"] == "em [medseg em]" and kwargs["scale"] == [0.5, 0.25]
+    assert kwargs["metadata"]["medseg_label_names"] == {"1": "cell"}
