@@ -6,8 +6,10 @@ and a few irregular hypodense lesions ("lumpy spheres") inside it, plus Gaussian
 Edges are soft (a sigmoid of an approximate signed distance) so the image has partial-volume
 blur without an extra filtering pass.
 
-Anatomy is laid out relative to the in-plane field of view, so any ``shape`` and ``spacing``
-give a whole abdomen: the same seed at 0.8 mm and at 1.6 mm describes the same patient.
+In-plane anatomy is laid out relative to the in-plane field of view (as a scanner's display
+field of view is fitted to the body), and the liver's cranio-caudal extent is fixed in mm with
+the slab of slices centred on it; so the same seed at 0.8 mm and at 1.6 mm describes the same
+patient, and a thin slab simply shows less of the liver (its lesions are placed inside it).
 Generation works in chunks of slices with broadcasting (no full-volume coordinate grids),
 keeping memory near the size of the two outputs (int16 image + uint8 labels): a
 512x512x200 volume needs about 160 MB and a few seconds.
@@ -40,6 +42,7 @@ HU_SOFT_TISSUE = 45.0
 HU_BONE = 450.0
 HU_AORTA = 190.0
 HU_LIVER = 115.0
+LIVER_CC_SEMI_AXIS_MM = 80.0  # cranio-caudal half-length of the liver
 EDGE_WIDTH_MM = 0.4  # sigmoid width of tissue boundaries (partial-volume blur)
 CHUNK_VOXELS = 1 << 21  # voxels processed at once (bounds temporary memory to ~50 MB)
 
@@ -119,27 +122,38 @@ def _random_blob(rng: np.random.Generator, centre: np.ndarray, semi_axes: np.nda
     return _Blob(centre.astype(np.float32), semi_axes.astype(np.float32), dirs, heights)
 
 
-def _place_lesions(rng: np.random.Generator, liver: _Blob, n_lesions: int,
-                   min_radius_mm: float) -> list[_Blob]:
-    """Lesions inside the liver's core, apart from each other (best-candidate sampling)."""
+def _place_lesions(rng: np.random.Generator, liver: _Blob, n_lesions: int, *,
+                   min_radius_mm: float, half_fov_z: float) -> list[_Blob]:
+    """Lesions inside the liver's core and the scanned slab, apart from each other.
+
+    Best-candidate sampling: of 128 random candidates, keep the one farthest from the lesions
+    already placed (Mitchell's algorithm), so placement never loops and stays seeded.
+    """
     lesions: list[_Blob] = []
-    base = float(liver.semi_axes.min())
+    base = float(liver.semi_axes[:2].min())
     for _ in range(n_lesions):
-        r = max(rng.uniform(0.10, 0.22) * base, min_radius_mm)
-        u = rng.normal(size=(64, 3))
+        r = rng.uniform(0.12, 0.26) * base
+        r = max(min(r, half_fov_z / 1.4), min_radius_mm)  # fit the slab if it is thin
+        u = rng.normal(size=(128, 3))
         u /= np.linalg.norm(u, axis=1, keepdims=True)
-        cands = liver.centre + u * rng.uniform(0.2, 0.6, size=(64, 1)) * liver.semi_axes
-        # Clearance: gap left between a candidate and every placed lesion (bumps included).
-        clearance = np.full(len(cands), np.inf)
-        for o in lesions:
-            gap = np.linalg.norm(cands - o.centre, axis=1) - 1.3 * (r + o.semi_axes[0]) - 2.0
-            clearance = np.minimum(clearance, gap)
-        best = int(np.argmax(clearance))
-        if clearance[best] <= 0:
-            raise ConfigError(
-                f"cannot place {n_lesions} separate lesions of radius >= {min_radius_mm:.1f} mm "
-                "in the synthetic liver; ask for fewer lesions or a larger field of view"
-            )
+        cands = liver.centre + u * rng.uniform(0.15, 0.6, size=(128, 1)) * liver.semi_axes
+        while True:
+            # Clearance: the gap left to every placed lesion (bumps included) and to the
+            # slab ends; a crowded liver gets a smaller lesion rather than an overlap.
+            clearance = half_fov_z - 1.3 * r - np.abs(cands[:, 2])
+            for o in lesions:
+                gap = np.linalg.norm(cands - o.centre, axis=1) - 1.3 * (r + o.semi_axes[0]) - 2.0
+                clearance = np.minimum(clearance, gap)
+            best = int(np.argmax(clearance))
+            if clearance[best] > 0:
+                break
+            if r <= min_radius_mm:
+                raise ConfigError(
+                    f"cannot place {n_lesions} separate lesions of radius >= "
+                    f"{min_radius_mm:.1f} mm in the synthetic liver; ask for fewer lesions or "
+                    "a larger field of view"
+                )
+            r = max(0.85 * r, min_radius_mm)
         lesions.append(_random_blob(rng, cands[best], np.full(3, r), n_bumps=5, amplitude=0.18))
     return lesions
 
@@ -202,11 +216,12 @@ def make_ct_study(
     aorta = np.hypot(x[..., 0] - 0.12 * a, y[..., 0] - 0.36 * b) - 0.065 * b
     liver = _random_blob(
         rng,
-        np.array([-0.38 * a, -0.12 * b, rng.uniform(-0.05, 0.05) * fov[2]]),
-        np.array([0.45 * a, 0.58 * b, 0.40 * fov[2]]) * rng.uniform(0.93, 1.07, size=3),
+        np.array([-0.38 * a, -0.12 * b, rng.uniform(-8.0, 8.0)]),
+        np.array([0.45 * a, 0.58 * b, LIVER_CC_SEMI_AXIS_MM]) * rng.uniform(0.93, 1.07, size=3),
         n_bumps=6, amplitude=0.10,
     )
-    lesions = _place_lesions(rng, liver, n_lesions, min_radius_mm=1.2 * float(sp.max()))
+    lesions = _place_lesions(rng, liver, n_lesions, min_radius_mm=1.2 * float(sp.max()),
+                             half_fov_z=float(fov[2]) / 2)
     contrasts = rng.uniform(-75.0, -45.0, size=len(lesions))
 
     # In-plane background: air, fat, soft tissue, bone, aorta (constant along z).
