@@ -30,6 +30,12 @@ DEFAULT_COLORS: tuple[tuple[int, int, int], ...] = (
 )
 
 
+_TYPE2_COPIED = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+    "StudyID", "AccessionNumber", "ReferringPhysicianName",
+)
+
+
 def _source_datasets(source: MedImage, path: Path) -> list[pydicom.Dataset]:
     files = source.meta.provenance.files
     if source.meta.provenance.format != "dicom" or not files:
@@ -41,6 +47,11 @@ def _source_datasets(source: MedImage, path: Path) -> list[pydicom.Dataset]:
     for ds, f in zip(datasets, files, strict=True):
         if "SpecificCharacterSet" in ds and not ds.SpecificCharacterSet:
             del ds.SpecificCharacterSet  # empty means the default repertoire; highdicom rejects ''
+        for keyword in _TYPE2_COPIED:
+            # Type 2 Patient/Study attributes that highdicom copies into the SEG: a source that
+            # omits them (legal in some older IODs) gets them empty, which is valid for Type 2.
+            if keyword not in ds:
+                setattr(ds, keyword, "")
         missing = [k for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
                    if not str(ds.get(k, "") or "")]
         if missing:

@@ -143,6 +143,13 @@ def test_written_segs_pass_dciodvfy(shared_data, ct3, ct_series, tmp_path):
     assert _dciodvfy_errors(tmp_path / "c.dcm") == []
     back = read_dicom_seg(tmp_path / "c.dcm", t2)
     np.testing.assert_array_equal(back.array, mask)
+    # a HippoCrop MR series whose files omit the Type 2 PatientBirthDate/PatientSex
+    crop = read_image(shared_data / "hippocrop_dicom" / "Study1" / "13_HCropVolume")
+    half = np.zeros(crop.array.shape, np.uint8)
+    half[..., : crop.spatial_shape[2] // 2] = 1
+    write_dicom_seg(crop.with_array(half), crop, tmp_path / "d.dcm", label_names={1: "lower"})
+    assert _dciodvfy_errors(tmp_path / "d.dcm") == []
+    np.testing.assert_array_equal(read_dicom_seg(tmp_path / "d.dcm", crop).array, half)
 
 
 @pytest.mark.skipif(not DCMQI_BIN.exists(), reason="dcmqi segimage2itkimage not installed")
