@@ -1,0 +1,121 @@
+"""``medseg-predict``: segment files, folders and manifests with one model (thin Typer shell).
+
+Example::
+
+    medseg-predict --model hippocampus --format nifti --format dicom-seg -o OUT scans/ more.nii.gz
+
+Exit code 0 when every case succeeded (or was already done), 1 if any case failed, 2 when the
+run could not start (unknown model, bad option, unreadable manifest).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import IO, Any
+
+import typer
+
+app = typer.Typer(add_completion=False, help="Segment medical images with a medseg model.")
+
+
+class _JsonLines:
+    """Writes one JSON object per line, flushed at once (a killed run keeps every line)."""
+
+    def __init__(self, target: str | None) -> None:
+        self.stream: IO[str] | None = None
+        self.owned = False
+        if target == "-":
+            self.stream = sys.stdout
+        elif target:
+            Path(target).parent.mkdir(parents=True, exist_ok=True)
+            self.stream = open(target, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+            self.owned = True
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if self.stream is not None:
+            self.stream.write(json.dumps(event, sort_keys=True, default=str) + "\n")
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self.owned and self.stream is not None:
+            self.stream.close()
+
+
+@app.command()
+def predict_command(
+    inputs: list[str] = typer.Argument(..., help="Image files, folders (searched recursively "
+                                       "for DICOM series and NIfTI/NRRD/MHA files) and "
+                                       "manifests (.csv with a 'path' column, or .json list)."),
+    model: str = typer.Option(..., "--model", "-m", help="Shipped model name or .safetensors "
+                              "model file."),
+    output: Path = typer.Option(..., "--output", "-o", help="Output folder."),
+    formats: list[str] = typer.Option(["nifti"], "--format", "-f", help="nifti and/or "
+                                      "dicom-seg (repeat the option for both)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Redo cases already finished."),
+    device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... "
+                                      "(default: cuda if available, else cpu)."),
+    overlap: float = typer.Option(0.5, "--overlap", help="Sliding-window overlap in [0, 1)."),
+    tta: bool = typer.Option(False, "--tta/--no-tta", help="Mirror test-time augmentation."),
+    amp: bool | None = typer.Option(None, "--amp/--no-amp", help="Mixed precision (default: "
+                                    "on for CUDA, off for CPU)."),
+    keep_largest: bool = typer.Option(False, "--keep-largest", help="Keep only the largest "
+                                      "connected component of each label."),
+    min_size_ml: float = typer.Option(0.0, "--min-size-ml", help="Remove components smaller "
+                                      "than this volume (mL)."),
+    log_json: str | None = typer.Option(None, "--log-json", help="Write JSON-lines events to "
+                                        "this file ('-' for stdout)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every stage."),
+) -> None:
+    """Segment INPUTS into OUTPUT: per case a label map, a JSON record, and a run summary."""
+    from tqdm import tqdm
+
+    from medseg.errors import MedsegError
+    from medseg.inference.batch import run_batch
+    from medseg.inference.postprocess import PostprocessConfig
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log = _JsonLines(log_json)
+    bar = None if quiet else tqdm(total=0, unit="case", file=sys.stderr, desc="medseg-predict")
+
+    def progress(done: int, total: int) -> None:
+        if bar is not None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+    try:
+        summary = run_batch(
+            inputs, model, output, formats=formats, overwrite=overwrite, device=device,
+            overlap=overlap, tta=tta, amp=amp,
+            postprocess=PostprocessConfig(keep_largest=keep_largest, min_size_ml=min_size_ml),
+            progress=progress, on_event=log,
+        )
+    except MedsegError as exc:
+        log({"event": "run_error", "error": str(exc), "error_type": type(exc).__name__})
+        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(code=2) from exc
+    finally:
+        if bar is not None:
+            bar.close()
+        log.close()
+    if not quiet:
+        typer.echo(f"{summary.total} case(s): {summary.completed} done, {summary.already_done} "
+                   f"already done, {len(summary.failed)} failed ({summary.wall_s:.1f} s); "
+                   f"records in {output}", err=True)
+        for case_id, reason in summary.failed.items():
+            typer.secho(f"failed {case_id}: {reason}", err=True, fg=typer.colors.RED)
+    if summary.failed:
+        raise typer.Exit(code=1)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,265 @@
+"""The unattended batch runner behind ``medseg-predict`` (and, later, a Ray backend).
+
+Safety rules, in the order they are applied:
+
+* every output is written atomically (``medseg.io.atomic``): no half-written file is ever
+  visible under its final name; temporaries a killed run left behind are removed at start;
+* a case counts as finished only when its JSON record, written last, exists; a re-run skips
+  finished cases made by the same model weights (unless ``overwrite``) and redoes the rest;
+* a case that fails is recorded (``_failed/<case_id>.json``) with its reason and the run goes
+  on; :attr:`BatchSummary.ok` is ``False`` if any case failed.
+
+:func:`predict_case` is the unit of work: a plain function of (case, segmenter, folder,
+options), so a distributed worker can call it as it is.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from medseg.errors import ConfigError, MedsegError
+from medseg.inference.cases import CaseInput, discover_cases
+from medseg.inference.records import (
+    BatchSummary,
+    CaseRecord,
+    now_iso,
+    read_record,
+    write_record,
+)
+from medseg.io.atomic import remove_stale_temporaries
+
+if TYPE_CHECKING:
+    from medseg.inference.engine import Segmenter
+    from medseg.inference.postprocess import PostprocessConfig
+    from medseg.io.image import MedImage
+
+logger = logging.getLogger(__name__)
+
+#: Output formats and the file name suffix each gets after the case id.
+FORMATS: dict[str, str] = {"nifti": ".nii.gz", "dicom-seg": ".seg.dcm"}
+
+EventFn = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """Per-case options of a batch.
+
+    Attributes:
+        formats: Output formats, from ``FORMATS``.
+        overwrite: Redo cases that already have a finished record.
+    """
+
+    formats: tuple[str, ...] = ("nifti",)
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        unknown = [f for f in self.formats if f not in FORMATS]
+        if unknown or not self.formats:
+            raise ConfigError(f"unknown output format(s) {unknown or '(none given)'}; choose from "
+                              f"{', '.join(FORMATS)}")
+
+
+def output_name(case_id: str, fmt: str) -> str:
+    return f"{case_id}{FORMATS[fmt]}"
+
+
+def _write_output(fmt: str, prediction_labels: MedImage, image: MedImage, path: Path,
+                  segmenter: Segmenter) -> None:
+    from medseg import __version__
+    from medseg.io import write_dicom_seg, write_nifti
+
+    if fmt == "nifti":
+        write_nifti(prediction_labels, path)
+    elif fmt == "dicom-seg":
+        card = segmenter.card
+        write_dicom_seg(
+            prediction_labels, image, path,
+            label_names={k: v for k, v in card.label_names.items() if k != 0},
+            label_colors=card.label_colors or None,
+            algorithm_name=f"medseg {card.name}"[:64],
+            algorithm_version=f"{__version__} card {card.hash()[:12]}",
+        )
+
+
+def _input_info(case: CaseInput, image: MedImage | None) -> dict[str, Any]:
+    info = case.describe()
+    if image is not None:
+        prov = image.meta.provenance
+        info.update(format=prov.format, modality=prov.modality,
+                    study_instance_uid=prov.study_instance_uid,
+                    series_instance_uid=prov.series_instance_uid,
+                    frame_of_reference_uid=prov.frame_of_reference_uid)
+    return info
+
+
+def predict_case(case: CaseInput, segmenter: Segmenter, out_dir: str | Path,
+                 options: BatchOptions) -> CaseRecord:
+    """Read, segment and write one case; its record is written last. Never raises for a case
+    problem: the returned (and written) record says what failed and why.
+    """
+    from medseg.io import read_image
+
+    out_dir = Path(out_dir)
+    record = CaseRecord(case_id=case.case_id, status="failed", input=case.describe(),
+                        started_at=now_iso(), provenance=segmenter.provenance())
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    image = None
+    try:
+        if case.error:
+            raise MedsegError(case.error)
+        t = time.perf_counter()
+        image = read_image(case.path, series_uid=case.series_uid)
+        timings["read"] = time.perf_counter() - t
+        record.input = _input_info(case, image)
+        record.geometry = {"shape": list(image.spatial_shape),
+                           "spacing_mm": list(image.meta.spacing)}
+        prediction = segmenter.predict(image)
+        timings.update(prediction.timings)
+        t = time.perf_counter()
+        for fmt in options.formats:
+            if fmt == "dicom-seg" and image.meta.provenance.format != "dicom":
+                record.skipped_outputs[fmt] = (
+                    f"{case.path} is not a DICOM series ({image.meta.provenance.format}); a DICOM "
+                    "SEG must reference DICOM source images")
+                continue
+            name = output_name(case.case_id, fmt)
+            _write_output(fmt, prediction.labels, image, out_dir / name, segmenter)
+            record.outputs[fmt] = name
+        timings["write"] = time.perf_counter() - t
+        if not record.outputs:
+            raise MedsegError(f"{case.path}: none of the requested formats applies: "
+                              + "; ".join(record.skipped_outputs.values()))
+        record.volumes_ml = prediction.volumes_ml
+        record.status = "ok"
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except MedsegError as exc:
+        record.error, record.error_type = str(exc), type(exc).__name__
+    except Exception as exc:  # unexpected: keep the batch going, keep the traceback in the log
+        logger.exception("case %s failed unexpectedly", case.case_id)
+        record.error = f"{case.path}: unexpected {type(exc).__name__}: {exc}"
+        record.error_type = type(exc).__name__
+    timings["total"] = time.perf_counter() - start
+    record.timings_s = {k: round(v, 4) for k, v in timings.items()}
+    write_record(out_dir, record)
+    return record
+
+
+def is_finished(out_dir: Path, case: CaseInput, options: BatchOptions,
+                weights_sha256: str | None) -> bool:
+    """True if the case has a finished record, made by these weights, covering every requested
+    format, whose output files all exist."""
+    record = read_record(out_dir, case.case_id)
+    if record is None or not record.ok:
+        return False
+    if weights_sha256 and record.provenance.get("weights_sha256") != weights_sha256:
+        return False
+    for fmt in options.formats:
+        if fmt in record.skipped_outputs:
+            continue
+        name = record.outputs.get(fmt)
+        if name is None or not (out_dir / name).is_file():
+            return False
+    return True
+
+
+def run_batch(
+    inputs: Iterable[str | Path] | Sequence[CaseInput],
+    model: str | Path,
+    out_dir: str | Path,
+    *,
+    formats: Sequence[str] = ("nifti",),
+    overwrite: bool = False,
+    device: str | None = None,
+    overlap: float = 0.5,
+    tta: bool = False,
+    amp: bool | None = None,
+    postprocess: PostprocessConfig | None = None,
+    segmenter: Segmenter | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    on_event: EventFn | None = None,
+) -> BatchSummary:
+    """Segment every case named by ``inputs`` into ``out_dir``; resumable and kill-safe.
+
+    Args:
+        inputs: Files, folders and manifests (see :func:`discover_cases`), or cases.
+        model: Shipped model name or model file (loaded once, only if a case needs it).
+        out_dir: Output folder (created).
+        formats: ``"nifti"`` and/or ``"dicom-seg"``.
+        overwrite: Redo finished cases.
+        device, overlap, tta, amp, postprocess: Engine options (see :class:`Segmenter`).
+        segmenter: An already loaded engine (then ``model`` only names it in events).
+        progress: ``progress(cases_done, cases_total)``.
+        on_event: Receives one JSON-ready dict per event (``run_started``, ``case_skipped``,
+            ``case_finished``, ``case_failed``, ``run_finished``), e.g. for a JSON-lines log.
+
+    Returns:
+        The run summary (also written to ``out_dir/_summary.json``).
+
+    Raises:
+        ModelError: The model cannot be found or loaded (no case can run).
+        ConfigError: Unknown output format.
+        MedsegError: An unreadable manifest.
+    """
+    from medseg.model_card import file_sha256
+    from medseg.models import resolve_model
+
+    options = BatchOptions(formats=tuple(dict.fromkeys(formats)), overwrite=overwrite)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    emit = on_event or (lambda event: None)
+    summary = BatchSummary(out_dir=str(out_dir), started_at=now_iso())
+    start = time.perf_counter()
+    removed = remove_stale_temporaries(out_dir)
+    if removed:
+        logger.info("removed %d temporary file(s) left by an interrupted run", removed)
+    items = list(inputs)
+    cases = (items if items and all(isinstance(c, CaseInput) for c in items)
+             else discover_cases(items))  # type: ignore[arg-type]
+    summary.total = len(cases)
+    model_path = segmenter.model_path if segmenter is not None else resolve_model(model)
+    weights = file_sha256(model_path) if model_path is not None else None
+    emit({"event": "run_started", "time": now_iso(), "cases": len(cases), "out_dir": str(out_dir),
+          "model": str(model_path or model), "formats": list(options.formats)})
+    for done, case in enumerate(cases, start=1):
+        if not options.overwrite and is_finished(out_dir, case, options, weights):
+            summary.already_done += 1
+            emit({"event": "case_skipped", "time": now_iso(), "case_id": case.case_id,
+                  "reason": "already finished"})
+        else:
+            if segmenter is None:
+                from medseg.inference.engine import Segmenter
+
+                segmenter = Segmenter.from_file(model_path, device=device, overlap=overlap,
+                                                tta=tta, amp=amp, postprocess=postprocess)
+            record = predict_case(case, segmenter, out_dir, options)
+            summary.records.append(record)
+            if record.ok:
+                summary.completed += 1
+                emit({"event": "case_finished", "time": now_iso(), **_brief(record)})
+            else:
+                summary.failed[case.case_id] = record.error or "unknown error"
+                emit({"event": "case_failed", "time": now_iso(), **_brief(record)})
+        if progress is not None:
+            progress(done, len(cases))
+    summary.provenance = segmenter.provenance() if segmenter is not None else {}
+    summary.wall_s = round(time.perf_counter() - start, 3)
+    summary.write()
+    emit({"event": "run_finished", "time": now_iso(), "total": summary.total,
+          "completed": summary.completed, "already_done": summary.already_done,
+          "failed": len(summary.failed), "wall_s": summary.wall_s})
+    return summary
+
+
+def _brief(record: CaseRecord) -> dict[str, Any]:
+    return {"case_id": record.case_id, "status": record.status, "input": record.input,
+            "outputs": record.outputs, "skipped_outputs": record.skipped_outputs,
+            "error": record.error, "timings_s": record.timings_s,
+            "volumes_ml": record.volumes_ml}

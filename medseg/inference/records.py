@@ -1,0 +1,149 @@
+"""Per-case JSON records and the run summary of a batch.
+
+A case counts as finished only when its record ``<out>/<case_id>.json`` exists: the record is
+written last, atomically, after every output file. Failed cases get a record under
+``<out>/_failed/`` instead, so a re-run retries them. (Case ids never start with ``_``.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medseg.io.atomic import atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+RECORD_VERSION = 1
+FAILED_DIR = "_failed"
+SUMMARY_NAME = "_summary.json"
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+@dataclass
+class CaseRecord:
+    """What happened to one case.
+
+    Attributes:
+        case_id: The case's safe id (prefix of its output files).
+        status: ``"ok"`` or ``"failed"``.
+        input: Input identification: path, series UID, format, study/series UIDs, modality.
+        outputs: ``{format: file name}`` of the outputs written (relative to the output folder).
+        skipped_outputs: ``{format: reason}`` for requested formats that do not apply.
+        timings_s: Seconds per stage: read, preprocess, infer, resample, postprocess, write,
+            total.
+        volumes_ml: Volume of each named label in mL.
+        geometry: Shape and spacing of the input grid.
+        error: Why the case failed (a message a user can act on), else ``None``.
+        error_type: Exception class name of the failure.
+        provenance: medseg version, model name, model card hash, weights sha256, device,
+            options.
+        started_at: ISO-8601 UTC time the case started.
+        finished_at: ISO-8601 UTC time the record was written.
+    """
+
+    case_id: str
+    status: str
+    input: dict[str, Any] = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)
+    skipped_outputs: dict[str, str] = field(default_factory=dict)
+    timings_s: dict[str, float] = field(default_factory=dict)
+    volumes_ml: dict[str, float] = field(default_factory=dict)
+    geometry: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    error_type: str | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+    started_at: str = ""
+    finished_at: str = ""
+    record_version: int = RECORD_VERSION
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CaseRecord:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def record_path(out_dir: Path, case_id: str, *, failed: bool = False) -> Path:
+    return out_dir / FAILED_DIR / f"{case_id}.json" if failed else out_dir / f"{case_id}.json"
+
+
+def write_record(out_dir: Path, record: CaseRecord) -> Path:
+    """Write a case record atomically (the marker that the case is finished, if ``ok``)."""
+    record.finished_at = now_iso()
+    path = record_path(out_dir, record.case_id, failed=not record.ok)
+    atomic_write_text(path, json.dumps(record.to_dict(), indent=2, sort_keys=True) + "\n")
+    if record.ok:
+        record_path(out_dir, record.case_id, failed=True).unlink(missing_ok=True)
+    return path
+
+
+def read_record(out_dir: Path, case_id: str) -> CaseRecord | None:
+    """The finished record of a case, or ``None`` if absent or unreadable."""
+    path = record_path(out_dir, case_id)
+    try:
+        return CaseRecord.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError) as exc:
+        logger.warning("ignoring unreadable record %s (%s); the case will be redone", path, exc)
+        return None
+
+
+@dataclass
+class BatchSummary:
+    """The outcome of a :func:`medseg.inference.batch.run_batch` run.
+
+    Attributes:
+        out_dir: Output folder.
+        total: Cases found.
+        completed: Cases predicted in this run.
+        already_done: Cases skipped because a finished record existed (resume).
+        failed: Cases that failed, as ``{case_id: reason}``.
+        records: Records of the cases handled in this run (finished and failed).
+        wall_s: Duration of the run in seconds.
+        started_at: ISO-8601 UTC start time.
+        provenance: Provenance of the model used (empty if nothing needed predicting).
+    """
+
+    out_dir: str
+    total: int = 0
+    completed: int = 0
+    already_done: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+    records: list[CaseRecord] = field(default_factory=list)
+    wall_s: float = 0.0
+    started_at: str = ""
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["records"] = [
+            {"case_id": r.case_id, "status": r.status, "outputs": r.outputs, "error": r.error,
+             "timings_s": r.timings_s, "volumes_ml": r.volumes_ml}
+            for r in self.records
+        ]
+        return d
+
+    def write(self) -> Path:
+        path = Path(self.out_dir) / SUMMARY_NAME
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        return path

@@ -1,0 +1,156 @@
+"""Segmenter: model-card preprocessing, exact output grid, resampling back, TTA, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from inference_helpers import (
+    ThresholdNet,
+    ball_image,
+    dice,
+    oblique_meta,
+    threshold_card,
+    tiny_card,
+)
+
+from medseg.errors import CancelledError, ModelError
+from medseg.inference import PostprocessConfig, Segmenter
+from medseg.inference.preprocess import window_normalizer
+from medseg.io import MedImage
+from medseg.model_card import NormalizationConfig
+from medseg.transforms import normalize_intensity
+
+
+def test_from_file_predicts_on_the_exact_input_grid(tiny_model_file: Path) -> None:
+    segmenter = Segmenter.from_file(tiny_model_file, device="cpu")
+    meta = oblique_meta()
+    image = MedImage(np.random.default_rng(0).normal(100, 20, (1, 33, 34, 35)).astype("f4"),
+                     meta)
+    pred = segmenter.predict(image, return_probabilities=True)
+    assert pred.labels.array.shape == (1, 33, 34, 35) and pred.labels.array.dtype == np.uint8
+    assert pred.labels.meta.same_grid(meta, atol_mm=1e-6)
+    assert pred.labels.meta.label_names == {1: "anterior", 2: "posterior"}
+    assert set(np.unique(pred.labels.array)) <= {0, 1, 2}
+    probs = pred.probabilities
+    assert probs is not None and probs.array.shape == (3, 33, 34, 35)
+    assert probs.array.dtype == np.float16
+    np.testing.assert_allclose(probs.array.astype("f4").sum(0), 1.0, atol=5e-3)
+    top2 = np.sort(probs.array.astype("f4"), axis=0)[-2:]
+    clear = top2[1] - top2[0] > 4e-3  # float16 rounding can swap near-ties
+    np.testing.assert_array_equal(probs.array.argmax(0)[clear], pred.labels.array[0][clear])
+    assert set(pred.timings) == {"preprocess", "infer", "resample", "postprocess"}
+    voxel_ml = float(np.prod(meta.spacing)) / 1000
+    assert pred.volumes_ml["anterior"] == pytest.approx(
+        (pred.labels.array == 1).sum() * voxel_ml, abs=1e-6)
+    prov = segmenter.provenance()
+    assert prov["model_name"] == "tiny" and len(prov["weights_sha256"]) == 64
+    assert prov["model_card_sha256"] == segmenter.card.hash() and prov["device"] == "cpu"
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_threshold_model_recovers_a_ball_on_an_oblique_grid(ndim: int) -> None:
+    shape = (41, 37, 30)[:ndim]
+    meta = oblique_meta(ndim)
+    image, mask = ball_image(shape, meta)
+    roi = [16] * ndim
+    segmenter = Segmenter(ThresholdNet(), threshold_card(roi=roi), device="cpu")
+    pred = segmenter.predict(image)
+    np.testing.assert_array_equal(pred.labels.array[0], mask)  # voxel-exact through windows
+
+
+def test_resampling_to_model_spacing_and_back_keeps_the_grid() -> None:
+    meta = oblique_meta(spacing=(0.8, 0.9, 1.3))
+    image, mask = ball_image((45, 40, 28), meta, radius_mm=10.0)
+    card = threshold_card(roi=[16, 16, 16], target_spacing=[1.6, 1.6, 2.0])
+    pred = Segmenter(ThresholdNet(), card, device="cpu").predict(image)
+    assert pred.labels.spatial_shape == (45, 40, 28)
+    assert pred.labels.meta.same_grid(meta, atol_mm=1e-6)
+    assert dice(pred.labels.array[0], mask) > 0.93  # the ball survives 2x down and back up
+    centre_shift = np.abs(np.argwhere(pred.labels.array[0]).mean(0) - np.argwhere(mask).mean(0))
+    assert centre_shift.max() < 0.5  # no half-voxel drift between the grids
+
+
+def test_tta_averages_mirrored_windows(tiny_model_file: Path) -> None:
+    image = MedImage(np.random.default_rng(4).normal(size=(1, 16, 16, 16)).astype("f4"),
+                     oblique_meta())
+    plain = Segmenter.from_file(tiny_model_file, device="cpu", margin=0)
+    mirrored = Segmenter.from_file(tiny_model_file, device="cpu", margin=0, tta=True)
+    p_tta = mirrored.predict(image, return_probabilities=True).probabilities
+    x = torch.from_numpy(normalize_intensity(image.array, plain.card.normalization))[None]
+    flips = [(), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4)]
+    with torch.no_grad():
+        logits = sum(plain.model(x.flip(f)).flip(f) if f else plain.model(x) for f in flips) / 8
+    expected = torch.softmax(logits[0], 0).numpy()
+    assert p_tta is not None
+    np.testing.assert_allclose(p_tta.array.astype("f4"), expected, atol=2e-3)
+
+
+def test_bf16_autocast_agrees_with_fp32(tiny_model_file: Path) -> None:
+    image = MedImage(np.random.default_rng(5).normal(size=(1, 30, 26, 20)).astype("f4"),
+                     oblique_meta())
+    fp32 = Segmenter.from_file(tiny_model_file, device="cpu", amp=False).predict(image)
+    bf16 = Segmenter.from_file(tiny_model_file, device="cpu", amp=True).predict(image)
+    agreement = (fp32.labels.array == bf16.labels.array).mean()
+    assert agreement > 0.95  # random weights give near-ties; trained models agree more
+
+
+@pytest.mark.parametrize("config", [
+    NormalizationConfig(scheme="zscore"),
+    NormalizationConfig(scheme="zscore", nonzero=True, clip=(-50.0, 400.0)),
+    NormalizationConfig(scheme="ct", clip=(-100.0, 300.0), mean=40.0, std=80.0),
+])
+def test_window_normalisation_equals_whole_image(config: NormalizationConfig) -> None:
+    rng = np.random.default_rng(6)
+    array = rng.normal(100, 150, (2, 20, 18, 25)).astype("f4")
+    array[:, :5] = 0
+    normalise = window_normalizer(array, config)
+    whole = normalize_intensity(array, config)
+    np.testing.assert_allclose(normalise(array[:, 3:15, 2:9]), whole[:, 3:15, 2:9], atol=2e-5)
+
+
+def test_wrong_input_raises_model_error_naming_the_file(tiny_model_file: Path) -> None:
+    segmenter = Segmenter.from_file(tiny_model_file, device="cpu")
+    two_channel = MedImage(np.zeros((2, 20, 20, 20), "f4"), oblique_meta(path="/d/ct.nii.gz"))
+    with pytest.raises(ModelError, match=r"^/d/ct.nii.gz: model 'tiny' expects 1 channel\(s\) "
+                                         "but the image has 2$"):
+        segmenter.predict(two_channel)
+    flat = MedImage(np.zeros((1, 20, 20), "f4"), oblique_meta(2, path="/d/x.png"))
+    with pytest.raises(ModelError, match="model 'tiny' is 3D but the image is 2D"):
+        segmenter.predict(flat)
+    with pytest.raises(CancelledError):
+        segmenter.predict(MedImage(np.zeros((1, 20, 20, 20), "f4"), oblique_meta()),
+                          should_cancel=lambda: True)
+
+
+def test_unknown_model_names_the_shipped_models() -> None:
+    with pytest.raises(ModelError, match=r"unknown model name: 'no-such-model' \(shipped models"):
+        Segmenter.from_file("no-such-model")
+    with pytest.raises(ModelError, match="model file not found: '/nope/m.safetensors'"):
+        Segmenter.from_file("/nope/m.safetensors")
+
+
+def test_postprocessing_keeps_the_largest_component_and_drops_small_ones() -> None:
+    meta = oblique_meta(spacing=(1.0, 1.0, 1.0))
+    image, mask = ball_image((40, 40, 40), meta, radius_mm=8.0)
+    array = image.array.copy()
+    array[0, 2:4, 2:4, 2:4] = 1.0  # a stray 8-voxel (0.008 mL) blob
+    card = threshold_card(roi=[24, 24, 24])
+    raw = Segmenter(ThresholdNet(), card, device="cpu").predict(image.with_array(array))
+    assert raw.labels.array.sum() == mask.sum() + 8
+    for post in (PostprocessConfig(keep_largest=True), PostprocessConfig(min_size_ml=0.01)):
+        pred = Segmenter(ThresholdNet(), card, device="cpu", postprocess=post).predict(
+            image.with_array(array))
+        np.testing.assert_array_equal(pred.labels.array[0], mask)
+        assert pred.volumes_ml["ball"] == pytest.approx(mask.sum() / 1000, abs=1e-9)
+
+
+def test_2d_model_on_2d_image() -> None:
+    card, net = tiny_card(spatial_dims=2, roi=[32, 32])
+    image = MedImage(np.random.default_rng(8).normal(size=(1, 50, 41)).astype("f4"),
+                     oblique_meta(2))
+    pred = Segmenter(net, card, device="cpu").predict(image)
+    assert pred.labels.array.shape == (1, 50, 41)
+    assert pred.labels.meta.same_grid(image.meta, atol_mm=1e-6)

@@ -1,0 +1,91 @@
+"""The windowed forward pass: equal to MONAI on the mirror-padded image, to a direct forward
+pass when one window covers the image, and band stitching equal to whole-volume argmax."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medseg.errors import CancelledError
+from medseg.inference import plan_windows, sliding_window_logits
+from medseg.inference.sliding_window import _shift_left, run_window_grid
+from medseg.inference.windows import WindowReader
+
+
+def small_net(spatial_dims: int, in_channels: int = 2, classes: int = 4) -> torch.nn.Module:
+    torch.manual_seed(3)
+    conv = torch.nn.Conv3d if spatial_dims == 3 else torch.nn.Conv2d
+    return torch.nn.Sequential(conv(in_channels, 6, 3, padding=1), torch.nn.ReLU(),
+                               conv(6, classes, 3, padding=1)).eval()
+
+
+@pytest.mark.parametrize("shape,roi", [((33, 34, 35), (16, 16, 16)), ((45, 38), (16, 24))])
+@pytest.mark.parametrize("overlap", [0.25, 0.5])
+def test_equals_monai_on_reflection_padded_image(shape, roi, overlap) -> None:
+    from monai.inferers import sliding_window_inference
+
+    net = small_net(len(shape))
+    image = torch.from_numpy(np.random.default_rng(0).normal(size=(2, *shape)).astype("f4"))
+    ours = sliding_window_logits(net, image, roi_size=roi, overlap=overlap, device="cpu")
+
+    grid = plan_windows(shape, roi, overlap=overlap)
+    pad = [(0, 0)] + [(b, p - n - b) for b, p, n in
+                      zip(grid.pad_before, grid.padded_shape, shape, strict=True)]
+    padded = torch.from_numpy(np.pad(image.numpy(), pad, mode="reflect"))
+    with torch.no_grad():
+        ref = sliding_window_inference(padded[None], roi, 4, net, overlap=overlap,
+                                       mode="gaussian")[0]
+    crop = tuple(slice(b, b + n) for b, n in zip(grid.pad_before, shape, strict=True))
+    assert ours.shape == (4, *shape) and ours.dtype == torch.float32
+    torch.testing.assert_close(ours, ref[(slice(None), *crop)], atol=2e-6, rtol=1e-5)
+
+
+def test_one_window_covering_the_image_equals_a_direct_forward_pass() -> None:
+    net = small_net(3)
+    image = torch.from_numpy(np.random.default_rng(1).normal(size=(2, 16, 24, 8)).astype("f4"))
+    ours = sliding_window_logits(net, image, roi_size=(16, 24, 8), margin=0, device="cpu")
+    with torch.no_grad():
+        direct = net(image[None])[0]
+    torch.testing.assert_close(ours, direct, atol=1e-6, rtol=1e-6)
+
+
+def test_band_outputs_equal_whole_volume_argmax_and_softmax() -> None:
+    net = small_net(3)
+    array = np.random.default_rng(2).normal(size=(2, 37, 21, 30)).astype("f4")
+    grid = plan_windows(array.shape[1:], (12, 12, 12), overlap=0.5)
+    reader = WindowReader(array, grid)
+    with torch.inference_mode():
+        out = run_window_grid(reader, net, device=torch.device("cpu"), labels=True,
+                              probabilities=True, logits=True, sw_batch_size=3)
+    assert out.labels is not None and out.probabilities is not None and out.logits is not None
+    assert out.num_windows == grid.num_windows
+    assert out.labels.dtype == np.uint8 and out.labels.shape == array.shape[1:]
+    np.testing.assert_array_equal(out.labels, out.logits.argmax(0).numpy())
+    np.testing.assert_allclose(out.probabilities.astype("f4"),
+                               torch.softmax(out.logits, 0).numpy(), atol=1e-3)
+
+
+def test_progress_and_cancel() -> None:
+    net = small_net(2)
+    array = np.zeros((2, 40, 40), np.float32)
+    grid = plan_windows(array.shape[1:], (16, 16), overlap=0.5)
+    calls: list[tuple[int, int]] = []
+    with torch.inference_mode():
+        run_window_grid(WindowReader(array, grid), net, device=torch.device("cpu"),
+                        progress=lambda d, t: calls.append((d, t)))
+    assert calls[-1] == (grid.num_windows, grid.num_windows) and len(calls) == grid.num_windows
+    polls = iter(range(100))
+    with pytest.raises(CancelledError, match="cancelled"), torch.inference_mode():
+        run_window_grid(WindowReader(array, grid), net, device=torch.device("cpu"),
+                        should_cancel=lambda: next(polls) >= 3)
+
+
+@pytest.mark.parametrize("n,d", [(10, 3), (10, 5), (10, 9), (10, 10), (4, 7)])
+def test_shift_left_in_place(n: int, d: int) -> None:
+    t = torch.arange(2 * n, dtype=torch.float32).reshape(2, n)
+    expected = torch.zeros_like(t)
+    if d < n:
+        expected[:, : n - d] = t[:, d:]
+    _shift_left(t, 1, d)
+    torch.testing.assert_close(t, expected)
