@@ -15,9 +15,10 @@ options), so a distributed worker can call it as it is.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,6 +45,13 @@ logger = logging.getLogger(__name__)
 FORMATS: dict[str, str] = {"nifti": ".nii.gz", "dicom-seg": ".seg.dcm"}
 
 EventFn = Callable[[dict[str, Any]], None]
+
+#: ``runner(cases, options, out_dir, load_segmenter)`` runs the cases that need predicting and
+#: yields their records as they finish, in any order (:func:`run_locally`, or
+#: :class:`medseg.distributed.ray_backend.RayRunner` for many workers). ``load_segmenter()``
+#: builds the engine; it is picklable, so a remote worker can call it.
+CaseRunner = Callable[["Sequence[CaseInput]", "BatchOptions", Path, Callable[[], "Segmenter"]],
+                      Iterator[CaseRecord]]
 
 
 @dataclass(frozen=True)
@@ -152,6 +160,23 @@ def predict_case(case: CaseInput, segmenter: Segmenter, out_dir: str | Path,
     return record
 
 
+def run_locally(cases: Sequence[CaseInput], options: BatchOptions, out_dir: Path,
+                load_segmenter: Callable[[], Segmenter]) -> Iterator[CaseRecord]:
+    """The default :data:`CaseRunner`: one engine in this process (loaded at the first case),
+    cases in order."""
+    segmenter = None
+    for case in cases:
+        if segmenter is None:
+            segmenter = load_segmenter()
+        yield predict_case(case, segmenter, out_dir, options)
+
+
+def _load_segmenter(model_path: Path, **engine_options: Any) -> Segmenter:
+    from medseg.inference.engine import Segmenter
+
+    return Segmenter.from_file(model_path, **engine_options)
+
+
 def is_finished(out_dir: Path, case: CaseInput, options: BatchOptions,
                 weights_sha256: str | None) -> bool:
     """True if the case has a finished record, made by these weights, covering every requested
@@ -185,6 +210,7 @@ def run_batch(
     segmenter: Segmenter | None = None,
     progress: Callable[[int, int], None] | None = None,
     on_event: EventFn | None = None,
+    runner: CaseRunner | None = None,
 ) -> BatchSummary:
     """Segment every case named by ``inputs`` into ``out_dir``; resumable and kill-safe.
 
@@ -199,6 +225,7 @@ def run_batch(
         progress: ``progress(cases_done, cases_total)``.
         on_event: Receives one JSON-ready dict per event (``run_started``, ``case_skipped``,
             ``case_finished``, ``case_failed``, ``run_finished``), e.g. for a JSON-lines log.
+        runner: Who runs the cases that need predicting (default :func:`run_locally`).
 
     Returns:
         The run summary (also written to ``out_dir/_summary.json``).
@@ -228,28 +255,32 @@ def run_batch(
     weights = file_sha256(model_path) if model_path is not None else None
     emit({"event": "run_started", "time": now_iso(), "cases": len(cases), "out_dir": str(out_dir),
           "model": str(model_path or model), "formats": list(options.formats)})
-    for done, case in enumerate(cases, start=1):
+    pending = []
+    for case in cases:
         if not options.overwrite and is_finished(out_dir, case, options, weights):
             summary.already_done += 1
             emit({"event": "case_skipped", "time": now_iso(), "case_id": case.case_id,
                   "reason": "already finished"})
+            if progress is not None:
+                progress(summary.already_done, len(cases))
         else:
-            if segmenter is None:
-                from medseg.inference.engine import Segmenter
-
-                segmenter = Segmenter.from_file(model_path, device=device, overlap=overlap,
-                                                tta=tta, amp=amp, postprocess=postprocess)
-            record = predict_case(case, segmenter, out_dir, options)
-            summary.records.append(record)
-            if record.ok:
-                summary.completed += 1
-                emit({"event": "case_finished", "time": now_iso(), **_brief(record)})
-            else:
-                summary.failed[case.case_id] = record.error or "unknown error"
-                emit({"event": "case_failed", "time": now_iso(), **_brief(record)})
+            pending.append(case)
+    given = segmenter
+    load = (functools.partial(_load_segmenter, model_path, device=device, overlap=overlap,
+                              tta=tta, amp=amp, postprocess=postprocess)
+            if given is None else lambda: given)
+    for record in (runner or run_locally)(pending, options, out_dir, load):
+        summary.records.append(record)
+        if record.ok:
+            summary.completed += 1
+            emit({"event": "case_finished", "time": now_iso(), **_brief(record)})
+        else:
+            summary.failed[record.case_id] = record.error or "unknown error"
+            emit({"event": "case_failed", "time": now_iso(), **_brief(record)})
         if progress is not None:
-            progress(done, len(cases))
-    summary.provenance = segmenter.provenance() if segmenter is not None else {}
+            progress(summary.already_done + len(summary.records), len(cases))
+    summary.provenance = (segmenter.provenance() if segmenter is not None else
+                          next((r.provenance for r in summary.records if r.provenance), {}))
     summary.wall_s = round(time.perf_counter() - start, 3)
     summary.write()
     emit({"event": "run_finished", "time": now_iso(), "total": summary.total,
