@@ -85,3 +85,20 @@ def test_write_folder2d_helper_roundtrip(tmp_path: Path) -> None:
     root = write_folder2d(tmp_path / "x", 1)
     img = read_image(root / "image" / "0.png")
     assert img.spatial_shape == (52, 48)
+
+
+def test_dicom_case_folder_with_dicom_seg_label(tmp_path: Path) -> None:
+    from medseg.io import write_dicom_seg
+
+    image, label = sphere_case((16, 18, 6), seed=4, radius=4.0)
+    meta = ImageMeta(spacing=(0.9, 0.9, 3.0), origin=(5.0, -7.0, 20.0),
+                     direction=((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)))
+    case = tmp_path / "cases" / "p7"
+    write_dicom_series(MedImage(image[None].astype(np.int16), meta), case / "image", modality="MR")
+    series = read_image(case / "image")
+    write_dicom_seg(series.with_array(label[None]), series, case / "seg.dcm",
+                    label_names={1: "shell", 2: "core"})
+    (pair,) = index_dataset("dicom", tmp_path / "cases").pairs
+    assert pair.label_is_seg and pair.case_id == "p7"
+    raw = load_raw_case(pair, num_classes=3)
+    np.testing.assert_array_equal(raw.label.array[0], label)
