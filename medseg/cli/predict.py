@@ -69,6 +69,13 @@ def predict_command(
                                         "this file ('-' for stdout)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every stage."),
+    backend: str = typer.Option("local", "--backend", help="local (this process) or ray "
+                                "(spread cases over Ray workers; pip install "
+                                "'medseg[distributed]')."),
+    workers: int | None = typer.Option(None, "--workers", help="Ray workers (default: one per "
+                                       "GPU, else one per CPU)."),
+    ray_address: str | None = typer.Option(None, "--ray-address", help="Join this Ray cluster "
+                                           "('auto', 'ray://head:10001'); default: a local one."),
 ) -> None:
     """Segment INPUTS into OUTPUT: per case a label map, a JSON record, and a run summary."""
     from tqdm import tqdm
@@ -81,6 +88,7 @@ def predict_command(
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = _JsonLines(log_json)
     bar = None if quiet else tqdm(total=0, unit="case", file=sys.stderr, desc="medseg-predict")
+    runner = None
 
     def progress(done: int, total: int) -> None:
         if bar is not None:
@@ -89,17 +97,27 @@ def predict_command(
             bar.refresh()
 
     try:
+        if backend not in ("local", "ray"):
+            raise typer.BadParameter(f"--backend must be local or ray, got {backend!r}")
+        if backend == "local" and (workers is not None or ray_address):
+            raise typer.BadParameter("--workers and --ray-address need --backend ray")
+        if backend == "ray":
+            from medseg.distributed.ray_backend import RayRunner
+
+            runner = RayRunner(workers=workers, address=ray_address)
         summary = run_batch(
             inputs, model, output, formats=formats, overwrite=overwrite, device=device,
             overlap=overlap, tta=tta, amp=amp,
             postprocess=PostprocessConfig(keep_largest=keep_largest, min_size_ml=min_size_ml),
-            progress=progress, on_event=log,
+            progress=progress, on_event=log, runner=runner,
         )
     except MedsegError as exc:
         log({"event": "run_error", "error": str(exc), "error_type": type(exc).__name__})
         typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
         raise typer.Exit(code=2) from exc
     finally:
+        if runner is not None:
+            runner.close()
         if bar is not None:
             bar.close()
         log.close()
