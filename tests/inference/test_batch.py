@@ -1,0 +1,132 @@
+"""The batch runner: outputs another library reads, records, resume, failures, DICOM SEG."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from inference_helpers import oblique_meta, tiny_card
+
+from medseg.inference.batch import run_batch
+from medseg.io import MedImage, read_dicom_seg, read_image, write_nifti
+from medseg.io.atomic import TMP_PREFIX
+from medseg.model_card import save_model
+
+STAGES = {"read", "preprocess", "infer", "resample", "postprocess", "write", "total"}
+
+
+def _inputs(tmp_path: Path, shared_data: Path | None = None) -> Path:
+    root = tmp_path / "in"
+    for i in range(2):
+        array = np.random.default_rng(i).normal(50, 10, (1, 21, 18, 15)).astype("f4")
+        write_nifti(MedImage(array, oblique_meta()), root / f"case{i}.nii.gz")
+    if shared_data is not None:
+        shutil.copytree(shared_data / "hippocrop_dicom" / "Study1" / "13_HCropVolume",
+                        root / "mr")
+    return root
+
+
+def _visible(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def test_batch_writes_readable_outputs_records_and_resumes(
+        tmp_path: Path, tiny_model_file: Path, shared_data: Path) -> None:
+    root, out = _inputs(tmp_path, shared_data), tmp_path / "out"
+    events: list[dict] = []
+    summary = run_batch([root], tiny_model_file, out, formats=["nifti", "dicom-seg"],
+                        device="cpu", on_event=events.append)
+    assert summary.ok and (summary.total, summary.completed) == (3, 3)
+    assert [e["event"] for e in events] == ["run_started"] + ["case_finished"] * 3 + \
+        ["run_finished"]
+
+    # NIfTI: nibabel reads the exact input geometry back
+    source = nib.load(str(root / "case0.nii.gz"))
+    written = nib.load(str(out / "case0.nii.gz"))
+    assert written.shape == source.shape and written.get_data_dtype() == np.uint8
+    np.testing.assert_allclose(written.affine, source.affine, atol=1e-5)
+
+    # DICOM SEG only for the DICOM case, referencing its series; same labels as the NIfTI
+    record = json.loads((out / "mr.json").read_text())
+    assert record["outputs"] == {"nifti": "mr.nii.gz", "dicom-seg": "mr.seg.dcm"}
+    mr = read_image(root / "mr")
+    seg = pydicom.dcmread(out / "mr.seg.dcm")
+    assert seg.Modality == "SEG"
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == \
+        mr.meta.provenance.series_instance_uid
+    from_seg = read_dicom_seg(out / "mr.seg.dcm", mr).array[0]
+    from_nifti = read_image(out / "mr.nii.gz").array[0]
+    np.testing.assert_array_equal(from_seg, from_nifti)
+    nifti_record = json.loads((out / "case1.json").read_text())
+    assert "not a DICOM series (nifti)" in nifti_record["skipped_outputs"]["dicom-seg"]
+
+    # record contents
+    assert record["status"] == "ok" and set(record["timings_s"]) == STAGES
+    assert record["input"]["series_instance_uid"] == mr.meta.provenance.series_instance_uid
+    prov = record["provenance"]
+    assert prov["model_name"] == "tiny" and prov["versions"]["medseg"]
+    assert len(prov["weights_sha256"]) == 64 and len(prov["model_card_sha256"]) == 64
+    assert prov["device"] == "cpu" and prov["options"]["overlap"] == 0.5
+    voxel_ml = float(np.prod(mr.meta.spacing)) / 1000
+    assert record["volumes_ml"]["anterior"] == pytest.approx(
+        (from_nifti == 1).sum() * voxel_ml, abs=1e-6)
+    assert json.loads((out / "_summary.json").read_text())["completed"] == 3
+    assert not [p for p in _visible(out) if TMP_PREFIX in p]
+
+    # resume: nothing redone, files untouched; --overwrite redoes everything
+    mtimes = {p: (out / p).stat().st_mtime_ns for p in _visible(out) if p != "_summary.json"}
+    again = run_batch([root], tiny_model_file, out, formats=["nifti", "dicom-seg"],
+                      device="cpu")
+    assert (again.already_done, again.completed) == (3, 0)
+    assert {p: (out / p).stat().st_mtime_ns for p in mtimes} == mtimes
+    redo = run_batch([root], tiny_model_file, out, formats=["nifti"], overwrite=True,
+                     device="cpu")
+    assert redo.completed == 3
+
+
+def test_a_failing_case_is_recorded_and_the_run_goes_on(tmp_path: Path,
+                                                        tiny_model_file: Path) -> None:
+    root, out = _inputs(tmp_path), tmp_path / "out"
+    good = (root / "case0.nii.gz").read_bytes()
+    (root / "broken.nii.gz").write_bytes(good[: len(good) // 2])  # truncated download
+    (out / "stale").mkdir(parents=True)
+    (out / "stale" / f"{TMP_PREFIX}0123-x.nii.gz").write_bytes(b"half")  # from a killed run
+    summary = run_batch([root], tiny_model_file, out, device="cpu")
+    assert not summary.ok and summary.completed == 2
+    assert list(summary.failed) == ["broken"]
+    assert summary.failed["broken"].startswith(f"{root / 'broken.nii.gz'} cannot be read")
+    failed = json.loads((out / "_failed" / "broken.json").read_text())
+    assert failed["status"] == "failed" and failed["error_type"] == "ImageReadError"
+    assert not (out / "broken.json").exists() and not (out / "broken.nii.gz").exists()
+    assert not (out / "stale" / f"{TMP_PREFIX}0123-x.nii.gz").exists()
+    # a re-run retries the failed case only; once fixed, it succeeds and the failure goes
+    (root / "broken.nii.gz").write_bytes(good)
+    again = run_batch([root], tiny_model_file, out, device="cpu")
+    assert (again.already_done, again.completed, again.ok) == (2, 1, True)
+    assert not (out / "_failed" / "broken.json").exists()
+
+
+def test_dicom_seg_alone_for_nifti_input_fails_clearly(tmp_path: Path,
+                                                      tiny_model_file: Path) -> None:
+    root, out = _inputs(tmp_path), tmp_path / "out"
+    summary = run_batch([root / "case0.nii.gz"], tiny_model_file, out, formats=["dicom-seg"],
+                        device="cpu")
+    assert summary.failed["case0"] == (
+        f"{root / 'case0.nii.gz'}: none of the requested formats applies: "
+        f"{root / 'case0.nii.gz'} is not a DICOM series (nifti); a DICOM SEG must reference "
+        "DICOM source images")
+
+
+def test_new_model_weights_redo_finished_cases(tmp_path: Path, tiny_model_file: Path) -> None:
+    root, out = _inputs(tmp_path), tmp_path / "out"
+    assert run_batch([root], tiny_model_file, out, device="cpu").completed == 2
+    card, net = tiny_card()
+    for p in net.parameters():
+        p.data.mul_(1.5)
+    other = save_model(tmp_path / "other.safetensors", net, card)
+    assert run_batch([root], other, out, device="cpu").completed == 2
