@@ -46,6 +46,13 @@ FORMATS: dict[str, str] = {"nifti": ".nii.gz", "dicom-seg": ".seg.dcm"}
 
 EventFn = Callable[[dict[str, Any]], None]
 
+#: Runs the cases that need predicting and yields each one's record as it finishes:
+#: ``runner(cases, options, out_dir, load_segmenter)``. ``load_segmenter()`` builds the engine
+#: (picklable, so it can be shipped to remote workers, which then call :func:`predict_case`).
+CaseRunner = Callable[
+    [Sequence[CaseInput], "BatchOptions", Path, Callable[[], "Segmenter"]], Iterator[CaseRecord]
+]
+
 #: ``runner(cases, options, out_dir, load_segmenter)`` runs the cases that need predicting and
 #: yields their records as they finish, in any order (:func:`run_locally`, or
 #: :class:`medseg.distributed.ray_backend.RayRunner` for many workers). ``load_segmenter()``
@@ -195,6 +202,16 @@ def is_finished(out_dir: Path, case: CaseInput, options: BatchOptions,
     return True
 
 
+def _local_runner(cases: Sequence[CaseInput], options: BatchOptions, out_dir: Path,
+                  load_segmenter: Callable[[], Segmenter]) -> Iterator[CaseRecord]:
+    """The in-process :data:`CaseRunner`: one engine, loaded at the first case, cases in order."""
+    segmenter = None
+    for case in cases:
+        if segmenter is None:
+            segmenter = load_segmenter()
+        yield predict_case(case, segmenter, out_dir, options)
+
+
 def run_batch(
     inputs: Iterable[str | Path] | Sequence[CaseInput],
     model: str | Path,
@@ -208,9 +225,9 @@ def run_batch(
     amp: bool | None = None,
     postprocess: PostprocessConfig | None = None,
     segmenter: Segmenter | None = None,
+    runner: CaseRunner | None = None,
     progress: Callable[[int, int], None] | None = None,
     on_event: EventFn | None = None,
-    runner: CaseRunner | None = None,
 ) -> BatchSummary:
     """Segment every case named by ``inputs`` into ``out_dir``; resumable and kill-safe.
 
@@ -221,11 +238,13 @@ def run_batch(
         formats: ``"nifti"`` and/or ``"dicom-seg"``.
         overwrite: Redo finished cases.
         device, overlap, tta, amp, postprocess: Engine options (see :class:`Segmenter`).
-        segmenter: An already loaded engine (then ``model`` only names it in events).
+        segmenter: An already loaded engine for the local runner (then ``model`` is only used
+            to name it).
+        runner: Where the cases that need predicting run (e.g.
+            ``medseg.distributed.ray_backend.RayRunner``); default: in this process.
         progress: ``progress(cases_done, cases_total)``.
         on_event: Receives one JSON-ready dict per event (``run_started``, ``case_skipped``,
             ``case_finished``, ``case_failed``, ``run_finished``), e.g. for a JSON-lines log.
-        runner: Who runs the cases that need predicting (default :func:`run_locally`).
 
     Returns:
         The run summary (also written to ``out_dir/_summary.json``).
@@ -235,6 +254,7 @@ def run_batch(
         ConfigError: Unknown output format.
         MedsegError: An unreadable manifest.
     """
+    from medseg.inference.engine import Segmenter
     from medseg.model_card import file_sha256
     from medseg.models import resolve_model
 
@@ -251,25 +271,28 @@ def run_batch(
     cases = (items if items and all(isinstance(c, CaseInput) for c in items)
              else discover_cases(items))  # type: ignore[arg-type]
     summary.total = len(cases)
-    model_path = segmenter.model_path if segmenter is not None else resolve_model(model)
+    model_path = (segmenter.model_path if segmenter is not None and runner is None
+                  else resolve_model(model))
     weights = file_sha256(model_path) if model_path is not None else None
     emit({"event": "run_started", "time": now_iso(), "cases": len(cases), "out_dir": str(out_dir),
           "model": str(model_path or model), "formats": list(options.formats)})
+
     pending = []
     for case in cases:
         if not options.overwrite and is_finished(out_dir, case, options, weights):
             summary.already_done += 1
             emit({"event": "case_skipped", "time": now_iso(), "case_id": case.case_id,
                   "reason": "already finished"})
-            if progress is not None:
-                progress(summary.already_done, len(cases))
         else:
             pending.append(case)
-    given = segmenter
-    load = (functools.partial(_load_segmenter, model_path, device=device, overlap=overlap,
-                              tta=tta, amp=amp, postprocess=postprocess)
-            if given is None else lambda: given)
-    for record in (runner or run_locally)(pending, options, out_dir, load):
+    if progress is not None:
+        progress(summary.already_done, len(cases))
+    if segmenter is not None and runner is None:
+        load: Callable[[], Segmenter] = lambda: segmenter  # noqa: E731
+    else:  # picklable, so a distributed runner can ship it to its workers
+        load = functools.partial(Segmenter.from_file, model_path, device=device,
+                                 overlap=overlap, tta=tta, amp=amp, postprocess=postprocess)
+    for record in (runner or _local_runner)(pending, options, out_dir, load):
         summary.records.append(record)
         if record.ok:
             summary.completed += 1
@@ -279,8 +302,7 @@ def run_batch(
             emit({"event": "case_failed", "time": now_iso(), **_brief(record)})
         if progress is not None:
             progress(summary.already_done + len(summary.records), len(cases))
-    summary.provenance = (segmenter.provenance() if segmenter is not None else
-                          next((r.provenance for r in summary.records if r.provenance), {}))
+    summary.provenance = summary.records[0].provenance if summary.records else {}
     summary.wall_s = round(time.perf_counter() - start, 3)
     summary.write()
     emit({"event": "run_finished", "time": now_iso(), "total": summary.total,
