@@ -67,10 +67,9 @@ def train_command(
                            "elapsed_s": round(result.elapsed_s, 1),
                            "best_metrics": result.best_metrics}, indent=2))
     if export is not None:
-        import shutil
+        from medseg.training.export import export_model
 
-        export.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(result.best_path, export)
+        export_model(result.best_path, export)
         typer.echo(f"exported {export}")
 
 

@@ -34,6 +34,8 @@ def test_train_then_evaluate_model(folder2d_dataset: Path, tmp_path: Path) -> No
     card = read_model_card(export)
     assert card.training["split"]["val"] == ["4", "5"]
     assert card.training["config"]["data"]["label_values"] == {"0": 1, "255": 0}
+    assert card.training["exported_from"]["path"].endswith("best.safetensors")
+    assert json.loads(export.with_suffix(".json").read_text())["name"] == "discs"
 
     out_json = tmp_path / "eval.json"
     res = runner.invoke(evaluate_app, ["model", str(export), "--data", str(folder2d_dataset),

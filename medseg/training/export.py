@@ -1,0 +1,50 @@
+"""Ship a trained checkpoint: a model file whose card also records its evaluation.
+
+The shipped file is the checkpoint's weights with its card (config, split, history, machine,
+versions) plus an ``evaluation`` section (figures measured on held-out data after training) and
+a human-readable copy of the card as JSON beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from medseg.io.atomic import atomic_write_text
+from medseg.model_card import file_sha256, load_model, save_model
+
+logger = logging.getLogger(__name__)
+
+
+def export_model(checkpoint: str | Path, destination: str | Path, *,
+                 evaluation: dict[str, Any] | None = None, description: str | None = None,
+                 write_card_json: bool = True) -> Path:
+    """Copy ``checkpoint`` to ``destination`` (``.safetensors``), updating its card.
+
+    Args:
+        checkpoint: A ``best``/``last`` checkpoint written by :func:`medseg.training.train`.
+        destination: The model file to write (e.g. ``medseg/models/hippocampus.safetensors``).
+        evaluation: Figures measured after training, stored as ``card.training["evaluation"]``.
+        description: Replaces the card's description.
+        write_card_json: Also write the card as ``<destination stem>.json``.
+
+    Returns:
+        The destination path.
+    """
+    model, card = load_model(checkpoint)
+    if evaluation is not None:
+        card.training["evaluation"] = evaluation
+    if description is not None:
+        card.description = description
+    card.training["exported_from"] = {"path": str(checkpoint),
+                                      "sha256": file_sha256(checkpoint)}
+    destination = Path(destination)
+    save_model(destination, model, card)
+    if write_card_json:
+        atomic_write_text(destination.with_suffix(".json"),
+                          json.dumps(card.to_dict(), indent=2, sort_keys=True))
+    logger.info("exported %s -> %s (%.1f MB)", checkpoint, destination,
+                destination.stat().st_size / 1e6)
+    return destination
