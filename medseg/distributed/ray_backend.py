@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+_SINGLE_MACHINE_VAR = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
 
 def import_ray() -> ModuleType:
     """The ``ray`` module, or a :class:`ConfigError` saying how to install it."""
@@ -47,6 +49,38 @@ def import_ray() -> ModuleType:
     except ImportError as exc:
         raise ConfigError("the Ray backend needs Ray: pip install 'medseg[distributed]'") from exc
     return ray
+
+
+def start_local_ray(*, num_cpus: int | None = None) -> None:
+    """Start a Ray instance on this machine that listens on the loopback interface only.
+
+    On Linux Ray binds its servers to the machine's network address unless it runs as a
+    single-machine instance (its macOS/Windows mode). Ray has no public switch for that mode:
+    it is the ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` variable (read when ``ray`` is imported, so
+    the matching constant is set too), applied here only while the instance starts.
+
+    Args:
+        num_cpus: CPUs the instance offers (``None``: all of this machine's).
+    """
+    ray = import_ray()
+    constants = getattr(getattr(ray, "_private", None), "ray_constants", None)
+    before_env = os.environ.get(_SINGLE_MACHINE_VAR)
+    before_const = getattr(constants, "ENABLE_RAY_CLUSTER", None)
+    os.environ[_SINGLE_MACHINE_VAR] = "0"
+    if constants is not None:
+        constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
+                 _node_ip_address="127.0.0.1")
+    finally:
+        if before_env is None:
+            os.environ.pop(_SINGLE_MACHINE_VAR, None)
+        else:
+            os.environ[_SINGLE_MACHINE_VAR] = before_env
+        if constants is not None:
+            constants.ENABLE_RAY_CLUSTER = before_const
+    logger.info("started a local Ray instance at %s",
+                ray.get_runtime_context().gcs_address)
 
 
 class CaseWorker:
@@ -155,8 +189,8 @@ class RayRunner:
         if not ray.is_initialized():
             if self.address:
                 ray.init(address=self.address)
-            else:  # a local instance: binds to 127.0.0.1, no dashboard
-                ray.init(num_cpus=self.num_cpus or os.cpu_count(), include_dashboard=False)
+            else:
+                start_local_ray(num_cpus=self.num_cpus)
                 self._started_ray = True
         return ray
 

@@ -49,3 +49,19 @@ def torchrun(args: list[str], *, nproc: int = 2, timeout_s: float = 300.0
         raise AssertionError(f"{' '.join(cmd)} failed ({done.returncode}):\n"
                              f"{done.stdout[-3000:]}\n{done.stderr[-6000:]}")
     return done
+
+
+def write_tiny_model(path: Path, *, seed: int = 0) -> Path:
+    """A seeded random-weight 3D DynUNet (2 classes, 16^3 window) saved as a medseg model."""
+    import torch
+
+    from medseg.model_card import ModelCard, NormalizationConfig, save_model
+    from medseg.networks import build_network, plan_network
+
+    torch.manual_seed(seed)
+    config = plan_network(spatial_dims=3, in_channels=1, out_channels=2, patch_size=[16] * 3,
+                          base_filters=4, max_filters=16)
+    card = ModelCard(name="tiny-balls", network=config,
+                     label_names={0: "background", 1: "ball"}, roi_size=[16] * 3,
+                     normalization=NormalizationConfig(scheme="zscore"))
+    return save_model(path, build_network(config), card)
