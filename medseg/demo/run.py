@@ -18,6 +18,7 @@ Output folder layout::
 
 from __future__ import annotations
 
+import json
 import logging
 import shlex
 import shutil
@@ -204,7 +205,9 @@ def run_demo(
     model_path = _resolve_demo_model(out, model, train=train, train_minutes=train_minutes,
                                      recipe=spec.recipe, seed=seed, device=device,
                                      report=report)
-    timings["train"] = time.perf_counter() - t
+    trained = model_path.is_relative_to(out)  # a fallback may train without train=True
+    if trained:
+        timings["train"] = time.perf_counter() - t
 
     t = time.perf_counter()
     pred_dir = out / "predictions"
@@ -222,7 +225,7 @@ def run_demo(
 
     result = DemoResult(
         out_dir=out, dicom_dir=dicom_dir, truth_path=truth_path, model_path=model_path,
-        model_trained=train or (model is None and model_path.is_relative_to(out)),
+        model_trained=trained,
         prediction_nifti=nifti_path, prediction_seg=seg_path,
         case_record=pred_dir / f"{record.case_id}.json",
         batch_summary=pred_dir / "_summary.json", report_path=out / "demo_report.json",
@@ -235,8 +238,26 @@ def run_demo(
 
 
 def napari_command(image: Path, labels: Path) -> str:
-    """The shell command that opens ``image`` and its ``labels`` with the medseg napari reader."""
-    return shlex.join(["napari", "--plugin", "medseg", str(image), str(labels)])
+    """A shell command that opens ``image`` in napari with ``labels`` as a Labels overlay.
+
+    Both go through the medseg napari reader (plugin ``medseg``), so they land in the same
+    world coordinates. The napari 0.9 command line (``napari --plugin medseg IMAGE LABELS``)
+    cannot be used: its ``--layer-type`` applies to every path, and the medseg reader opens
+    a NIfTI label map as an image layer; ``Viewer.open(..., layer_type="labels")`` can.
+    """
+    # JSON string literals are valid Python literals and use double quotes, which keeps the
+    # shell quoting of the whole script readable.
+    script = (f'import napari; v = napari.Viewer(); v.open({json.dumps(str(image))}, '
+              f'plugin="medseg"); v.open({json.dumps(str(labels))}, plugin="medseg", '
+              f'layer_type="labels"); napari.run()')
+    return shlex.join([_python(), "-c", script])
+
+
+def _python() -> str:
+    """The interpreter running medseg (it has napari if ``medseg[napari]`` is installed)."""
+    import sys
+
+    return sys.executable or "python"
 
 
 def _resolve_demo_model(out: Path, model: str | Path | None, *, train: bool,
