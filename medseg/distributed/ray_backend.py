@@ -23,6 +23,7 @@ import dataclasses
 import logging
 import os
 import pickle
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -138,6 +139,7 @@ class RayRunner:
     Attributes:
         assignments: ``{case_id: worker index}`` of the cases this runner has run.
         workers_info: ``[(process id, host)]`` of the current actors.
+        startup_s: Seconds the last start of the actors took (processes, imports, model load).
     """
 
     def __init__(self, *, workers: int | None = None, address: str | None = None,
@@ -155,6 +157,7 @@ class RayRunner:
         self.num_cpus = num_cpus
         self.assignments: dict[str, int] = {}
         self.workers_info: list[tuple[int, str]] = []
+        self.startup_s = 0.0
         self._ray: ModuleType | None = None
         self._started_ray = False
         self._actors: list[Any] = []
@@ -223,6 +226,7 @@ class RayRunner:
         self._kill_actors()
         ray = self._connect()
         workers, threads, gpus_each = self._plan(ray)
+        start = time.perf_counter()
         self._actor_class = ray.remote(num_cpus=threads, num_gpus=gpus_each)(CaseWorker)
         self._load, self._threads = load_segmenter, threads
         self._actors = [self._new_actor() for _ in range(workers)]
@@ -233,8 +237,9 @@ class RayRunner:
             raise ModelError(f"the Ray workers cannot load the model: {'; '.join(errors)}")
         self.workers_info = [(pid, host) for _, pid, host in states]
         self._loader_key = key
-        logger.info("%d Ray worker(s) ready (%d thread(s), %g GPU each): %s", workers, threads,
-                    gpus_each, self.workers_info)
+        self.startup_s = time.perf_counter() - start
+        logger.info("%d Ray worker(s) ready in %.1f s (%d thread(s), %g GPU each): %s", workers,
+                    self.startup_s, threads, gpus_each, self.workers_info)
 
     def _new_actor(self) -> Any:
         return self._actor_class.remote(self._load, self._threads)
