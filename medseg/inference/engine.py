@@ -36,6 +36,9 @@ from medseg.transforms import resample_onto, resample_to_spacing, spacing_matche
 
 logger = logging.getLogger(__name__)
 
+#: Mirrored copies of a window batch are run as one batch up to this many input voxels.
+_TTA_BATCH_VOXELS = 1 << 21
+
 
 @dataclass
 class Prediction:
@@ -56,10 +59,24 @@ class Prediction:
     num_windows: int = 0
 
 
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU has bf16 matrix instructions (AMX-BF16 or AVX512-BF16)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: be conservative
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
 def _amp_dtype(amp: bool | None, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype: float16 on CUDA, bfloat16 on CPU; ``None`` (auto) enables it on CUDA."""
+    """Autocast dtype: float16 on CUDA, bfloat16 on CPU.
+
+    ``None`` (auto) enables it on CUDA, and on CPUs with native bf16: there, the hippocampus
+    model's labels agreed with fp32 on 99.99% of voxels (Dice identical to 3 decimals) at
+    2-5x the speed (``benchmarks/results/inference_hippocampus.txt``).
+    """
     if amp is None:
-        amp = device.type == "cuda"
+        amp = device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
     if not amp:
         return None
     return torch.float16 if device.type == "cuda" else torch.bfloat16
@@ -80,7 +97,8 @@ class Segmenter:
         device: Compute device; ``None``: CUDA if available, else CPU.
         overlap: Sliding-window overlap in ``[0, 1)``.
         tta: Average over all mirrorings of each window (test-time augmentation, 2^d passes).
-        amp: Autocast (float16 on CUDA, bfloat16 on CPU); ``None``: on for CUDA only.
+        amp: Autocast (float16 on CUDA, bfloat16 on CPU); ``None``: on for CUDA and for CPUs
+            with native bf16 (AMX/AVX512-BF16), off otherwise.
         sw_batch_size: Windows per forward pass.
         margin: Reflected context per side, in voxels (see
             :func:`medseg.inference.windows.plan_windows`); ``None`` for the default.
@@ -178,17 +196,31 @@ class Segmenter:
 
     # -- prediction ------------------------------------------------------------------------------
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of a batch of windows, averaged over mirrorings when TTA is on."""
-        if self.channels_last:
-            x = x.contiguous(memory_format=self._memory_format)
-        total: torch.Tensor | None = None
+        """Logits of a batch of windows, averaged over mirrorings when TTA is on.
+
+        Small windows run all their mirrorings as one batch (better use of the CPU/GPU than
+        many tiny passes); large ones one mirroring at a time to bound activation memory.
+        """
+        flips = self._flips
+        together = x.numel() * len(flips) <= _TTA_BATCH_VOXELS
         with autocast_context(self.device, self.amp_dtype):
-            for axes in self._flips:
-                y = self.model(x.flip(axes) if axes else x).float()
+            if len(flips) > 1 and together:
+                batch = torch.cat([x.flip(axes) if axes else x for axes in flips])
+                outputs = self._net(batch).split(x.shape[0])
+            else:
+                outputs = [self._net(x.flip(axes) if axes else x) for axes in flips]
+            total: torch.Tensor | None = None
+            for axes, y in zip(flips, outputs, strict=True):
+                y = y.float()
                 y = y.flip(axes) if axes else y
                 total = y if total is None else total.add_(y)
         assert total is not None
-        return total / len(self._flips) if len(self._flips) > 1 else total
+        return total / len(flips) if len(flips) > 1 else total
+
+    def _net(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=self._memory_format)
+        return self.model(x)
 
     def _check_input(self, image: MedImage) -> None:
         source = image.meta.provenance.path or "the input image"

@@ -17,7 +17,7 @@ from inference_helpers import (
 )
 
 from medseg.errors import CancelledError, ModelError
-from medseg.inference import PostprocessConfig, Segmenter
+from medseg.inference import PostprocessConfig, Segmenter, engine
 from medseg.inference.preprocess import window_normalizer
 from medseg.io import MedImage
 from medseg.model_card import NormalizationConfig
@@ -73,11 +73,15 @@ def test_resampling_to_model_spacing_and_back_keeps_the_grid() -> None:
     assert centre_shift.max() < 0.5  # no half-voxel drift between the grids
 
 
-def test_tta_averages_mirrored_windows(tiny_model_file: Path) -> None:
+@pytest.mark.parametrize("batch_limit", [0, 1 << 21])  # mirrorings one by one / batched
+def test_tta_averages_mirrored_windows(tiny_model_file: Path, batch_limit: int,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine, "_TTA_BATCH_VOXELS", batch_limit)
     image = MedImage(np.random.default_rng(4).normal(size=(1, 16, 16, 16)).astype("f4"),
                      oblique_meta())
-    plain = Segmenter.from_file(tiny_model_file, device="cpu", margin=0)
-    mirrored = Segmenter.from_file(tiny_model_file, device="cpu", margin=0, tta=True)
+    plain = Segmenter.from_file(tiny_model_file, device="cpu", margin=0, amp=False)
+    mirrored = Segmenter.from_file(tiny_model_file, device="cpu", margin=0, tta=True,
+                                   amp=False)
     p_tta = mirrored.predict(image, return_probabilities=True).probabilities
     x = torch.from_numpy(normalize_intensity(image.array, plain.card.normalization))[None]
     flips = [(), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4)]
