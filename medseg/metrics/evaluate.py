@@ -22,6 +22,7 @@ from medseg.io import MedImage, read_image
 from medseg.metrics.overlap import adapted_rand_error, dice_per_label, hd95_per_label, pixel_error
 
 LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".png", ".tif", ".tiff")
+CASE_ID_SUFFIXES = (*LABEL_SUFFIXES, ".dcm")
 
 
 @dataclass
@@ -79,28 +80,42 @@ def score_case(case_id: str, prediction: MedImage, label: MedImage, *, labels: S
 def case_id_of(path: Path) -> str:
     """File name without its image suffix (``case_001.nii.gz`` -> ``case_001``)."""
     name = path.name
-    for suffix in LABEL_SUFFIXES:
+    for suffix in CASE_ID_SUFFIXES:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return path.stem
 
 
-def match_folders(prediction_dir: Path, label_dir: Path) -> list[tuple[str, Path, Path]]:
-    """Pair prediction and label files by case id; every label needs a prediction."""
+def pair_by_case_id(primary_dir: Path, other_dir: Path, *, suffixes: Sequence[str],
+                    primary: str, other: str) -> dict[str, tuple[Path, Path]]:
+    """Pair the files of two folders by case id; every ``primary`` file needs an ``other`` one.
+
+    Raises:
+        DatasetError: a folder is missing, ``primary_dir`` holds no file with ``suffixes``, or
+            a ``primary`` file has no ``other`` file (the message names the first such case).
+    """
     def listing(folder: Path) -> dict[str, Path]:
         if not folder.is_dir():
             raise DatasetError(f"folder {folder} does not exist")
         return {case_id_of(p): p for p in sorted(folder.iterdir())
-                if p.is_file() and p.name.lower().endswith(LABEL_SUFFIXES)}
+                if p.is_file() and p.name.lower().endswith(tuple(suffixes))}
 
-    preds, labels = listing(prediction_dir), listing(label_dir)
-    if not labels:
-        raise DatasetError(f"folder {label_dir} holds no label files ({', '.join(LABEL_SUFFIXES)})")
-    missing = sorted(set(labels) - set(preds))
+    firsts, seconds = listing(primary_dir), listing(other_dir)
+    if not firsts:
+        raise DatasetError(f"folder {primary_dir} holds no {primary} files "
+                           f"({', '.join(suffixes)})")
+    missing = sorted(set(firsts) - set(seconds))
     if missing:
-        raise DatasetError(f"case {missing[0]}: no prediction in {prediction_dir} "
-                           f"({len(missing)} label(s) without a prediction)")
-    return [(k, preds[k], labels[k]) for k in sorted(labels)]
+        raise DatasetError(f"case {missing[0]}: no {other} in {other_dir} "
+                           f"({len(missing)} {primary}(s) without a {other})")
+    return {k: (firsts[k], seconds[k]) for k in firsts}
+
+
+def match_folders(prediction_dir: Path, label_dir: Path) -> list[tuple[str, Path, Path]]:
+    """Pair prediction and label files by case id; every label needs a prediction."""
+    pairs = pair_by_case_id(label_dir, prediction_dir, suffixes=LABEL_SUFFIXES,
+                            primary="label", other="prediction")
+    return [(k, pairs[k][1], pairs[k][0]) for k in sorted(pairs)]
 
 
 def evaluate_folders(prediction_dir: str | Path, label_dir: str | Path, *,

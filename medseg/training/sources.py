@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from medseg.errors import DatasetError
+from medseg.metrics.evaluate import case_id_of, pair_by_case_id
 
 IMAGE_2D_SUFFIXES = (".png", ".tif", ".tiff")
 DICOM_LABEL_NAMES = ("label.nii.gz", "label.nii", "label.nrrd", "label.mha", "seg.dcm")
@@ -85,14 +86,6 @@ def index_dataset(source: str, path: str | Path, *, image_dir: str = "image",
     return index
 
 
-def _case_id(path: Path) -> str:
-    name = path.name
-    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha", ".png", ".tiff", ".tif", ".dcm"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
-
-
 def _index_msd(root: Path) -> DatasetIndex:
     meta_file = root / "dataset.json" if root.is_dir() else root
     root = meta_file.parent
@@ -110,7 +103,7 @@ def _index_msd(root: Path) -> DatasetIndex:
         if not isinstance(rec, dict) or "image" not in rec or "label" not in rec:
             raise DatasetError(f"{meta_file}: training record {i} lacks 'image' and 'label'")
         image = (root / rec["image"]).resolve()
-        pairs.append(CasePair(_case_id(image), image, (root / rec["label"]).resolve()))
+        pairs.append(CasePair(case_id_of(image), image, (root / rec["label"]).resolve()))
     labels = meta.get("labels")
     names = {int(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else None
     modality = meta.get("modality")
@@ -140,20 +133,9 @@ def _index_dicom(root: Path) -> list[CasePair]:
 
 
 def _index_folder2d(image_dir: Path, label_dir: Path) -> list[CasePair]:
-    for d in (image_dir, label_dir):
-        if not d.is_dir():
-            raise DatasetError(f"folder {d} does not exist")
-    images = {_case_id(p): p for p in image_dir.iterdir()
-              if p.suffix.lower() in IMAGE_2D_SUFFIXES}
-    labels = {_case_id(p): p for p in label_dir.iterdir()
-              if p.suffix.lower() in IMAGE_2D_SUFFIXES}
-    if not images:
-        raise DatasetError(f"folder {image_dir} holds no PNG/TIFF images")
-    missing = sorted(set(images) - set(labels))
-    if missing:
-        raise DatasetError(f"case {missing[0]}: no label in {label_dir} "
-                           f"({len(missing)} image(s) without a label)")
-    return [CasePair(k, images[k], labels[k]) for k in sorted(images, key=_natural_key)]
+    pairs = pair_by_case_id(image_dir, label_dir, suffixes=IMAGE_2D_SUFFIXES, primary="image",
+                            other="label")
+    return [CasePair(k, *pairs[k]) for k in sorted(pairs, key=_natural_key)]
 
 
 def _natural_key(s: str) -> tuple[Any, ...]:
@@ -192,6 +174,6 @@ def _index_manifest(path: Path) -> list[CasePair]:
             raise DatasetError(f"{path}: record {i + 1} lacks 'image' and 'label'")
         image = (base / rec["image"]).resolve()
         label = (base / rec["label"]).resolve()
-        case_id = str(rec.get("case_id") or _case_id(image))
+        case_id = str(rec.get("case_id") or case_id_of(image))
         pairs.append(CasePair(case_id, image, label, label_is_seg=label.suffix == ".dcm"))
     return pairs

@@ -74,7 +74,7 @@ def test_empty_image_folder(tmp_path: Path) -> None:
     (tmp_path / "em" / "image").mkdir(parents=True)
     (tmp_path / "em" / "label").mkdir()
     with pytest.raises(DatasetError, match=re.escape(
-            f"folder {tmp_path / 'em' / 'image'} holds no PNG/TIFF images")):
+            f"folder {tmp_path / 'em' / 'image'} holds no image files (.png, .tif, .tiff)")):
         index_dataset("folder2d", tmp_path / "em")
 
 
