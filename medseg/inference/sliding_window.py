@@ -80,9 +80,10 @@ class _BandSink:
         dst[a] = slice(first - c0, last - c0)
         band = acc[(slice(None), *src)]
         if self.out.labels is not None:
-            # argmax over classes; a single output channel is a sigmoid (logit > 0)
-            lab = torch.argmax(band, dim=0) if band.shape[0] > 1 else (band[0] > 0)
-            self.out.labels[tuple(dst)] = lab.cpu().numpy().astype(self.out.labels.dtype)
+            small = self.out.labels.dtype == np.uint8  # torch has no masked_fill for uint16
+            lab = argmax_channels(band, dtype=torch.uint8 if small else torch.int32)
+            self.out.labels[tuple(dst)] = lab.cpu().numpy().astype(self.out.labels.dtype,
+                                                                   copy=False)
         if count is not None:
             mean = band / count[(slice(None), *src)]
             if self.out.logits is not None:
@@ -90,6 +91,23 @@ class _BandSink:
             if self.out.probabilities is not None:
                 prob = torch.softmax(mean, dim=0) if mean.shape[0] > 1 else torch.sigmoid(mean)
                 self.out.probabilities[(slice(None), *dst)] = prob.half().cpu().numpy()
+
+
+def argmax_channels(scores: torch.Tensor, *, dtype: torch.dtype = torch.uint8) -> torch.Tensor:
+    """Index of the largest channel of ``(K, *spatial)`` scores (first one on ties), as
+    ``dtype``; a single channel is a sigmoid logit (label 1 where it is > 0).
+
+    Hand-written: ``torch.argmax(dim=0)`` on a band slice took 0.5-0.7 s for 3 x 1.7 M voxels
+    on this CPU, this running maximum 0.04 s (and it returns the small dtype directly).
+    """
+    if scores.shape[0] == 1:
+        return (scores[0] > 0).to(dtype)
+    best = scores[0].clone()
+    index = torch.zeros(scores.shape[1:], dtype=dtype, device=scores.device)
+    for c in range(1, scores.shape[0]):
+        index.masked_fill_(scores[c] > best, c)
+        torch.maximum(best, scores[c], out=best)
+    return index
 
 
 def _shift_left(t: torch.Tensor, dim: int, d: int) -> None:

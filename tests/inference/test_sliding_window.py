@@ -89,3 +89,27 @@ def test_shift_left_in_place(n: int, d: int) -> None:
         expected[:, : n - d] = t[:, d:]
     _shift_left(t, 1, d)
     torch.testing.assert_close(t, expected)
+
+
+@pytest.mark.parametrize("classes", [1, 2, 5, 300])
+def test_argmax_channels_equals_torch_argmax_with_first_index_on_ties(classes: int) -> None:
+    from medseg.inference.sliding_window import argmax_channels
+
+    scores = torch.randn(classes, 9, 8, 7)
+    scores[:, 0, 0, :] = 0.5  # ties: the first class wins, as with torch.argmax
+    dtype = torch.uint8 if classes <= 256 else torch.int32
+    got = argmax_channels(scores[:, :, 1:], dtype=dtype)  # a strided view, as in the band
+    expected = (scores[0, :, 1:] > 0).to(dtype) if classes == 1 else \
+        torch.argmax(scores[:, :, 1:], 0).to(dtype)
+    assert got.dtype == dtype
+    torch.testing.assert_close(got, expected)
+
+
+def test_more_than_255_classes_give_uint16_labels() -> None:
+    net = small_net(2, in_channels=1, classes=300)
+    array = np.random.default_rng(9).normal(size=(1, 20, 18)).astype("f4")
+    with torch.inference_mode():
+        out = run_window_grid(WindowReader(array, plan_windows((20, 18), (8, 8))), net,
+                              device=torch.device("cpu"), logits=True)
+    assert out.labels is not None and out.labels.dtype == np.uint16 and out.logits is not None
+    np.testing.assert_array_equal(out.labels, out.logits.argmax(0).numpy())

@@ -1,0 +1,286 @@
+"""Large-volume inference: medseg's engine vs MONAI's plain ``sliding_window_inference``.
+
+A synthetic CT-like volume (int16 HU, 512x512x200 voxels, 0.8x0.8x1.5 mm; body, lungs, spine,
+noise) is segmented by a random-weight 3-class 3D U-Net (MONAI ``UNet``, channels 16..256,
+2 residual units, 128^3 windows, overlap 0.25, Gaussian blending). Every configuration runs in
+its own subprocess so that its peak resident memory (``VmHWM`` from ``/proc/self/status``,
+which counts torch's allocations that ``tracemalloc``/``ru_maxrss`` mis-measure) is its own.
+
+Configurations (all from the same int16 array in memory unless stated):
+
+* ``baseline``: imports + volume only (the floor every configuration pays);
+* ``monai-fp32`` / ``monai-bf16``: the user-side MONAI pipeline: float32 tensor, CT
+  normalisation, ``sliding_window_inference(mode="gaussian")``, ``argmax`` -> uint8
+  (``bf16``: windows under ``torch.autocast(bfloat16)``, channels-last, as medseg runs them);
+* ``medseg-fp32-m0`` / ``medseg-bf16-m0``: ``Segmenter.predict`` with ``margin=0`` (no
+  reflection margin, so the same number of windows as MONAI);
+* ``medseg-e2e``: the full per-case pipeline with default settings (reflection margin, bf16 on
+  this CPU): read a ``.nii.gz``, predict, write the label ``.nii.gz`` and the JSON record
+  (``medseg.inference.batch.predict_case``).
+
+Overhead = wall time / time spent inside the network's forward calls of that same run (the
+network is wrapped by a timer), so both are measured under the same machine load.
+
+Usage (repository root)::
+
+    .venv/bin/python benchmarks/bench_inference.py | tee benchmarks/results/inference_large.txt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+SHAPE = (512, 512, 200)
+SPACING = (0.8, 0.8, 1.5)
+ROI = (128, 128, 128)
+OVERLAP = 0.25
+CONFIGS = ("baseline", "monai-fp32", "medseg-fp32-m0", "monai-bf16", "medseg-bf16-m0",
+           "medseg-e2e")
+
+
+def ct_like_volume(shape: tuple[int, int, int] = SHAPE, seed: int = 0) -> np.ndarray:
+    """int16 HU volume: air, an elliptic body, two lungs, a spine; built slice by slice."""
+    rng = np.random.default_rng(seed)
+    nx, ny, nz = shape
+    x, y = np.meshgrid(np.linspace(-1, 1, nx), np.linspace(-1, 1, ny), indexing="ij")
+    vol = np.empty(shape, dtype=np.int16)
+    for k in range(nz):
+        t = k / max(nz - 1, 1)
+        body = (x / 0.85) ** 2 + (y / (0.6 + 0.05 * np.sin(3 * t))) ** 2 <= 1
+        lung = (((np.abs(x) - 0.38) / 0.25) ** 2 + ((y + 0.05) / 0.35) ** 2 <= 1) & (t > 0.3)
+        spine = (x / 0.09) ** 2 + ((y - 0.42) / 0.09) ** 2 <= 1
+        hu = np.where(body, 40.0, -1000.0)
+        hu = np.where(lung & body, -820.0, hu)
+        hu = np.where(spine, 700.0, hu)
+        hu += rng.normal(0, 25, size=(nx, ny))
+        vol[:, :, k] = np.clip(hu, -1024, 3071).astype(np.int16)
+    return vol
+
+
+def peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def make_network():  # noqa: ANN201 - torch imported lazily in the worker
+    import torch
+    from monai.networks.nets import UNet
+
+    torch.manual_seed(0)
+    return UNet(spatial_dims=3, in_channels=1, out_channels=3, channels=(16, 32, 64, 128, 256),
+                strides=(2, 2, 2, 2), num_res_units=2).eval()
+
+
+def card():  # noqa: ANN201
+    from medseg.model_card import ModelCard, NormalizationConfig
+    from medseg.networks import NetworkConfig
+
+    return ModelCard(
+        name="bench-unet", network=NetworkConfig(spatial_dims=3, in_channels=1, out_channels=3),
+        label_names={0: "background", 1: "a", 2: "b"}, roi_size=list(ROI),
+        target_spacing=list(SPACING),
+        normalization=NormalizationConfig(scheme="ct", clip=(-1000.0, 1000.0), mean=-300.0,
+                                          std=500.0))
+
+
+class Timed(torch.nn.Module):
+    """Wraps a network; accumulates the seconds spent in its forward calls."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net, self.seconds, self.calls = net, 0.0, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = time.perf_counter()
+        y = self.net(x)
+        self.seconds += time.perf_counter() - t
+        self.calls += 1
+        return y
+
+
+def run_worker(config: str, workdir: Path, threads: int, shape: tuple[int, int, int]
+               ) -> dict[str, Any]:
+    torch.set_num_threads(threads)
+    from medseg.inference import Segmenter
+    from medseg.io import ImageMeta, MedImage
+
+    volume = ct_like_volume(shape)
+    meta = ImageMeta(spacing=SPACING, origin=(0.0, 0.0, 0.0),
+                     direction=((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)))
+    out: dict[str, Any] = {"config": config}
+    if config == "prepare":  # the input file of medseg-e2e, written outside its measurement
+        from medseg.io import write_nifti
+
+        write_nifti(MedImage(volume[None], meta), workdir / "ct.nii.gz")
+        return out
+    if config == "baseline":
+        _ = make_network()
+        out["peak_rss_mb"] = peak_rss_mb()
+        return out
+    net = make_network()
+    timed = Timed(net)
+    labels: np.ndarray
+    t0 = time.perf_counter()
+    if config.startswith("monai"):
+        from monai.inferers import sliding_window_inference
+
+        bf16 = config.endswith("bf16")
+        if bf16:
+            net.to(memory_format=torch.channels_last_3d)
+
+        def predictor(x: torch.Tensor) -> torch.Tensor:
+            if not bf16:
+                return timed(x)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return timed(x.contiguous(memory_format=torch.channels_last_3d)).float()
+
+        with torch.inference_mode():
+            x = torch.from_numpy(volume).float()
+            x.clamp_(-1000, 1000).sub_(-300).div_(500)
+            logits = sliding_window_inference(x[None, None], ROI, 1, predictor, overlap=OVERLAP,
+                                              mode="gaussian")
+            labels = logits[0].argmax(0).to(torch.uint8).numpy()
+        out["windows"] = timed.calls
+    else:
+        amp = None if config == "medseg-e2e" else config.startswith("medseg-bf16")
+        margin = None if config == "medseg-e2e" else 0
+        segmenter = Segmenter(timed, card(), device="cpu", overlap=OVERLAP, amp=amp,
+                              margin=margin)
+        if config == "medseg-e2e":
+            from medseg.inference.batch import BatchOptions, predict_case
+            from medseg.inference.cases import CaseInput
+            from medseg.io import read_image
+
+            del volume
+            t0 = time.perf_counter()
+            record = predict_case(CaseInput("ct", workdir / "ct.nii.gz"), segmenter,
+                                  workdir / "out", BatchOptions(formats=("nifti",)))
+            if not record.ok:
+                raise RuntimeError(record.error)
+            out["stages_s"] = record.timings_s
+            out["wall_s"] = time.perf_counter() - t0
+            out["peak_rss_mb"] = peak_rss_mb()
+            labels = read_image(workdir / "out" / "ct.nii.gz").array[0]
+        else:
+            pred = segmenter.predict(MedImage(volume[None], meta))
+            out["stages_s"] = {k: round(v, 3) for k, v in pred.timings.items()}
+            labels = pred.labels.array[0]
+        out["windows"] = timed.calls
+    out.setdefault("wall_s", time.perf_counter() - t0)
+    out["forward_s"] = timed.seconds
+    out.setdefault("peak_rss_mb", peak_rss_mb())
+    np.save(workdir / f"{config}.npy", labels)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads in every configuration (default 1: on the shared "
+                             "2-core machine a second thread waiting on a busy core makes "
+                             "timings noise; every configuration gets the same)")
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS)
+    parser.add_argument("--shape", nargs=3, type=int, default=list(SHAPE),
+                        help="volume shape (i j k)")
+    args = parser.parse_args()
+    if args.worker:
+        result = run_worker(args.worker, args.workdir, args.threads, tuple(args.shape))
+        print(json.dumps(result))
+        return
+
+    print(f"# {__doc__.splitlines()[0]}")
+    print(f"# command: {' '.join([Path(sys.executable).name, *sys.argv])}")
+    print(f"# volume {tuple(args.shape)} int16, spacing {SPACING} mm; MONAI UNet 16..256 "
+          f"(2 res units), 3 classes, random weights; window {ROI}, overlap {OVERLAP}, "
+          "Gaussian blending")
+    print(f"# cpu: {_cpu()}; torch threads per run: {args.threads}; load average before: "
+          f"{os.getloadavg()[0]:.1f}")
+    results: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-inference-") as tmp:
+        for config in ["prepare", *args.configs] if "medseg-e2e" in args.configs \
+                else args.configs:
+            env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+            proc = subprocess.run([sys.executable, __file__, "--worker", config, "--workdir", tmp,
+                                   "--threads", str(args.threads), "--shape",
+                                   *map(str, args.shape)],
+                                  capture_output=True, text=True, env=env, check=False)
+            if proc.returncode != 0:
+                print(f"# {config} FAILED:\n{proc.stderr[-3000:]}")
+                continue
+            if config == "prepare":
+                continue
+            results[config] = json.loads(proc.stdout.strip().splitlines()[-1])
+            _print_row(results[config], results.get("baseline"), flush=True)
+        _agreement(Path(tmp), results)
+    _verdict(results)
+    print(f"# load average after: {os.getloadavg()[0]:.1f}")
+
+
+def _print_row(r: dict[str, Any], base: dict[str, Any] | None, *, flush: bool) -> None:
+    if r["config"] == "baseline":
+        print(f"{'config':16s} {'windows':>7s} {'wall s':>8s} {'forward s':>9s} "
+              f"{'overhead':>8s} {'peak RSS MB':>11s} {'above baseline':>14s}  stages")
+        print(f"{'baseline':16s} {'':>7s} {'':>8s} {'':>9s} {'':>8s} "
+              f"{r['peak_rss_mb']:11.0f} {0:14.0f}", flush=flush)
+        return
+    above = r["peak_rss_mb"] - base["peak_rss_mb"] if base else float("nan")
+    stages = json.dumps(r.get("stages_s", {}))
+    print(f"{r['config']:16s} {r['windows']:7d} {r['wall_s']:8.1f} {r['forward_s']:9.1f} "
+          f"{r['wall_s'] / r['forward_s']:8.3f} {r['peak_rss_mb']:11.0f} {above:14.0f}  {stages}",
+          flush=flush)
+
+
+def _agreement(tmp: Path, results: dict[str, dict[str, Any]]) -> None:
+    pairs = [("monai-fp32", "medseg-fp32-m0"), ("medseg-fp32-m0", "medseg-bf16-m0"),
+             ("monai-fp32", "monai-bf16"), ("medseg-bf16-m0", "medseg-e2e")]
+    for a, b in pairs:
+        if a in results and b in results:
+            la, lb = np.load(tmp / f"{a}.npy"), np.load(tmp / f"{b}.npy")
+            print(f"# label agreement {a} vs {b}: {(la == lb).mean() * 100:.3f}% of voxels")
+
+
+def _verdict(results: dict[str, dict[str, Any]]) -> None:
+    def ratio(a: str, b: str, key: str) -> str:
+        if a in results and b in results:
+            return f"{results[a][key] / results[b][key]:.2f}"
+        return "n/a"
+
+    print(f"# time medseg-fp32-m0 / monai-fp32: {ratio('medseg-fp32-m0', 'monai-fp32', 'wall_s')}"
+          f"; medseg-bf16-m0 / monai-bf16: {ratio('medseg-bf16-m0', 'monai-bf16', 'wall_s')}"
+          f"; medseg-e2e / monai-fp32: {ratio('medseg-e2e', 'monai-fp32', 'wall_s')}")
+    print(f"# peak RSS medseg-fp32-m0 / monai-fp32: "
+          f"{ratio('medseg-fp32-m0', 'monai-fp32', 'peak_rss_mb')}; medseg-bf16-m0 / "
+          f"monai-bf16: {ratio('medseg-bf16-m0', 'monai-bf16', 'peak_rss_mb')}; medseg-e2e / "
+          f"monai-fp32: {ratio('medseg-e2e', 'monai-fp32', 'peak_rss_mb')}")
+    if "baseline" in results:
+        base = results["baseline"]["peak_rss_mb"]
+        for a, b in (("medseg-fp32-m0", "monai-fp32"), ("medseg-bf16-m0", "monai-bf16")):
+            if a in results and b in results:
+                ours, theirs = results[a]["peak_rss_mb"] - base, results[b]["peak_rss_mb"] - base
+                print(f"# above-baseline memory {a} / {b}: {ours / theirs:.2f}")
+
+
+def _cpu() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return f"{line.split(':', 1)[1].strip()} x{os.cpu_count()}"
+    return "unknown"
+
+
+if __name__ == "__main__":
+    main()
