@@ -2,9 +2,11 @@
 
 Usage (by ``test_ddp_torchrun.py``)::
 
-    torchrun --standalone --nproc_per_node 2 ddp_worker.py CONFIG REPORT_DIR [--resume] [--stop N]
+    torchrun --standalone --nproc_per_node 2 ddp_worker.py CONFIG REPORT_DIR --stop N
 
-Writes ``REPORT_DIR/rank<r>.pt`` with this rank's final weights, the checkpoint tags it saved
+trains N iterations and stops (checkpointing, as an interruption would), then resumes from the
+checkpoint files to the end, as a new ``train(resume=True)`` call in the same processes. Writes
+``REPORT_DIR/{stop,resume}_rank<r>.pt`` with this rank's weights, the checkpoint tags it saved
 and the iterations it ran, so the test can compare ranks.
 """
 
@@ -20,8 +22,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("config", type=Path)
     parser.add_argument("report_dir", type=Path)
-    parser.add_argument("--resume", action="store_true")
-    parser.add_argument("--stop", type=int, default=None)
+    parser.add_argument("--stop", type=int, required=True)
     args = parser.parse_args()
 
     import medseg.training.loop as loop
@@ -42,14 +43,16 @@ def main() -> None:
         captured.append(model)
         return ddp.wrap(model)
 
-    result = loop.train(load_config(args.config), resume=args.resume,
-                        stop_after_iterations=args.stop, wrap_model=wrap)
     args.report_dir.mkdir(parents=True, exist_ok=True)
-    torch.save({"weights": {k: v.detach().clone() for k, v in captured[0].state_dict().items()},
-                "saved": saved, "iterations": result.iterations,
-                "world_size": ddp.world_size(), "distributed": ddp.is_distributed(),
-                "best": result.best_metrics},
-               args.report_dir / f"rank{ddp.rank()}.pt")
+    for phase, resume, stop in (("stop", False, args.stop), ("resume", True, None)):
+        saved.clear()
+        captured.clear()
+        result = loop.train(load_config(args.config), resume=resume, stop_after_iterations=stop,
+                            wrap_model=wrap)
+        weights = {k: v.detach().clone() for k, v in captured[0].state_dict().items()}
+        torch.save({"weights": weights, "saved": list(saved), "iterations": result.iterations,
+                    "world_size": ddp.world_size(), "distributed": ddp.is_distributed()},
+                   args.report_dir / f"{phase}_rank{ddp.rank()}.pt")
 
 
 if __name__ == "__main__":

@@ -120,3 +120,25 @@ def test_changed_world_size_gives_fresh_streams(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setenv("WORLD_SIZE", "1")
     monkeypatch.setenv("RANK", "0")
     assert torch.equal(ddp.generator_state({"generator": saved[1]}, seed=0), saved[1])
+
+
+def test_sharded_validation_merges_every_rank_in_case_order(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rank 2 of 3 with 2 validation cases has nothing to validate but gets the full result."""
+    cases = [SimpleNamespace(case_id=c) for c in ("b", "a")]
+    dice = {"b": {1: 0.5, 2: 0.25}, "a": {1: 1.0, 2: 0.75}}
+    others = [{"b": dice["b"]}, {"a": dice["a"]}]  # what ranks 0 and 1 validated
+    calls = []
+
+    def fake_validate(model: object, shard: list[SimpleNamespace], **kw: object) -> dict:
+        calls.append(shard)
+        return {"per_case": {c.case_id: dice[c.case_id] for c in shard}}
+
+    monkeypatch.setattr(ddp, "is_distributed", lambda: True)
+    monkeypatch.setattr(ddp, "rank", lambda: 2)
+    monkeypatch.setattr(ddp, "world_size", lambda: 3)
+    monkeypatch.setattr(ddp, "gather", lambda local: [*others, local])
+    result = ddp.validate_sharded(fake_validate, torch.nn.Identity(), cases, num_classes=3)
+    assert calls == []  # an empty shard is not validated (no mean of nothing)
+    assert list(result["per_case"]) == ["b", "a"]
+    assert result["mean_dice"] == {1: 0.75, 2: 0.5} and result["mean"] == 0.625
