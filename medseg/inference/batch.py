@@ -53,13 +53,6 @@ CaseRunner = Callable[
     [Sequence[CaseInput], "BatchOptions", Path, Callable[[], "Segmenter"]], Iterator[CaseRecord]
 ]
 
-#: ``runner(cases, options, out_dir, load_segmenter)`` runs the cases that need predicting and
-#: yields their records as they finish, in any order (:func:`run_locally`, or
-#: :class:`medseg.distributed.ray_backend.RayRunner` for many workers). ``load_segmenter()``
-#: builds the engine; it is picklable, so a remote worker can call it.
-CaseRunner = Callable[["Sequence[CaseInput]", "BatchOptions", Path, Callable[[], "Segmenter"]],
-                      Iterator[CaseRecord]]
-
 
 @dataclass(frozen=True)
 class BatchOptions:
@@ -165,23 +158,6 @@ def predict_case(case: CaseInput, segmenter: Segmenter, out_dir: str | Path,
     record.timings_s = {k: round(v, 4) for k, v in timings.items()}
     write_record(out_dir, record)
     return record
-
-
-def run_locally(cases: Sequence[CaseInput], options: BatchOptions, out_dir: Path,
-                load_segmenter: Callable[[], Segmenter]) -> Iterator[CaseRecord]:
-    """The default :data:`CaseRunner`: one engine in this process (loaded at the first case),
-    cases in order."""
-    segmenter = None
-    for case in cases:
-        if segmenter is None:
-            segmenter = load_segmenter()
-        yield predict_case(case, segmenter, out_dir, options)
-
-
-def _load_segmenter(model_path: Path, **engine_options: Any) -> Segmenter:
-    from medseg.inference.engine import Segmenter
-
-    return Segmenter.from_file(model_path, **engine_options)
 
 
 def is_finished(out_dir: Path, case: CaseInput, options: BatchOptions,
