@@ -9,7 +9,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import write_folder2d, write_msd
+from training_data import write_folder2d, write_msd
 
 from medseg.errors import DatasetError
 from medseg.training.dataset import load_raw_case

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from conftest import sphere_case, write_folder2d
+from training_data import sphere_case, write_folder2d
 
 from medseg.io import ImageMeta, MedImage, read_image, write_dicom_series, write_nifti
 from medseg.training.dataset import load_raw_case

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config
 from safetensors.torch import load_file
+from training_data import tiny_config
 
 from medseg.errors import ConfigError
 from medseg.model_card import load_model, read_model_card
