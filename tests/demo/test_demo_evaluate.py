@@ -73,3 +73,25 @@ def test_previous_demo_outputs_are_replaced_but_other_files_kept(tmp_path):
     prepare_output(out)
     assert not (out / "predictions").exists()
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_training_set_is_an_msd_dataset_the_trainer_indexes(tmp_path):
+    import nibabel as nib
+
+    from medseg.demo.model import TRAIN_SEED_OFFSET, TrainingRecipe, write_training_set
+    from medseg.demo.synthetic import make_ct_study
+    from medseg.training import index_dataset
+
+    recipe = TrainingRecipe(cases=3, shape=(48, 44, 12), val_slices=8, spacing=(8.0, 8.0, 10.0),
+                            lesions_per_case=1)
+    root = write_training_set(tmp_path / "ds", recipe, seed=2)
+    index = index_dataset("msd", root)
+    assert [p.case_id for p in index.pairs] == ["synthetic_000", "synthetic_001", "synthetic_002"]
+    assert index.label_names == {0: "background", 1: "liver", 2: "lesion"}
+    assert index.modality == "CT"
+    assert nib.load(index.pairs[-1].image).shape == (48, 44, 8)  # the thin validation slab
+    # the training volumes are the generator's, seeded apart from the study seeds
+    expected = make_ct_study((48, 44, 12), (8.0, 8.0, 10.0), n_lesions=1,
+                             seed=TRAIN_SEED_OFFSET + 2000 + 1)
+    got = np.asarray(nib.load(index.pairs[1].label).dataobj)
+    np.testing.assert_array_equal(got, expected.label.array[0])
