@@ -69,6 +69,9 @@ def predict_command(
                                         "this file ('-' for stdout)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every stage."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads for the "
+                                       "local backend (default: torch's; 1 is often faster "
+                                       "on a small machine shared with other jobs)."),
     backend: str = typer.Option("local", "--backend", help="local (this process) or ray "
                                 "(spread cases over Ray workers; pip install "
                                 "'medseg[distributed]')."),
@@ -105,6 +108,10 @@ def predict_command(
             from medseg.distributed.ray_backend import RayRunner
 
             runner = RayRunner(workers=workers, address=ray_address)
+        elif threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
         summary = run_batch(
             inputs, model, output, formats=formats, overwrite=overwrite, device=device,
             overlap=overlap, tta=tta, amp=amp,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -222,6 +223,19 @@ class Segmenter:
             x = x.contiguous(memory_format=self._memory_format)
         return self.model(x)
 
+    def _stitch_device(self, band_shape: tuple[int, ...]) -> torch.device:
+        """The compute device if the band (sums + weights, float32) takes under a quarter of
+        its free memory, else the CPU: windows still run on the GPU, results stream back."""
+        if self.device.type != "cuda":
+            return self.device
+        band_bytes = 4 * (self.card.num_classes + 1) * math.prod(band_shape)
+        free, _ = torch.cuda.mem_get_info(self.device)
+        if band_bytes < free // 4:
+            return self.device
+        logger.info("stitching on the CPU: a %.1f GB band does not fit beside the network in "
+                    "%.1f GB free on %s", band_bytes / 1e9, free / 1e9, self.device)
+        return torch.device("cpu")
+
     def _check_input(self, image: MedImage) -> None:
         source = image.meta.provenance.path or "the input image"
         if image.meta.ndim != self.card.spatial_dims:
@@ -260,18 +274,17 @@ class Segmenter:
         resample = bool(target) and not spacing_matches(image.meta.spacing, target)
         if resample:
             work = resample_to_spacing(image, target, order=1)
-        reader = WindowReader(
-            work.array,
-            plan_windows(work.spatial_shape, self.card.roi_size, overlap=self.overlap,
-                         margin=self.margin),
-            transform=window_normalizer(work.array, self.card.normalization),
-        )
+        grid = plan_windows(work.spatial_shape, self.card.roi_size, overlap=self.overlap,
+                            margin=self.margin)
+        reader = WindowReader(work.array, grid,
+                              transform=window_normalizer(work.array, self.card.normalization))
         timings["preprocess"] = time.perf_counter() - t
 
         t = time.perf_counter()
         with torch.inference_mode():
             out = run_window_grid(
-                reader, self._forward, device=self.device, blend=self.blend,
+                reader, self._forward, device=self.device,
+                stitch_device=self._stitch_device(grid.band_shape), blend=self.blend,
                 sw_batch_size=self.sw_batch_size, labels=not resample,
                 probabilities=resample or return_probabilities, progress=progress,
                 should_cancel=should_cancel,

@@ -12,7 +12,9 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
+
+#: Voxels counted per ``np.bincount`` call (its int64 copy then stays ~32 MB).
+_COUNT_CHUNK = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,8 @@ def clean_labels(labels: np.ndarray, spacing: tuple[float, ...], config: Postpro
     """
     if not config.active:
         return labels
+    from scipy import ndimage
+
     voxel_ml = math.prod(spacing) / 1000.0
     min_voxels = int(math.ceil(config.min_size_ml / voxel_ml)) if config.min_size_ml > 0 else 0
     for value in np.unique(labels):
@@ -67,7 +71,12 @@ def clean_labels(labels: np.ndarray, spacing: tuple[float, ...], config: Postpro
 def label_volumes_ml(labels: np.ndarray, spacing: tuple[float, ...],
                      label_names: dict[int, str]) -> dict[str, float]:
     """Volume of every named foreground label in mL (0.0 for labels not present)."""
-    counts = np.bincount(labels.ravel(), minlength=max(label_names, default=0) + 1)
+    counts = np.zeros(max(int(labels.max(initial=0)), max(label_names, default=0)) + 1,
+                      dtype=np.int64)
+    flat = labels.reshape(-1)
+    for start in range(0, flat.size, _COUNT_CHUNK):  # bincount copies to int64: bound it
+        chunk = np.bincount(flat[start:start + _COUNT_CHUNK])
+        counts[: chunk.size] += chunk
     voxel_ml = math.prod(spacing) / 1000.0
     return {name: round(float(counts[value]) * voxel_ml, 6)
             for value, name in sorted(label_names.items()) if value != 0}

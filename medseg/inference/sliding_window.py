@@ -168,8 +168,7 @@ def run_window_grid(
     a = grid.slab_axis
     weight = compute_importance_map(grid.roi_size, mode=blend, sigma_scale=sigma_scale,
                                     device=stitch_device)[None]
-    band_shape = list(grid.padded_shape)
-    band_shape[a] = grid.roi_size[a]
+    band_shape = grid.band_shape
     # Allocated at the first prediction, when the number of classes is known.
     sink: _BandSink | None = None
     acc = count = torch.empty(0)

@@ -47,6 +47,13 @@ class WindowGrid:
     def num_windows(self) -> int:
         return math.prod(len(s) for s in self.starts)
 
+    @property
+    def band_shape(self) -> tuple[int, ...]:
+        """Spatial shape of the stitching band: one window deep along ``slab_axis``."""
+        shape = list(self.padded_shape)
+        shape[self.slab_axis] = self.roi_size[self.slab_axis]
+        return tuple(shape)
+
     def crop(self, axis: int) -> tuple[int, int]:
         """``(start, stop)`` of the unpadded volume along ``axis`` in padded coordinates."""
         return self.pad_before[axis], self.pad_before[axis] + self.shape[axis]
@@ -165,19 +172,24 @@ class WindowReader:
 
     def read(self, starts: Sequence[int]) -> np.ndarray:
         """The float32 window ``(C, *roi)`` whose corner is at ``starts`` (padded coordinates)."""
-        index: list[slice | np.ndarray] = []
+        # In-volume part as a view; then mirror, one axis at a time, only the axes whose window
+        # leaves the volume (np.take of whole slabs: much faster than one np.ix_ gather).
         g = self.grid
-        for s, r, b, n in zip(starts, g.roi_size, g.pad_before, g.shape, strict=True):
+        crop: list[slice] = []
+        mirrored: list[tuple[int, np.ndarray]] = []
+        for axis, (s, r, b, n) in enumerate(zip(starts, g.roi_size, g.pad_before, g.shape,
+                                                strict=True)):
             lo = s - b
             if lo >= 0 and lo + r <= n:
-                index.append(slice(lo, lo + r))  # inside the volume: a view, no gather
-            else:
-                index.append(reflect_indices(np.arange(lo, lo + r), n))
-        if all(isinstance(i, slice) for i in index):
-            window = self.array[(slice(None), *index)]
-        else:
-            gather = [np.arange(i.start, i.stop) if isinstance(i, slice) else i for i in index]
-            window = self.array[np.ix_(np.arange(self.array.shape[0]), *gather)]
+                crop.append(slice(lo, lo + r))
+                continue
+            idx = reflect_indices(np.arange(lo, lo + r), n)
+            first, last = int(idx.min()), int(idx.max()) + 1
+            crop.append(slice(first, last))
+            mirrored.append((axis + 1, idx - first))
+        window = self.array[(slice(None), *crop)]
+        for axis, idx in mirrored:
+            window = np.take(window, idx, axis=axis)
         if self.transform is not None:
             return self.transform(window)
         return np.asarray(window, dtype=np.float32)

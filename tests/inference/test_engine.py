@@ -158,3 +158,17 @@ def test_2d_model_on_2d_image() -> None:
     pred = Segmenter(net, card, device="cpu").predict(image)
     assert pred.labels.array.shape == (1, 50, 41)
     assert pred.labels.meta.same_grid(image.meta, atol_mm=1e-6)
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu(tiny_model_file: Path) -> None:
+    image = MedImage(np.random.default_rng(11).normal(size=(1, 40, 36, 30)).astype("f4"),
+                     oblique_meta())
+    cpu = Segmenter.from_file(tiny_model_file, device="cpu", amp=False).predict(
+        image, return_probabilities=True)
+    gpu = Segmenter.from_file(tiny_model_file, device="cuda", amp=False).predict(
+        image, return_probabilities=True)
+    assert cpu.probabilities is not None and gpu.probabilities is not None
+    np.testing.assert_allclose(gpu.probabilities.array.astype("f4"),
+                               cpu.probabilities.array.astype("f4"), atol=2e-3)
+    assert (gpu.labels.array == cpu.labels.array).mean() > 0.999
