@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 import time
 
 import torch
@@ -36,6 +37,10 @@ def main() -> None:
     parser.add_argument("--tta", action="store_true")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--per-case", action="store_true", help="also print per-case CSV")
+    parser.add_argument("--export-to", default=None,
+                        help="write the evaluated model here with these figures in its card")
+    parser.add_argument("--training-wall-s", type=float, default=None,
+                        help="with --export-to: measured wall clock of the training process")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -61,6 +66,17 @@ def main() -> None:
           f"load {os.getloadavg()[0]:.1f})")
     if args.per_case:
         print(scores_to_csv(result["per_case"], card.label_names), end="")
+    if args.export_to:
+        from medseg.training.export import export_model
+
+        evaluation = {
+            "cases": result["cases"], "tta": args.tta, "engine": "medseg.inference.Segmenter",
+            "summary": summary, "command": " ".join(sys.argv),
+            "training_process_wall_s": args.training_wall_s,
+        }
+        out = export_model(path, args.export_to, evaluation=evaluation)
+        print(f"exported {out} ({out.stat().st_size / 1e6:.1f} MB) with this evaluation "
+              "in its card")
 
 
 if __name__ == "__main__":
