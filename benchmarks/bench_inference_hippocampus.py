@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_distributed import hippocampus_like_model  # the workflow's plan, random weights
 
 from medseg.inference import Segmenter
 from medseg.inference.batch import run_batch
@@ -41,20 +42,6 @@ from medseg.io import read_image
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "msd_hippocampus"
 NNUNET_S = {False: 0.52, True: 1.97}  # per case, without / with mirroring (issue #4)
-
-
-def random_model(folder: Path) -> Path:
-    from medseg.model_card import ModelCard, NormalizationConfig, save_model
-    from medseg.networks import build_network, plan_network
-
-    torch.manual_seed(0)
-    config = plan_network(spatial_dims=3, in_channels=1, out_channels=3,
-                          patch_size=[40, 56, 40], base_filters=16, deep_supervision=True)
-    card = ModelCard(name="hippocampus-random", network=config,
-                     label_names={0: "background", 1: "anterior", 2: "posterior"},
-                     roi_size=[40, 56, 40], target_spacing=[1.0, 1.0, 1.0],
-                     normalization=NormalizationConfig(scheme="zscore"))
-    return save_model(folder / "hippocampus-random.safetensors", build_network(config), card)
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -78,7 +65,7 @@ def main() -> None:
     print(f"# {len(files)} cases from {DATA / 'imagesTr'}; torch threads {args.threads}; "
           f"load average before: {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory(prefix="bench-hippo-") as tmp:
-        model = args.model or random_model(Path(tmp))
+        model = args.model or hippocampus_like_model(Path(tmp) / "hippocampus-random.safetensors")
         print(f"# model: {model} ({'trained' if args.model else 'RANDOM weights'})")
         print(f"{'variant':10s} {'s/case':>7s} {'median':>7s} {'infer med':>9s} "
               f"{'nnU-Net':>7s} {'ratio':>6s}  dice(anterior, posterior)")

@@ -85,7 +85,7 @@ class _BandSink:
             self.out.labels[tuple(dst)] = lab.cpu().numpy().astype(self.out.labels.dtype,
                                                                    copy=False)
         if count is not None:
-            mean = band / count[(slice(None), *src)]
+            mean = band.float() / count[(slice(None), *src)].float()
             if self.out.logits is not None:
                 self.out.logits[(slice(None), *dst)] = mean.cpu()
             if self.out.probabilities is not None:
@@ -135,6 +135,7 @@ def run_window_grid(
     *,
     device: torch.device,
     stitch_device: torch.device | None = None,
+    stitch_dtype: torch.dtype = torch.float32,
     blend: str = "gaussian",
     sigma_scale: float = 0.125,
     sw_batch_size: int = 1,
@@ -151,6 +152,9 @@ def run_window_grid(
         predictor: Maps ``(B, C, *roi)`` on ``device`` to logits ``(B, K, *roi)``.
         device: Where windows are computed.
         stitch_device: Where the band buffer lives (default: ``device``).
+        stitch_dtype: Its dtype: float32, or float16 for half the memory (sums of at most
+            2^d Gaussian-weighted logits keep ~3 significant digits; labels agree with float32
+            except at near-ties, see ``benchmarks/results/inference_large.txt``).
         blend: ``"gaussian"`` or ``"constant"`` (MONAI's importance maps).
         sigma_scale: Gaussian sigma as a fraction of the window size.
         sw_batch_size: Windows per forward pass.
@@ -167,7 +171,7 @@ def run_window_grid(
     stitch_device = stitch_device or device
     a = grid.slab_axis
     weight = compute_importance_map(grid.roi_size, mode=blend, sigma_scale=sigma_scale,
-                                    device=stitch_device)[None]
+                                    device=stitch_device, dtype=stitch_dtype)[None]
     band_shape = grid.band_shape
     # Allocated at the first prediction, when the number of classes is known.
     sink: _BandSink | None = None
@@ -192,9 +196,9 @@ def run_window_grid(
                 k = int(y.shape[1])
                 sink = _BandSink(grid, k, labels=labels, probabilities=probabilities,
                                  logits=logits)
-                acc = torch.zeros((k, *band_shape), dtype=torch.float32, device=stitch_device)
+                acc = torch.zeros((k, *band_shape), dtype=stitch_dtype, device=stitch_device)
                 if sink.needs_count:
-                    count = torch.zeros((1, *band_shape), dtype=torch.float32,
+                    count = torch.zeros((1, *band_shape), dtype=stitch_dtype,
                                         device=stitch_device)
                 logger.debug("window grid %s: %d windows, band %s x %d classes on %s",
                              grid.padded_shape, total, band_shape, k, stitch_device)
@@ -202,7 +206,7 @@ def run_window_grid(
                 window = [slice(s, s + r) for s, r in zip(corner, grid.roi_size, strict=True)]
                 window[a] = slice(0, grid.roi_size[a])
                 region = (slice(None), *window)
-                acc[region].addcmul_(pred.to(stitch_device, torch.float32), weight)
+                acc[region].addcmul_(pred.to(stitch_device, stitch_dtype), weight)
                 if sink.needs_count:
                     count[region] += weight
             done += len(batch)
