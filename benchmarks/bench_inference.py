@@ -224,7 +224,7 @@ def main() -> None:
     print(f"# volume {tuple(args.shape)} int16, spacing {SPACING} mm; MONAI UNet 16..256 "
           f"(2 res units), 3 classes, random weights; window {ROI}, overlap {OVERLAP}, "
           "Gaussian blending")
-    print(f"# cpu: {_cpu()}; torch threads per run: {args.threads}; load average before: "
+    print(f"# cpu: {cpu_name()}; torch threads per run: {args.threads}; load average before: "
           f"{os.getloadavg()[0]:.1f}")
     print(f"{'config':16s} {'windows':>7s} {'wall s':>8s} {'forward s':>9s} {'overhead':>8s} "
           f"{'peak RSS MB':>11s} {'above baseline':>14s}  stages")
@@ -299,7 +299,8 @@ def _verdict(results: dict[str, dict[str, Any]]) -> None:
             print(f"# memory above own baseline {a} / {b}: {ours / theirs:.2f}")
 
 
-def _cpu() -> str:
+def cpu_name() -> str:
+    """CPU model and core count, for result headers."""
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
             return f"{line.split(':', 1)[1].strip()} x{os.cpu_count()}"

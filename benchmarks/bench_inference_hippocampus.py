@@ -24,7 +24,6 @@ Usage (repository root)::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -35,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from bench_distributed import hippocampus_like_model  # the workflow's plan, random weights
+from bench_inference import cpu_name
 
 from medseg.inference import Segmenter
 from medseg.inference.batch import run_batch
@@ -66,7 +66,14 @@ def main() -> None:
           f"load average before: {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory(prefix="bench-hippo-") as tmp:
         model = args.model or hippocampus_like_model(Path(tmp) / "hippocampus-random.safetensors")
-        print(f"# model: {model} ({'trained' if args.model else 'RANDOM weights'})")
+        from medseg.model_card import file_sha256, read_model_card
+
+        card = read_model_card(model)
+        best = card.training.get("best", {})
+        print(f"# model: {model} ({'trained' if args.model else 'RANDOM weights'}; card "
+              f"{card.name!r}, filters {card.network.filters}, window {card.roi_size}, "
+              f"validation Dice in card {best.get('val_dice', 'n/a')}, weights sha256 "
+              f"{file_sha256(model)[:16]})")
         print(f"{'variant':10s} {'s/case':>7s} {'median':>7s} {'infer med':>9s} "
               f"{'nnU-Net':>7s} {'ratio':>6s}  dice(anterior, posterior)")
         labels: dict[str, dict[str, np.ndarray]] = {}
@@ -101,14 +108,7 @@ def main() -> None:
     print("# s/case = wall time of run_batch / cases (read + predict + write NIfTI + record; "
           "model loaded before); median/infer med = per-case stage timings from the records; "
           "ratio = s/case / nnU-Net's")
-    print(f"# load average after: {os.getloadavg()[0]:.1f}; {json.dumps({'cpu': _cpu()})}")
-
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return f"{line.split(':', 1)[1].strip()} x{os.cpu_count()}"
-    return "unknown"
+    print(f"# load average after: {os.getloadavg()[0]:.1f}; cpu: {cpu_name()}")
 
 
 if __name__ == "__main__":

@@ -250,7 +250,7 @@ def sliding_window_logits(
         overlap: Window overlap in ``[0, 1)``.
         device: Compute device; ``None``: CUDA if available, else CPU.
         amp_dtype: Autocast dtype (``torch.bfloat16``/``torch.float16``) or ``None`` for fp32.
-        margin: Reflected context per side; ``None`` = a quarter window at overlap 0.5.
+        margin: Reflected context per side; ``None``: ``windows.default_margin``.
         blend: ``"gaussian"`` or ``"constant"``.
         sw_batch_size: Windows per forward pass.
     """
