@@ -9,7 +9,8 @@ the first ``--cases`` volumes of ``../shared/data/msd_hippocampus/imagesTr`` (so
 loads once per variant, outside the timing. Variants: precision (``bf16`` = autocast as the
 engine picks by default on this CPU, ``fp32``) x TTA (8 mirrorings) off/on.
 
-With ``--model`` a trained model is used and per-label Dice against ``labelsTr`` is printed,
+With ``--model`` a trained model is used, the cases are those of its card's validation split,
+and per-label Dice against ``labelsTr`` is printed,
 with the voxel agreement of bf16 and fp32 labels (the accuracy case for bf16 by default);
 without it, a random-weight DynUNet with the hippocampus workflow's plan (window 40x56x40,
 filters 16..128, deep supervision heads unused at inference) stands in, so only times count.
@@ -59,10 +60,19 @@ def main() -> None:
                                                           "fp32+tta"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    files = sorted((DATA / "imagesTr").glob("*.nii.gz"))[: args.cases]
+    files = sorted((DATA / "imagesTr").glob("*.nii.gz"))
+    held_out = []
+    if args.model:  # score only cases the model did not train on
+        from medseg.model_card import read_model_card
+
+        val = set(read_model_card(args.model).training.get("split", {}).get("val", []))
+        held_out = [f for f in files if f.name[: -len(".nii.gz")] in val]
+    files = (held_out or files)[: args.cases]
     print(f"# {__doc__.splitlines()[0]}")
     print(f"# command: {' '.join([Path(sys.executable).name, *sys.argv])}")
-    print(f"# {len(files)} cases from {DATA / 'imagesTr'}; torch threads {args.threads}; "
+    which = "the model card's validation split" if held_out else "the first, sorted"
+    print(f"# {len(files)} cases ({which}) from {DATA / 'imagesTr'}; torch threads "
+          f"{args.threads}; "
           f"load average before: {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory(prefix="bench-hippo-") as tmp:
         model = args.model or hippocampus_like_model(Path(tmp) / "hippocampus-random.safetensors")

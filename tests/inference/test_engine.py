@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -172,3 +173,16 @@ def test_cuda_matches_cpu(tiny_model_file: Path) -> None:
     np.testing.assert_allclose(gpu.probabilities.array.astype("f4"),
                                cpu.probabilities.array.astype("f4"), atol=2e-3)
     assert (gpu.labels.array == cpu.labels.array).mean() > 0.999
+
+
+def test_group_norm_swap_keeps_the_network_function() -> None:
+    card, net = tiny_card()
+    net.eval()
+    reference = copy.deepcopy(net)
+    engine.instance_norm_as_group_norm(net)
+    assert not any(isinstance(m, torch.nn.InstanceNorm3d) for m in net.modules())
+    assert any(isinstance(m, torch.nn.GroupNorm) for m in net.modules())
+    assert net.state_dict().keys() == reference.state_dict().keys()
+    x = torch.randn(2, 1, 16, 24, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), reference(x), atol=1e-4, rtol=1e-4)
