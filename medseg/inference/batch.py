@@ -246,6 +246,7 @@ def run_batch(
     items = list(inputs)
     cases = (items if items and all(isinstance(c, CaseInput) for c in items)
              else discover_cases(items))  # type: ignore[arg-type]
+    cases = _outside(cases, out_dir)
     summary.total = len(cases)
     model_path = (segmenter.model_path if segmenter is not None and runner is None
                   else resolve_model(model))
@@ -285,6 +286,17 @@ def run_batch(
           "completed": summary.completed, "already_done": summary.already_done,
           "failed": len(summary.failed), "wall_s": summary.wall_s})
     return summary
+
+
+def _outside(cases: list[CaseInput], out_dir: Path) -> list[CaseInput]:
+    """Leave out inputs found inside the output folder (a folder input that contains it would
+    otherwise feed a re-run its own predictions)."""
+    out = out_dir.resolve()
+    kept = [c for c in cases if out not in (c.path.resolve(), *c.path.resolve().parents)]
+    if len(kept) < len(cases):
+        logger.warning("ignoring %d input(s) inside the output folder %s",
+                       len(cases) - len(kept), out_dir)
+    return kept
 
 
 def _brief(record: CaseRecord) -> dict[str, Any]:

@@ -59,6 +59,24 @@ class Prediction:
     volumes_ml: dict[str, float] = field(default_factory=dict)
     num_windows: int = 0
 
+    def uncertainty(self) -> MedImage:
+        """Normalised entropy of the probabilities, in ``[0, 1]`` (float16, one channel):
+        0 where the model is certain, 1 where all classes are equally likely.
+
+        Raises:
+            ModelError: The prediction was made without ``return_probabilities=True``.
+        """
+        if self.probabilities is None:
+            raise ModelError("uncertainty needs the probabilities: predict with "
+                             "return_probabilities=True")
+        p = self.probabilities.array
+        entropy = np.zeros(p.shape[1:], dtype=np.float32)
+        for c in range(p.shape[0]):  # one class at a time: no (K, *spatial) float32 copy
+            pc = p[c].astype(np.float32)
+            entropy -= pc * np.log(np.clip(pc, 1e-12, None))
+        entropy /= max(np.log(p.shape[0]), 1e-12)
+        return self.probabilities.with_array(np.clip(entropy, 0, 1).astype(np.float16)[None])
+
 
 def cpu_has_native_bf16() -> bool:
     """True when the CPU has bf16 matrix instructions (AMX-BF16 or AVX512-BF16)."""

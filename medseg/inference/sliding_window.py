@@ -35,7 +35,7 @@ CancelFn = Callable[[], bool]
 
 @dataclass
 class WindowOutputs:
-    """What :func:`sliding_window_predict` produced, on the unpadded grid.
+    """What :func:`run_window_grid` produced, on the unpadded grid.
 
     Attributes:
         labels: ``(*spatial)`` argmax labels (uint8, uint16 above 255 classes), or ``None``.

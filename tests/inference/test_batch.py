@@ -130,3 +130,12 @@ def test_new_model_weights_redo_finished_cases(tmp_path: Path, tiny_model_file: 
         p.data.mul_(1.5)
     other = save_model(tmp_path / "other.safetensors", net, card)
     assert run_batch([root], other, out, device="cpu").completed == 2
+
+
+def test_outputs_inside_an_input_folder_are_not_inputs_of_the_next_run(
+        tmp_path: Path, tiny_model_file: Path) -> None:
+    root = _inputs(tmp_path)
+    out = root / "predictions"
+    assert run_batch([root], tiny_model_file, out, device="cpu").completed == 2
+    again = run_batch([root], tiny_model_file, out, device="cpu")
+    assert (again.total, again.already_done, again.completed) == (2, 2, 0)

@@ -186,3 +186,19 @@ def test_group_norm_swap_keeps_the_network_function() -> None:
     x = torch.randn(2, 1, 16, 24, 16)
     with torch.no_grad():
         torch.testing.assert_close(net(x), reference(x), atol=1e-4, rtol=1e-4)
+
+
+def test_uncertainty_is_normalised_entropy(tiny_model_file: Path) -> None:
+    segmenter = Segmenter.from_file(tiny_model_file, device="cpu", amp=False)
+    image = MedImage(np.random.default_rng(13).normal(size=(1, 20, 18, 16)).astype("f4"),
+                     oblique_meta())
+    with pytest.raises(ModelError, match="return_probabilities=True"):
+        segmenter.predict(image).uncertainty()
+    pred = segmenter.predict(image, return_probabilities=True)
+    u = pred.uncertainty()
+    assert pred.probabilities is not None
+    p = pred.probabilities.array.astype("f8")
+    expected = -(p * np.log(np.clip(p, 1e-12, None))).sum(0) / np.log(3)
+    assert u.array.shape == (1, 20, 18, 16) and u.array.dtype == np.float16
+    assert u.meta.same_grid(image.meta)
+    np.testing.assert_allclose(u.array[0].astype("f8"), expected, atol=2e-3)
