@@ -60,7 +60,7 @@ def predict_command(
     overlap: float = typer.Option(0.5, "--overlap", help="Sliding-window overlap in [0, 1)."),
     tta: bool = typer.Option(False, "--tta/--no-tta", help="Mirror test-time augmentation."),
     amp: bool | None = typer.Option(None, "--amp/--no-amp", help="Mixed precision (default: "
-                                    "on for CUDA, off for CPU)."),
+                                    "on for CUDA and for CPUs with native bf16)."),
     keep_largest: bool = typer.Option(False, "--keep-largest", help="Keep only the largest "
                                       "connected component of each label."),
     min_size_ml: float = typer.Option(0.0, "--min-size-ml", help="Remove components smaller "
