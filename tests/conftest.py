@@ -51,7 +51,7 @@ def make_sphere_volume(
     rng = np.random.default_rng(seed)
     grids = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")
     centre = [s / 2 + rng.uniform(-2, 2) for s in shape]
-    dist = np.sqrt(sum((g - c) ** 2 for g, c in zip(grids, centre)))
+    dist = np.sqrt(sum((g - c) ** 2 for g, c in zip(grids, centre, strict=True)))
     label = (dist <= radius).astype(np.uint8)
     image = (label * 100.0 + rng.normal(0, 20, size=shape)).astype(np.float32)
     return image, label

@@ -49,7 +49,8 @@ class NetworkConfig:
         if not self.kernel_size:
             self.kernel_size = [[3] * self.spatial_dims for _ in range(n)]
         if not self.strides:
-            self.strides = [[1] * self.spatial_dims] + [[2] * self.spatial_dims for _ in range(n - 1)]
+            ones, twos = [1] * self.spatial_dims, [2] * self.spatial_dims
+            self.strides = [ones] + [list(twos) for _ in range(n - 1)]
         if len(self.kernel_size) != n or len(self.strides) != n:
             raise ConfigError("filters, kernel_size and strides must have one entry per level")
         if self.norm not in ("instance", "batch"):
@@ -60,7 +61,7 @@ class NetworkConfig:
         """Each spatial size fed to the network must be a multiple of this (product of strides)."""
         div = [1] * self.spatial_dims
         for s in self.strides:
-            div = [d * int(v) for d, v in zip(div, s)]
+            div = [d * int(v) for d, v in zip(div, s, strict=True)]
         return div
 
     def to_dict(self) -> dict[str, Any]:
@@ -101,12 +102,12 @@ def plan_network(
         finest = min(sp)
         stride = [
             2 if (size // 2 >= min_feature_size and s <= 2 * finest) else 1
-            for size, s in zip(sizes, sp)
+            for size, s in zip(sizes, sp, strict=True)
         ]
         if all(v == 1 for v in stride) or len(strides) >= 6:
             break
-        sizes = [size // v for size, v in zip(sizes, stride)]
-        sp = [s * v for s, v in zip(sp, stride)]
+        sizes = [size // v for size, v in zip(sizes, stride, strict=True)]
+        sp = [s * v for s, v in zip(sp, stride, strict=True)]
         strides.append(stride)
         kernels.append([3 if s <= 2 * min(sp) else 1 for s in sp])
     filters = [min(base_filters * 2**i, max_filters) for i in range(len(strides))]

@@ -76,6 +76,7 @@ def resample_to_spacing(
         return image
     old = np.asarray(image.meta.spacing)
     shape = tuple(
-        max(1, int(round(n * o / s))) for n, o, s in zip(image.spatial_shape, old, spacing)
+        max(1, int(round(n * o / s)))
+        for n, o, s in zip(image.spatial_shape, old, spacing, strict=True)
     )
     return resample_onto(image, image.meta.replace(spacing=spacing), shape, order=order)
