@@ -91,14 +91,15 @@ def test_run_in_a_worker_binds_the_result_to_the_captured_image(
 
 def test_cancel_stops_the_run_and_adds_nothing(segment, qtbot) -> None:
     viewer, widget = segment
-    layer, _ = _add_image(viewer, "big", (33, 34, 35), angle=0.0, seed=3)  # 125 windows
+    layer, _ = _add_image(viewer, "big", (33, 34, 35), angle=0.0, seed=3)  # dozens of windows
     widget.image_box.value = layer
     widget.overlap.value = 0.5
     widget._relay.progress.connect(lambda done, total: widget.cancel_button.clicked.emit())
     widget.run_button.clicked.emit()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=RUN_TIMEOUT_MS)
     assert widget.status.value == "cancelled"
-    assert widget.progress.value < widget.progress.max == 125
+    # cancelled after the first window(s): far from the total the engine announced
+    assert widget.progress.max >= 27 and widget.progress.value < widget.progress.max // 2
     assert [ly.name for ly in viewer.layers] == ["big"]
     assert widget.run_button.enabled and not widget.cancel_button.enabled
 
