@@ -71,7 +71,9 @@ def summary_text(result: DemoResult) -> str:
             f"  lesion {m.index} at {_mm(m.centre_mm)}: {m.true_ml:.2f} mL true, "
             f"{m.predicted_ml:.2f} mL predicted, Dice {m.dice:.3f}"
             + ("" if m.detected else "  [MISSED]"))
-    lines += ["", "Open the result in napari:", f"  {result.napari_command}"]
+    lines += ["", "The same prediction on your own DICOM folders or NIfTI files:",
+              f"  {result.predict_command}",
+              "", "Open the result in napari:", f"  {result.napari_command}"]
     return "\n".join(lines)
 
 

@@ -45,6 +45,9 @@ CASE_ID = "abdomen_ct"
 #: Sliding-window overlap of the demo's prediction. medseg-predict defaults to 0.5; 0.25 needs
 #: about a third of the windows (3D), which keeps the demo within minutes on a laptop CPU.
 DEMO_OVERLAP = 0.25
+#: Predicted components smaller than this are removed (the smallest drawn lesion is ~3 mL);
+#: this drops specks at the ends of the scanned slab.
+DEMO_MIN_SIZE_ML = 0.5
 MARKER = ".medseg-demo"
 OWNED = (CASE_ID, "ground_truth.nii.gz", "predictions", "model", "demo_report.json")
 
@@ -97,6 +100,7 @@ class DemoResult:
             the NIfTI prediction voxel for voxel.
         timings_s: Seconds per stage.
         napari_command: Command that opens the study with the prediction in napari.
+        predict_command: The ``medseg-predict`` command that makes the same predictions.
     """
 
     out_dir: Path
@@ -114,6 +118,7 @@ class DemoResult:
     seg_matches_nifti: bool
     timings_s: dict[str, float]
     napari_command: str
+    predict_command: str
 
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -235,6 +240,10 @@ def run_demo(
         evaluation=evaluation, generated_lesions=study.lesions, seg_matches_nifti=seg_ok,
         timings_s={k: round(v, 2) for k, v in timings.items()},
         napari_command=napari_command(dicom_dir, nifti_path),
+        predict_command=shlex.join([
+            "medseg-predict", str(dicom_dir), "--model", _model_reference(model_path), "--output",
+            str(pred_dir), "--format", "nifti", "--format", "dicom-seg", "--overlap",
+            str(DEMO_OVERLAP), "--min-size-ml", str(DEMO_MIN_SIZE_ML)]),
     )
     write_report(result, size=size, seed=seed)
     return result
@@ -254,6 +263,13 @@ def napari_command(image: Path, labels: Path) -> str:
               f'plugin="medseg"); v.open({json.dumps(str(labels))}, plugin="medseg", '
               f'layer_type="labels"); napari.run()')
     return shlex.join([_python(), "-c", script])
+
+
+def _model_reference(path: Path) -> str:
+    """A shipped model's name, else the model file's path."""
+    from medseg.models import MODELS_DIR
+
+    return path.stem if path.parent.resolve() == MODELS_DIR else str(path)
 
 
 def _python() -> str:
@@ -297,6 +313,7 @@ def _predict(dicom_dir: Path, model_path: Path, pred_dir: Path, *, device: str |
     """Segment the study with the batch runner that ``medseg-predict`` uses."""
     from medseg.inference.batch import run_batch
     from medseg.inference.engine import Segmenter
+    from medseg.inference.postprocess import PostprocessConfig
 
     class _WindowProgressSegmenter(Segmenter):
         # run_batch calls predict(image) with no progress callback (its own progress counts
@@ -305,10 +322,12 @@ def _predict(dicom_dir: Path, model_path: Path, pred_dir: Path, *, device: str |
             kwargs.setdefault("progress", report)
             return super().predict(image, **kwargs)
 
+    postprocess = PostprocessConfig(min_size_ml=DEMO_MIN_SIZE_ML)
     segmenter = _WindowProgressSegmenter.from_file(model_path, device=device,
-                                                   overlap=DEMO_OVERLAP)
+                                                   overlap=DEMO_OVERLAP, postprocess=postprocess)
     summary = run_batch([dicom_dir], model_path, pred_dir, formats=("nifti", "dicom-seg"),
-                        segmenter=segmenter, overwrite=True, overlap=DEMO_OVERLAP)
+                        segmenter=segmenter, overwrite=True, overlap=DEMO_OVERLAP,
+                        postprocess=postprocess)
     if not summary.ok or not summary.records:
         reasons = "; ".join(f"{k}: {v}" for k, v in summary.failed.items()) or "no case found"
         raise MedsegError(f"prediction of {dicom_dir} failed ({reasons})")
