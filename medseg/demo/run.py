@@ -42,9 +42,6 @@ logger = logging.getLogger(__name__)
 StageProgress = Callable[[str, int, int], None]
 
 CASE_ID = "abdomen_ct"
-#: Sliding-window overlap of the demo's prediction. medseg-predict defaults to 0.5; 0.25 needs
-#: about a third of the windows (3D), which keeps the demo within minutes on a laptop CPU.
-DEMO_OVERLAP = 0.25
 #: Predicted components smaller than this are removed (the smallest drawn lesion is ~3 mL);
 #: this drops specks at the ends of the scanned slab.
 DEMO_MIN_SIZE_ML = 0.5
@@ -242,8 +239,8 @@ def run_demo(
         napari_command=napari_command(dicom_dir, nifti_path),
         predict_command=shlex.join([
             "medseg-predict", str(dicom_dir), "--model", _model_reference(model_path), "--output",
-            str(pred_dir), "--format", "nifti", "--format", "dicom-seg", "--overlap",
-            str(DEMO_OVERLAP), "--min-size-ml", str(DEMO_MIN_SIZE_ML)]),
+            str(pred_dir), "--format", "nifti", "--format", "dicom-seg",
+            "--min-size-ml", str(DEMO_MIN_SIZE_ML)]),
     )
     write_report(result, size=size, seed=seed)
     return result
@@ -324,10 +321,9 @@ def _predict(dicom_dir: Path, model_path: Path, pred_dir: Path, *, device: str |
 
     postprocess = PostprocessConfig(min_size_ml=DEMO_MIN_SIZE_ML)
     segmenter = _WindowProgressSegmenter.from_file(model_path, device=device,
-                                                   overlap=DEMO_OVERLAP, postprocess=postprocess)
+                                                   postprocess=postprocess)
     summary = run_batch([dicom_dir], model_path, pred_dir, formats=("nifti", "dicom-seg"),
-                        segmenter=segmenter, overwrite=True, overlap=DEMO_OVERLAP,
-                        postprocess=postprocess)
+                        segmenter=segmenter, overwrite=True, postprocess=postprocess)
     if not summary.ok or not summary.records:
         reasons = "; ".join(f"{k}: {v}" for k, v in summary.failed.items()) or "no case found"
         raise MedsegError(f"prediction of {dicom_dir} failed ({reasons})")

@@ -24,9 +24,9 @@ from medseg.demo.model import DEMO_MODEL_NAME
 from medseg.models import list_models
 
 SEED = 3
-# Floors for the shipped model on the small study, seed 3 (measured: liver 0.993, lesion 0.937,
-# 2 of 2 lesions, 2.9 mL of false-positive lesion).
-DICE_FLOOR = {"liver": 0.95, "lesion": 0.80}
+# Floors for the shipped model on the small study, seed 3 (measured: liver 0.993, lesion 0.975,
+# 2 of 2 lesions, no false-positive lesion; seeds 0-2 gave lesion Dice 0.957-0.966).
+DICE_FLOOR = {"liver": 0.95, "lesion": 0.85}
 
 @pytest.fixture(scope="module")
 def demo_out(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
@@ -103,9 +103,9 @@ def test_report_scores_the_prediction_against_the_known_lesions(demo_out):
     for name, floor in DICE_FLOOR.items():
         assert ev["dice"][name] >= floor, ev["dice"]
     assert ev["detected"] == len(ev["lesions"]) == 2
-    assert ev["false_positive_ml"] < 10.0
-    for lesion in ev["lesions"]:  # each lesion's volume within 15 %
-        assert lesion["predicted_ml"] == pytest.approx(lesion["true_ml"], rel=0.15)
+    assert ev["false_positive_ml"] < 2.0
+    for lesion in ev["lesions"]:  # each lesion's volume within 10 %
+        assert lesion["predicted_ml"] == pytest.approx(lesion["true_ml"], rel=0.10)
     assert report["seg_matches_nifti"] is True
     assert report["model"]["name"] == DEMO_MODEL_NAME
     assert not report["model"]["trained_by_this_run"]
