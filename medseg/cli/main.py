@@ -68,8 +68,9 @@ def demo_command(
                                           "(default: the shipped demo-liver-lesion model)."),
     train: bool = typer.Option(False, "--train",
                                help="Train the lesion model here first, on synthetic volumes."),
-    train_minutes: float | None = typer.Option(None, "--train-minutes",
-                                               help="Training time budget with --train."),
+    train_minutes: float | None = typer.Option(
+        None, "--train-minutes",
+        help="Training time budget with --train (default 3; the shipped model took 50)."),
     device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ..."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every step."),

@@ -1,8 +1,10 @@
 """The demo's lesion model: a synthetic training set and the recipe that trains it.
 
-The model shipped as ``medseg/models/demo-liver-lesion.safetensors`` was made by this recipe
-(``medseg demo --train --train-minutes ...``, see :func:`train_demo_model`), with medseg's own
-training API: the same :func:`medseg.training.train` that ``medseg-train`` runs.
+The model shipped as ``medseg/models/demo-liver-lesion.safetensors`` was made by this recipe,
+with medseg's own training API (the same :func:`medseg.training.train` that ``medseg-train``
+runs): ``OMP_NUM_THREADS=1 medseg demo --train --train-minutes 50`` (see
+:func:`train_demo_model`), whose best checkpoint (1400 iterations) was exported with
+:func:`medseg.training.export.export_model`.
 """
 
 from __future__ import annotations
