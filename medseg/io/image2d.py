@@ -13,7 +13,7 @@ import numpy as np
 
 from medseg.errors import GeometryError, ImageReadError
 from medseg.io.image import ImageMeta, MedImage, Provenance
-from medseg.io.validation import check_finite
+from medseg.io.validation import check_finite, require_nonempty_file
 
 PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -47,11 +47,7 @@ def read_image_2d(path: str | Path) -> MedImage:
         ImageReadError: Missing, empty or undecodable file; NaN/inf pixels.
         GeometryError: Shapes that are neither 2D (optionally with colour) nor a 3D stack.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ImageReadError(f"{path} does not exist")
-    if path.stat().st_size == 0:
-        raise ImageReadError(f"{path} is an empty (zero-byte) file")
+    path = require_nonempty_file(path)
     try:
         pixels = _load_pixels(path)
     except Exception as exc:  # PIL/tifffile raise many types on damaged files

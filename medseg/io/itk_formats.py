@@ -15,7 +15,7 @@ import SimpleITK as sitk
 from medseg.errors import GeometryError, ImageReadError, ImageWriteError
 from medseg.io.atomic import atomic_path
 from medseg.io.image import ImageMeta, MedImage, Provenance
-from medseg.io.validation import check_finite
+from medseg.io.validation import check_finite, require_nonempty_file
 
 ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
 
@@ -53,11 +53,7 @@ def read_itk_image(path: str | Path) -> MedImage:
         ImageReadError: Missing, empty or unreadable file, NaN/inf voxels.
         GeometryError: Not 2D or 3D.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ImageReadError(f"{path} does not exist")
-    if path.stat().st_size == 0:
-        raise ImageReadError(f"{path} is an empty (zero-byte) file")
+    path = require_nonempty_file(path)
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:

@@ -15,7 +15,7 @@ import numpy as np
 from medseg.errors import GeometryError, ImageReadError, ImageWriteError
 from medseg.io.atomic import atomic_path
 from medseg.io.image import ImageMeta, MedImage, Provenance
-from medseg.io.validation import check_finite
+from medseg.io.validation import check_finite, require_nonempty_file
 
 logger = logging.getLogger(__name__)
 
@@ -44,11 +44,7 @@ def read_nifti(path: str | Path, *, allow_channels: bool = False) -> MedImage:
         ImageReadError: Missing, empty, truncated or unreadable file; NaN/inf voxels.
         GeometryError: 4D data where 3D is expected, or more than 4 axes.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ImageReadError(f"{path} does not exist")
-    if path.stat().st_size == 0:
-        raise ImageReadError(f"{path} is an empty (zero-byte) file")
+    path = require_nonempty_file(path)
     try:
         img = nib.load(str(path))
         data = np.asanyarray(img.dataobj)

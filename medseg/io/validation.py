@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -150,3 +151,13 @@ def check_finite(array: np.ndarray, *, source: str) -> None:
             f"{source}: {bad} voxel{'s are' if bad != 1 else ' is'} NaN or infinite; "
             "fix or mask them before segmentation"
         )
+
+
+def require_nonempty_file(path: str | Path) -> Path:
+    """The path as a ``Path`` if it is an existing, non-empty file; else a clear ImageReadError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"{path} does not exist")
+    if path.stat().st_size == 0:
+        raise ImageReadError(f"{path} is an empty (zero-byte) file")
+    return path
