@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from medseg.errors import ConfigError
+from medseg.inference.engine import cpu_has_native_bf16
 
 logger = logging.getLogger(__name__)
 
@@ -67,15 +68,6 @@ def _cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
-def cpu_has_bf16() -> bool:
-    """True when the CPU has native bf16 matrix support (AVX512-BF16 or AMX)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
 def pick_runtime(*, device: str | None, amp: str) -> Runtime:
     """Choose device and precision: CUDA when present (unless ``device`` says otherwise)."""
     rank = int(os.environ.get("RANK", "0"))
@@ -91,7 +83,7 @@ def pick_runtime(*, device: str | None, amp: str) -> Runtime:
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"device {device!r} requested but CUDA is not available")
     amp_dtype: torch.dtype | None = None
-    if amp == "bf16" or (amp == "auto" and dev.type == "cpu" and cpu_has_bf16()):
+    if amp == "bf16" or (amp == "auto" and dev.type == "cpu" and cpu_has_native_bf16()):
         amp_dtype = torch.bfloat16
     elif amp == "fp16" or (amp == "auto" and dev.type == "cuda"):
         amp_dtype = torch.bfloat16 if (dev.type == "cuda" and amp == "auto"
