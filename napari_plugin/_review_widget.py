@@ -92,7 +92,9 @@ class ReviewWidget(Container):
         self.native.layout().insertWidget(2, _scroll_area(self.rows))
         self._layer: Labels | None = None
         self._history: tuple[int, int] | None = None
-        self._recount_timer = QTimer()
+        # parented to the widget, so a pending recount dies with it instead of firing into
+        # deleted Qt labels
+        self._recount_timer = QTimer(self.native)
         self._recount_timer.setSingleShot(True)
         self._recount_timer.setInterval(RECOUNT_DELAY_MS)
         self._recount_timer.timeout.connect(self.refresh_volumes)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import nibabel as nib
@@ -41,9 +42,18 @@ def segment(make_napari_viewer, tiny_model: Path):
 
 
 def test_run_in_a_worker_binds_the_result_to_the_captured_image(
-    segment, qtbot, tmp_path: Path
+    segment, qtbot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     viewer, widget = segment
+    from medseg.inference import Segmenter
+
+    real_predict = Segmenter.predict
+
+    def slow_predict(self, *args, **kwargs):  # the engine is fast on this tiny volume: make the
+        time.sleep(0.3)                       # run last long enough to watch the GUI loop
+        return real_predict(self, *args, **kwargs)
+
+    monkeypatch.setattr(Segmenter, "predict", slow_predict)
     first, first_meta = _add_image(viewer, "first", (21, 22, 23), angle=30.0, seed=1)
     second, _ = _add_image(viewer, "second", (25, 20, 18), angle=0.0, seed=2)
     original = first.data.copy()
