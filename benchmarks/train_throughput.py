@@ -45,7 +45,7 @@ def main() -> None:
                            foreground_prob=cfg.foreground_prob, generator=g)
     model = build_network(plan.network).to(runtime.device).train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.99, nesterov=True)
-    loss_fn = _make_loss(plan)
+    loss_fn = _make_loss(plan, cfg.loss)
     fixed = augment_batch(*sampler.next_batch(plan.batch_size), cfg.augment, g)
 
     def step(image: torch.Tensor, label: torch.Tensor) -> None:

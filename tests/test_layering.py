@@ -74,3 +74,13 @@ def test_ruff_is_clean():
     out = subprocess.run([ruff, "check", "--output-format", "concise", str(REPO_ROOT)],
                          capture_output=True, text=True, cwd=REPO_ROOT, check=False)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_simpleitk_loads_only_when_used():
+    """The engine, readers and CLIs import without SimpleITK (~130 MB resident): a NIfTI-only
+    batch run never pays for it (``benchmarks/results/inference_large.txt``)."""
+    code = ("import sys, medseg.inference, medseg.io, medseg.transforms, medseg.cli.predict; "
+            "print('SimpleITK' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=REPO_ROOT, check=True)
+    assert out.stdout.strip() == "False"

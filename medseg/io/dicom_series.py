@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import SimpleITK as sitk
 
 from medseg.errors import GeometryError, ImageReadError
 from medseg.io.dicom_scan import (
@@ -25,6 +25,9 @@ from medseg.io.dicom_scan import (
 )
 from medseg.io.image import ImageMeta, MedImage, Provenance
 from medseg.io.validation import check_finite, validate_slice_geometry
+
+if TYPE_CHECKING:  # SimpleITK (~130 MB resident) loads on first use, not at import
+    pass
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +159,8 @@ def read_dicom_series(
 
 def _read_pixels(ordered: list[DicomHeader]) -> np.ndarray:
     """Decode and rescale the pixels of the sorted files; returns ``(1, i, j, k)``."""
+    import SimpleITK as sitk
+
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames([str(h.path) for h in ordered])
     rescales = {h.rescale for h in ordered}
@@ -176,6 +181,8 @@ def _read_pixels(ordered: list[DicomHeader]) -> np.ndarray:
 
 
 def _which_file_fails(ordered: list[DicomHeader], exc: Exception) -> str:
+    import SimpleITK as sitk
+
     for h in ordered:
         try:
             sitk.ReadImage(str(h.path))

@@ -8,14 +8,17 @@ wants ``(C, i, j, k)``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import SimpleITK as sitk
 
 from medseg.errors import GeometryError, ImageReadError, ImageWriteError
 from medseg.io.atomic import atomic_path
 from medseg.io.image import ImageMeta, MedImage, Provenance
 from medseg.io.validation import check_finite, require_nonempty_file
+
+if TYPE_CHECKING:  # SimpleITK (~130 MB resident) loads on first use, not at import
+    import SimpleITK as sitk
 
 ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
 
@@ -27,6 +30,8 @@ def is_itk_path(path: str | Path) -> bool:
 
 def sitk_to_medimage(img: sitk.Image, provenance: Provenance, *, source: str) -> MedImage:
     """Convert a 2D/3D SimpleITK image (scalar or vector) to a channel-first MedImage."""
+    import SimpleITK as sitk
+
     ndim = img.GetDimension()
     if ndim not in (2, 3):
         raise GeometryError(f"{source} is {ndim}D; medseg reads 2D or 3D images")
@@ -53,6 +58,8 @@ def read_itk_image(path: str | Path) -> MedImage:
         ImageReadError: Missing, empty or unreadable file, NaN/inf voxels.
         GeometryError: Not 2D or 3D.
     """
+    import SimpleITK as sitk
+
     path = require_nonempty_file(path)
     try:
         img = sitk.ReadImage(str(path))
@@ -65,6 +72,8 @@ def read_itk_image(path: str | Path) -> MedImage:
 
 def medimage_to_sitk(image: MedImage) -> sitk.Image:
     """The inverse of :func:`sitk_to_medimage` (several channels become a vector image)."""
+    import SimpleITK as sitk
+
     ndim = image.meta.ndim
     arr = np.transpose(image.array, (0, *range(ndim, 0, -1)))  # (c, k, j, i)
     if image.num_channels == 1:
@@ -79,6 +88,8 @@ def medimage_to_sitk(image: MedImage) -> sitk.Image:
 
 def write_itk_image(image: MedImage, path: str | Path, *, compress: bool = True) -> Path:
     """Write a NRRD or MetaImage file (atomically) with the image's exact geometry."""
+    import SimpleITK as sitk
+
     path = Path(path)
     if not is_itk_path(path) or path.name.lower().endswith((".nhdr", ".mhd")):
         raise ImageWriteError(f"{path}: use a single-file .nrrd or .mha name")

@@ -120,6 +120,9 @@ class TrainConfig:
         max_filters: Feature cap.
         deep_supervision: Loss on lower-resolution decoder outputs too.
         foreground_prob: Probability that a patch is centred on a random foreground voxel.
+        loss: ``"dice_ce"`` (Dice + cross-entropy, nnU-Net's default: best overlap of small
+            structures) or ``"ce"`` (cross-entropy alone: calibrated probabilities, so the argmax
+            minimises per-pixel error; what the U-Net paper used for ISBI 2012 membranes).
         optimizer: ``"sgd"`` (Nesterov, nnU-Net) or ``"adamw"``.
         lr: Initial learning rate.
         momentum: SGD momentum.
@@ -153,6 +156,7 @@ class TrainConfig:
     max_filters: int = 256
     deep_supervision: bool = True
     foreground_prob: float = 0.33
+    loss: str = "dice_ce"
     optimizer: str = "sgd"
     lr: float = 0.01
     momentum: float = 0.99
@@ -173,6 +177,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adamw"):
             raise ConfigError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
+        if self.loss not in ("dice_ce", "ce"):
+            raise ConfigError(f"loss must be 'dice_ce' or 'ce', got {self.loss!r}")
         if self.lr_schedule not in ("poly", "cosine"):
             raise ConfigError(f"lr_schedule must be 'poly' or 'cosine', got {self.lr_schedule!r}")
         if self.amp not in ("auto", "bf16", "fp16", "off"):

@@ -153,7 +153,7 @@ def train(
         iteration, elapsed_before, history, best = _restore(run_dir, model, optimizer, generator,
                                                             data.split, seed=config.seed)
     net = wrap_model(model) if wrap_model else ddp.wrap(model)
-    loss_fn = _make_loss(plan)
+    loss_fn = _make_loss(plan, config.loss)
     sampler = PatchSampler(data.train_cases, plan.patch_size,
                            foreground_prob=config.foreground_prob, generator=generator)
     stream = ddp.case_stream(len(data.train_cases), batch_size=plan.batch_size, seed=config.seed)
@@ -269,19 +269,26 @@ def train(
     return TrainResult(run_dir, weights_best, weights_last, best or {}, iteration, elapsed(), plan)
 
 
-def _make_loss(plan: TrainingPlan) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def _make_loss(plan: TrainingPlan, kind: str = "dice_ce"
+               ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The training loss: ``"dice_ce"`` (Dice over the foreground classes + cross-entropy) or
+    ``"ce"``; with deep supervision, summed over the decoder outputs with halving weights."""
     from monai.losses import DeepSupervisionLoss, DiceCELoss
 
-    dice_ce = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
+    if kind == "ce":
+        def base(out: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.cross_entropy(out, label[:, 0].long())
+    else:
+        base = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
     if not plan.network.deep_supervision:
-        return lambda out, label: dice_ce(out.float(), label)
-    ds = DeepSupervisionLoss(dice_ce, weight_mode="exp")
+        return lambda out, label: base(out.float(), label)
+    ds = DeepSupervisionLoss(base, weight_mode="exp")
 
     def loss(out: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         # DynUNet in training mode stacks (main, deep heads...) on dim 1, all at full size.
         if out.dim() == label.dim() + 1:
             return ds([o.float() for o in torch.unbind(out, dim=1)], label)
-        return dice_ce(out.float(), label)
+        return base(out.float(), label)
 
     return loss
 

@@ -6,10 +6,14 @@ so origin and direction survive exactly and oblique grids are handled.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import SimpleITK as sitk
 
 from medseg.io.image import ImageMeta, MedImage
+
+if TYPE_CHECKING:  # SimpleITK (~130 MB resident) loads on first use, not at import
+    import SimpleITK as sitk
 
 
 def spacing_matches(a: tuple[float, ...] | list[float], b: tuple[float, ...] | list[float],
@@ -19,6 +23,8 @@ def spacing_matches(a: tuple[float, ...] | list[float], b: tuple[float, ...] | l
 
 
 def _to_sitk(channel: np.ndarray, meta: ImageMeta) -> sitk.Image:
+    import SimpleITK as sitk
+
     # medseg arrays are (i, j, k); SimpleITK arrays are (k, j, i).
     img = sitk.GetImageFromArray(np.ascontiguousarray(channel.T))
     img.SetSpacing([float(s) for s in meta.spacing])
@@ -48,6 +54,8 @@ def resample_onto(
     Returns:
         A new image on the target grid with the source's dtype (nearest) or float32.
     """
+    import SimpleITK as sitk
+
     interp = {0: sitk.sitkNearestNeighbor, 1: sitk.sitkLinear, 3: sitk.sitkBSpline}[order]
     ref = sitk.Image([int(s) for s in target_shape], sitk.sitkUInt8)
     ref.SetSpacing([float(s) for s in target.spacing])
