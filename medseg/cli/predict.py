@@ -52,8 +52,10 @@ def predict_command(
     model: str = typer.Option(..., "--model", "-m", help="Shipped model name or .safetensors "
                               "model file."),
     output: Path = typer.Option(..., "--output", "-o", help="Output folder."),
-    formats: list[str] = typer.Option(["nifti"], "--format", "-f", help="nifti and/or "
-                                      "dicom-seg (repeat the option for both)."),
+    formats: list[str] = typer.Option(["nifti"], "--format", "-f", help="nifti, "
+                                      "dicom-seg, probabilities (softmax per class, NIfTI) and/"
+                                      "or uncertainty (normalised entropy, NIfTI); repeat the "
+                                      "option for several."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo cases already finished."),
     device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... "
                                       "(default: cuda if available, else cpu)."),

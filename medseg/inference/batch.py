@@ -35,14 +35,21 @@ from medseg.inference.records import (
 from medseg.io.atomic import remove_stale_temporaries
 
 if TYPE_CHECKING:
-    from medseg.inference.engine import Segmenter
+    from medseg.inference.engine import Prediction, Segmenter
     from medseg.inference.postprocess import PostprocessConfig
     from medseg.io.image import MedImage
 
 logger = logging.getLogger(__name__)
 
-#: Output formats and the file name suffix each gets after the case id.
-FORMATS: dict[str, str] = {"nifti": ".nii.gz", "dicom-seg": ".seg.dcm"}
+#: Output formats and the file name suffix each gets after the case id: the label map as NIfTI
+#: or DICOM SEG; the softmax probabilities (one channel per class, 4th axis) and the normalised
+#: entropy (0 = certain, 1 = all classes equally likely) as NIfTI on the same grid, stored as
+#: uint8 with a scale factor (values to within 1/255).
+FORMATS: dict[str, str] = {"nifti": ".nii.gz", "dicom-seg": ".seg.dcm",
+                           "probabilities": ".probabilities.nii.gz",
+                           "uncertainty": ".uncertainty.nii.gz"}
+#: The formats that need the engine's probabilities.
+PROBABILITY_FORMATS = ("probabilities", "uncertainty")
 
 EventFn = Callable[[dict[str, Any]], None]
 
@@ -77,17 +84,24 @@ def output_name(case_id: str, fmt: str) -> str:
     return f"{case_id}{FORMATS[fmt]}"
 
 
-def _write_output(fmt: str, prediction_labels: MedImage, image: MedImage, path: Path,
+def _write_output(fmt: str, prediction: Prediction, image: MedImage, path: Path,
                   segmenter: Segmenter) -> None:
+    import numpy as np
+
     from medseg import __version__
     from medseg.io import write_dicom_seg, write_nifti
 
     if fmt == "nifti":
-        write_nifti(prediction_labels, path)
+        write_nifti(prediction.labels, path)
+    elif fmt == "probabilities":
+        assert prediction.probabilities is not None
+        write_nifti(prediction.probabilities, path, dtype=np.uint8)
+    elif fmt == "uncertainty":
+        write_nifti(prediction.uncertainty(), path, dtype=np.uint8)
     elif fmt == "dicom-seg":
         card = segmenter.card
         write_dicom_seg(
-            prediction_labels, image, path,
+            prediction.labels, image, path,
             label_names={k: v for k, v in card.label_names.items() if k != 0},
             label_colors=card.label_colors or None,
             algorithm_name=f"medseg {card.name}"[:64],
@@ -128,7 +142,8 @@ def predict_case(case: CaseInput, segmenter: Segmenter, out_dir: str | Path,
         record.input = _input_info(case, image)
         record.geometry = {"shape": list(image.spatial_shape),
                            "spacing_mm": list(image.meta.spacing)}
-        prediction = segmenter.predict(image)
+        prediction = segmenter.predict(
+            image, return_probabilities=any(f in PROBABILITY_FORMATS for f in options.formats))
         timings.update(prediction.timings)
         t = time.perf_counter()
         for fmt in options.formats:
@@ -138,7 +153,7 @@ def predict_case(case: CaseInput, segmenter: Segmenter, out_dir: str | Path,
                     "SEG must reference DICOM source images")
                 continue
             name = output_name(case.case_id, fmt)
-            _write_output(fmt, prediction.labels, image, out_dir / name, segmenter)
+            _write_output(fmt, prediction, image, out_dir / name, segmenter)
             record.outputs[fmt] = name
         timings["write"] = time.perf_counter() - t
         if not record.outputs:
@@ -211,7 +226,8 @@ def run_batch(
         inputs: Files, folders and manifests (see :func:`discover_cases`), or cases.
         model: Shipped model name or model file (loaded once, only if a case needs it).
         out_dir: Output folder (created).
-        formats: ``"nifti"`` and/or ``"dicom-seg"``.
+        formats: Any of ``FORMATS``: ``"nifti"``, ``"dicom-seg"``, ``"probabilities"``,
+            ``"uncertainty"``.
         overwrite: Redo finished cases.
         device, overlap, tta, amp, postprocess: Engine options (see :class:`Segmenter`).
         segmenter: An already loaded engine for the local runner (then ``model`` is only used

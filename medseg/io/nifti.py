@@ -104,7 +104,10 @@ def write_nifti(image: MedImage, path: str | Path, *, dtype: str | np.dtype | No
         image: Image or label map.
         path: Target ``.nii`` / ``.nii.gz`` path (written atomically).
         dtype: Output data type. Default: the array's dtype, except bool -> uint8, float64 ->
-            float32, and integer label maps (with ``label_names``) -> uint8 or uint16.
+            float32, and integer label maps (with ``label_names``) -> uint8 or uint16. A float
+            image with an integer ``dtype`` is stored scaled (``scl_slope``/``scl_inter``, chosen
+            by nibabel to span the values): readers get floats back to within one step, e.g.
+            probabilities as uint8 to within 1/255, a quarter of float32's size.
 
     Returns:
         The written path.
@@ -117,7 +120,8 @@ def write_nifti(image: MedImage, path: str | Path, *, dtype: str | np.dtype | No
         raise ImageWriteError(f"{path}: a NIfTI file name must end in .nii or .nii.gz")
     out_dtype = _output_dtype(image, dtype)
     arr = image.array
-    if np.issubdtype(out_dtype, np.integer) and arr.size:
+    scaled = np.issubdtype(out_dtype, np.integer) and np.issubdtype(arr.dtype, np.floating)
+    if np.issubdtype(out_dtype, np.integer) and arr.size and not scaled:
         info = np.iinfo(out_dtype)
         lo, hi = arr.min(), arr.max()
         if lo < info.min or hi > info.max:
@@ -126,7 +130,11 @@ def write_nifti(image: MedImage, path: str | Path, *, dtype: str | np.dtype | No
     if image.meta.ndim == 2:
         data = data[:, :, None] if image.num_channels == 1 else data[:, :, None, :]
     affine = image.meta.affine_ras()
-    nii = nib.Nifti1Image(np.asarray(data).astype(out_dtype, copy=False), affine)
+    if scaled:  # nibabel picks slope/intercept so the float values span the integer range
+        nii = nib.Nifti1Image(np.asarray(data, dtype=np.float32), affine)
+        nii.set_data_dtype(out_dtype)
+    else:
+        nii = nib.Nifti1Image(np.asarray(data).astype(out_dtype, copy=False), affine)
     nii.header.set_sform(affine, code=1)
     nii.header.set_qform(affine, code=1)
     nii.header.set_xyzt_units("mm", "sec")

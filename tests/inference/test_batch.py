@@ -139,3 +139,39 @@ def test_outputs_inside_an_input_folder_are_not_inputs_of_the_next_run(
     assert run_batch([root], tiny_model_file, out, device="cpu").completed == 2
     again = run_batch([root], tiny_model_file, out, device="cpu")
     assert (again.total, again.already_done, again.completed) == (2, 2, 0)
+
+
+def test_probability_and_uncertainty_outputs_match_the_engine(tmp_path: Path,
+                                                              tiny_model_file: Path) -> None:
+    from medseg.inference.engine import Segmenter
+
+    root, out = _inputs(tmp_path), tmp_path / "out"
+    summary = run_batch([root], tiny_model_file, out,
+                        formats=["nifti", "probabilities", "uncertainty"], device="cpu")
+    assert summary.ok and summary.completed == 2
+    record = json.loads((out / "case0.json").read_text())
+    assert record["outputs"] == {"nifti": "case0.nii.gz",
+                                 "probabilities": "case0.probabilities.nii.gz",
+                                 "uncertainty": "case0.uncertainty.nii.gz"}
+    expected = Segmenter.from_file(tiny_model_file, device="cpu").predict(
+        read_image(root / "case0.nii.gz"), return_probabilities=True)
+    source = nib.load(str(root / "case0.nii.gz"))
+    probs = nib.load(str(out / "case0.probabilities.nii.gz"))
+    unc = nib.load(str(out / "case0.uncertainty.nii.gz"))
+    # stored as scaled uint8 on the source grid; nibabel reads floats back to within 1/255
+    assert probs.get_data_dtype() == np.uint8 and unc.get_data_dtype() == np.uint8
+    for img in (probs, unc):
+        np.testing.assert_allclose(img.affine, source.affine, atol=1e-5)
+    p = probs.get_fdata()
+    assert p.shape == (*source.shape, 3)
+    want = np.moveaxis(expected.probabilities.array.astype(np.float32), 0, -1)
+    np.testing.assert_allclose(p, want, atol=1 / 255 + 1e-3)
+    np.testing.assert_allclose(p.sum(-1), 1.0, atol=3 / 255 + 1e-3)
+    # the label map is the argmax; it may differ only at near-ties of the float16 probabilities
+    labels = nib.load(str(out / "case0.nii.gz")).get_fdata()
+    differ = np.argmax(want, -1) != labels
+    top2 = np.sort(want, -1)[..., -2:]
+    assert differ.mean() < 0.01, differ.mean()
+    assert np.all(top2[differ][:, 1] - top2[differ][:, 0] < 2e-3)
+    np.testing.assert_allclose(unc.get_fdata(), expected.uncertainty().array[0].astype(np.float32),
+                               atol=1 / 255 + 1e-3)
