@@ -327,6 +327,9 @@ class Segmenter:
         resample = bool(target) and not spacing_matches(image.meta.spacing, target)
         if resample:
             work = resample_to_spacing(image, target, order=1)
+        # Outputs take the input's memory layout: a NIfTI volume (first axis fastest) gets its
+        # labels back in that order, and writing them is a plain copy, not a transpose.
+        order = "F" if _fortran_spatial(image.array) else "C"
         grid = plan_windows(work.spatial_shape, self.card.roi_size, overlap=self.overlap,
                             margin=self.margin)
         reader = WindowReader(work.array, grid,
@@ -340,7 +343,8 @@ class Segmenter:
                 stitch_device=self._stitch_device(grid.band_shape),
                 stitch_dtype=self.stitch_dtype, blend=self.blend,
                 sw_batch_size=self.sw_batch_size, labels=not resample,
-                probabilities=resample or return_probabilities, progress=progress,
+                probabilities=resample or return_probabilities, labels_order=order,
+                progress=progress,
                 should_cancel=should_cancel,
             )
         timings["infer"] = time.perf_counter() - t
@@ -352,7 +356,7 @@ class Segmenter:
             assert out.probabilities is not None
             labels, probabilities = _resample_back(
                 out.probabilities, work.meta, meta, image.spatial_shape,
-                keep_probabilities=return_probabilities)
+                keep_probabilities=return_probabilities, order=order)
         else:
             assert out.labels is not None
             labels, probabilities = out.labels, out.probabilities
@@ -372,8 +376,13 @@ class Segmenter:
         )
 
 
+def _fortran_spatial(array: np.ndarray) -> bool:
+    """True when the spatial part of a ``(C, *spatial)`` array is stored first-axis-fastest."""
+    return array.ndim > 2 and not array[0].flags.c_contiguous and array[0].flags.f_contiguous
+
+
 def _resample_back(probabilities: np.ndarray, model_meta: ImageMeta, meta: ImageMeta,
-                   shape: tuple[int, ...], *, keep_probabilities: bool
+                   shape: tuple[int, ...], *, keep_probabilities: bool, order: str = "C"
                    ) -> tuple[np.ndarray, np.ndarray | None]:
     """Labels (and probabilities) on the input grid from probabilities on the model grid.
 
@@ -383,7 +392,7 @@ def _resample_back(probabilities: np.ndarray, model_meta: ImageMeta, meta: Image
     """
     k = probabilities.shape[0]
     best = np.full(shape, -1.0, dtype=np.float32)
-    labels = np.zeros(shape, dtype=np.uint8 if k <= 256 else np.uint16)
+    labels = np.zeros(shape, dtype=np.uint8 if k <= 256 else np.uint16, order=order)
     kept = np.zeros((k, *shape), dtype=np.float16) if keep_probabilities else None
     for c in range(k):
         p = resample_onto(MedImage(probabilities[c:c + 1], model_meta), meta, shape,

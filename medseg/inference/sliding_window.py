@@ -54,12 +54,12 @@ class _BandSink:
     """Turns finished parts of the band into the requested outputs (cropping the padding)."""
 
     def __init__(self, grid: WindowGrid, num_classes: int, *, labels: bool, probabilities: bool,
-                 logits: bool) -> None:
+                 logits: bool, order: str = "C") -> None:
         self.grid = grid
         self.out = WindowOutputs()
         if labels:
             dtype = np.uint8 if num_classes <= 256 else np.uint16
-            self.out.labels = np.zeros(grid.shape, dtype=dtype)
+            self.out.labels = np.zeros(grid.shape, dtype=dtype, order=order)
         if probabilities:
             self.out.probabilities = np.zeros((num_classes, *grid.shape), dtype=np.float16)
         if logits:
@@ -142,6 +142,7 @@ def run_window_grid(
     labels: bool = True,
     probabilities: bool = False,
     logits: bool = False,
+    labels_order: str = "C",
     progress: ProgressFn | None = None,
     should_cancel: CancelFn | None = None,
 ) -> WindowOutputs:
@@ -159,6 +160,8 @@ def run_window_grid(
         sigma_scale: Gaussian sigma as a fraction of the window size.
         sw_batch_size: Windows per forward pass.
         labels, probabilities, logits: Which outputs to produce.
+        labels_order: Memory layout of the label map, ``"C"`` or ``"F"`` (match the input's, so
+            that writing it, e.g. as NIfTI, which stores the first axis fastest, is one copy).
         progress: Called as ``progress(windows_done, windows_total)``.
         should_cancel: Polled before every batch; ``True`` raises :class:`CancelledError`.
 
@@ -195,7 +198,7 @@ def run_window_grid(
             if sink is None:
                 k = int(y.shape[1])
                 sink = _BandSink(grid, k, labels=labels, probabilities=probabilities,
-                                 logits=logits)
+                                 logits=logits, order=labels_order)
                 acc = torch.zeros((k, *band_shape), dtype=stitch_dtype, device=stitch_device)
                 if sink.needs_count:
                     count = torch.zeros((1, *band_shape), dtype=stitch_dtype,

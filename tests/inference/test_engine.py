@@ -202,3 +202,20 @@ def test_uncertainty_is_normalised_entropy(tiny_model_file: Path) -> None:
     assert u.array.shape == (1, 20, 18, 16) and u.array.dtype == np.float16
     assert u.meta.same_grid(image.meta)
     np.testing.assert_allclose(u.array[0].astype("f8"), expected, atol=2e-3)
+
+
+@pytest.mark.parametrize("target_spacing", [None, [1.6, 1.6, 2.0]])  # direct / resampled back
+def test_fortran_ordered_input_gives_the_same_labels_in_its_layout(
+        target_spacing: list[float] | None) -> None:
+    """NIfTI volumes arrive first-axis-fastest; the labels come back in that layout (a plain
+    copy to write) and equal those of the same image in C order."""
+    meta = oblique_meta(spacing=(0.8, 0.9, 1.3))
+    image, _ = ball_image((45, 40, 28), meta, radius_mm=10.0)
+    fortran = MedImage(np.asfortranarray(image.array[0])[None], meta)
+    assert not fortran.array[0].flags.c_contiguous
+    card = threshold_card(roi=[16, 16, 16], target_spacing=target_spacing)
+    segmenter = Segmenter(ThresholdNet(), card, device="cpu")
+    c_labels = segmenter.predict(image).labels.array[0]
+    f_labels = segmenter.predict(fortran).labels.array[0]
+    assert f_labels.flags.f_contiguous and c_labels.flags.c_contiguous
+    np.testing.assert_array_equal(f_labels, c_labels)
