@@ -57,7 +57,7 @@ def clean_labels(labels: np.ndarray, spacing: tuple[float, ...], config: Postpro
         components, n = ndimage.label(labels == value)
         if n == 0:
             continue
-        sizes = np.bincount(components.ravel())
+        sizes = np.bincount(components.ravel(order="A"))
         sizes[0] = 0
         keep = sizes >= max(min_voxels, 1)
         if config.keep_largest:
@@ -73,7 +73,7 @@ def label_volumes_ml(labels: np.ndarray, spacing: tuple[float, ...],
     """Volume of every named foreground label in mL (0.0 for labels not present)."""
     counts = np.zeros(max(int(labels.max(initial=0)), max(label_names, default=0)) + 1,
                       dtype=np.int64)
-    flat = labels.reshape(-1)
+    flat = labels.reshape(-1, order="A")  # memory order: no copy of a first-axis-fastest map
     for start in range(0, flat.size, _COUNT_CHUNK):  # bincount copies to int64: bound it
         chunk = np.bincount(flat[start:start + _COUNT_CHUNK])
         counts[: chunk.size] += chunk
