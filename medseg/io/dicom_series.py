@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -25,9 +24,6 @@ from medseg.io.dicom_scan import (
 )
 from medseg.io.image import ImageMeta, MedImage, Provenance
 from medseg.io.validation import check_finite, validate_slice_geometry
-
-if TYPE_CHECKING:  # SimpleITK (~130 MB resident) loads on first use, not at import
-    pass
 
 logger = logging.getLogger(__name__)
 
