@@ -13,6 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from medseg.errors import ConfigError
 from medseg.training.config import AugmentConfig
 
 
@@ -74,11 +75,19 @@ def augment_batch(image: torch.Tensor, label: torch.Tensor, config: AugmentConfi
 
     Spatial changes (rotation, zoom, elastic, flips, rot90) hit image and label alike (labels
     by nearest neighbour); intensity changes hit the image only. Out-of-patch samples are
-    filled by reflection, consistent with mirror padding.
+    filled by reflection, consistent with mirror padding. With ``config.label_offset`` set,
+    the label is resampled so it stays displaced by that vector from the image structures.
     """
     g = generator
     batch, shape = image.shape[0], tuple(image.shape[2:])
     dims = len(shape)
+    offset = config.label_offset
+    if any(offset):
+        if len(offset) != dims:
+            raise ConfigError(f"augment.label_offset has {len(offset)} values for "
+                              f"{dims}D patches")
+        image, label = _augment_spatial_offset(image, label, config, g, offset)
+        return _augment_intensity(image, config, g), label
     grid = _spatial_grid(shape, config, g, batch)
     if grid is not None:
         image = F.grid_sample(image, grid, mode="bilinear", padding_mode="reflection",
@@ -97,6 +106,47 @@ def augment_batch(image: torch.Tensor, label: torch.Tensor, config: AugmentConfi
         image = torch.stack([torch.rot90(x, k, (1, 2)) for x, k in zip(image, ks, strict=True)])
         label = torch.stack([torch.rot90(y, k, (1, 2)) for y, k in zip(label, ks, strict=True)])
     return _augment_intensity(image, config, g), label
+
+
+def _augment_spatial_offset(image: torch.Tensor, label: torch.Tensor, config: AugmentConfig,
+                            g: torch.Generator, offset: list[float]
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The spatial part of :func:`augment_batch` for labels displaced by ``offset`` voxels.
+
+    Every change (rotation, zoom, elastic, flips, rot90) is folded into one sampling grid
+    ``T``: the image is sampled at ``T(p)``. A label ``L(p) = S(p - d)`` of structures ``S``
+    must come out as ``S'(p - d)`` with ``S'(p) = S(T(p))``, i.e. be sampled at
+    ``T(p - d) + d``; ``T(p - d)`` is taken to first order from the grid's own derivatives
+    (exact for flips, rot90 and the affine part, and the elastic field is smooth).
+    """
+    batch, shape = image.shape[0], tuple(image.shape[2:])
+    dims = len(shape)
+    grid = _spatial_grid(shape, config, g, batch)
+    if grid is None:
+        eye = torch.eye(dims, dims + 1).expand(batch, dims, dims + 1)
+        grid = F.affine_grid(eye, [batch, 1, *shape], align_corners=False)
+    # flips and rot90 of the output are the same flips/rotations of the sampling grid
+    view = (batch,) + (1,) * (dims + 1)
+    for axis in config.flip_axes:
+        if not 0 <= axis < dims:
+            continue
+        flip = (torch.rand(batch, generator=g) < 0.5).view(view)
+        grid = torch.where(flip, grid.flip(axis + 1), grid)
+    if config.rot90 and shape[0] == shape[1]:
+        ks = torch.randint(0, 4, (batch,), generator=g).tolist()
+        grid = torch.stack([torch.rot90(x, k, (0, 1)) for x, k in zip(grid, ks, strict=True)])
+    # grid component c addresses spatial axis dims-1-c, in units of 2/size
+    d_norm = torch.tensor([2.0 * offset[dims - 1 - c] / shape[dims - 1 - c]
+                           for c in range(dims)])
+    derivatives = torch.gradient(grid, dim=list(range(1, dims + 1)))  # d grid / d p_axis
+    label_grid = grid + d_norm
+    for axis, deriv in enumerate(derivatives):
+        label_grid = label_grid - offset[axis] * deriv
+    image = F.grid_sample(image, grid, mode="bilinear", padding_mode="reflection",
+                          align_corners=False)
+    label = F.grid_sample(label.float(), label_grid, mode="nearest", padding_mode="reflection",
+                          align_corners=False).long()
+    return image, label
 
 
 def _augment_intensity(image: torch.Tensor, config: AugmentConfig,

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from medseg.errors import ConfigError
 from medseg.training.augment import augment_batch
 from medseg.training.config import AugmentConfig
 from medseg.training.dataset import PreparedCase
@@ -93,3 +94,54 @@ def test_intensity_augmentation_leaves_labels_alone() -> None:
                         intensity_prob=1.0)
     out_i, out_l = augment_batch(image, label, cfg, g)
     assert torch.equal(out_l, label) and not torch.allclose(out_i, image)
+
+
+def _displaced_pair(shape: tuple[int, int], offset: tuple[int, int], batch: int = 8
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image of smooth random structures and a label of those structures displaced by offset."""
+    g = torch.Generator().manual_seed(11)
+    noise = torch.randn(batch, 1, shape[0] // 8, shape[1] // 8, generator=g)
+    smooth = torch.nn.functional.interpolate(noise, size=shape, mode="bilinear",
+                                             align_corners=False)
+    structures = smooth > 0
+    label = torch.roll(structures, shifts=offset, dims=(2, 3)).long()  # L(p) = S(p - offset)
+    return torch.where(structures, 1.0, -1.0), label
+
+
+def _agreement_with_offset(image: torch.Tensor, label: torch.Tensor, offset: tuple[int, int],
+                           border: int) -> float:
+    expected = torch.roll((image > 0).long(), shifts=offset, dims=(2, 3))
+    inner = (slice(None), slice(None), slice(border, -border), slice(border, -border))
+    return float((expected[inner] == label[inner]).float().mean())
+
+
+def test_label_offset_is_kept_exactly_under_flips_and_rot90() -> None:
+    """The label stays the structures displaced by the same vector in the output frame."""
+    offset = (1, -2)
+    image, label = _displaced_pair((48, 48), offset)
+    cfg = AugmentConfig(flip_axes=[0, 1], rot90=True, label_offset=list(offset))
+    out_i, out_l = augment_batch(image, label, cfg, torch.Generator().manual_seed(3))
+    assert not torch.equal(out_i, image)
+    assert _agreement_with_offset(out_i, out_l, offset, border=5) == 1.0
+    # without the setting, mirroring flips the offset: the same check fails
+    plain = AugmentConfig(flip_axes=[0, 1], rot90=True)
+    out_i, out_l = augment_batch(image, label, plain, torch.Generator().manual_seed(3))
+    assert _agreement_with_offset(out_i, out_l, offset, border=5) < 0.95
+
+
+def test_label_offset_is_kept_under_rotation_zoom_and_elastic() -> None:
+    offset = (2, 1)
+    image, label = _displaced_pair((64, 64), offset)
+    cfg = AugmentConfig(flip_axes=[0, 1], rot90=True, rotation_deg=15, scale=(0.9, 1.1),
+                        affine_prob=1.0, elastic_prob=1.0, elastic_sigma=0.33,
+                        elastic_magnitude=3.0, label_offset=list(offset))
+    out_i, out_l = augment_batch(image, label, cfg, torch.Generator().manual_seed(4))
+    # only interpolation at structure edges (and first-order terms of the field) may disagree
+    assert _agreement_with_offset(out_i, out_l, offset, border=8) > 0.97
+
+
+def test_label_offset_must_match_dimensions() -> None:
+    image, label = _displaced_pair((16, 16), (0, 1), batch=1)
+    with pytest.raises(ConfigError, match="label_offset"):
+        augment_batch(image, label, AugmentConfig(label_offset=[1.0, 0.0, 0.0]),
+                      torch.Generator().manual_seed(0))
