@@ -96,6 +96,14 @@ class ModelCard:
     def num_classes(self) -> int:
         return self.network.out_channels
 
+    @property
+    def label_offset(self) -> list[float]:
+        """Voxels (array axes) by which the model draws labels off the image structures, as
+        trained with ``augment.label_offset``; empty when none. Mirror TTA undoes the flip of
+        this offset (see :meth:`medseg.inference.engine.Segmenter.predict`)."""
+        augment = (self.training.get("config") or {}).get("augment") or {}
+        return [float(v) for v in augment.get("label_offset") or []]
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["label_names"] = {str(k): v for k, v in self.label_names.items()}

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from medseg.errors import ModelError
+from medseg.inference.heap import release_freed_memory
 from medseg.inference.postprocess import PostprocessConfig, clean_labels, label_volumes_ml
 from medseg.inference.preprocess import window_normalizer
 from medseg.inference.sliding_window import (
@@ -123,6 +124,21 @@ def instance_norm_as_group_norm(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+def translate(t: torch.Tensor, dim: int, shift: float) -> torch.Tensor:
+    """``t`` moved by ``shift`` voxels along ``dim`` (``out(p) = t(p - shift)``), linearly
+    interpolated; values at the ends are repeated. Exact for whole-voxel shifts."""
+    if shift == 0:
+        return t
+    n = t.shape[dim]
+    pos = torch.arange(n, dtype=torch.float64, device=t.device) - shift
+    low = pos.floor()
+    frac = (pos - low).to(t.dtype).view([n if d == dim else 1 for d in range(t.dim())])
+    i0 = low.long().clamp(0, n - 1)
+    i1 = (low.long() + 1).clamp(0, n - 1)
+    a = t.index_select(dim, i0)
+    return a + (t.index_select(dim, i1) - a) * frac
+
+
 def _mirror_axes(spatial_dims: int) -> list[tuple[int, ...]]:
     """Every subset of spatial axes of a ``(B, C, *spatial)`` tensor, the identity first."""
     axes = range(2, 2 + spatial_dims)
@@ -137,7 +153,8 @@ class Segmenter:
         card: Its model card (preprocessing, window size, labels).
         device: Compute device; ``None``: CUDA if available, else CPU.
         overlap: Sliding-window overlap in ``[0, 1)``.
-        tta: Average over all mirrorings of each window (test-time augmentation, 2^d passes).
+        tta: Average over all mirrorings of each window (test-time augmentation, 2^d passes);
+            with a card's ``label_offset``, each mirrored prediction is moved back by twice it.
         amp: Autocast (float16 on CUDA, bfloat16 on CPU); ``None``: on for CUDA and for CPUs
             with native bf16 (AMX/AVX512-BF16), off otherwise.
         sw_batch_size: Windows per forward pass.
@@ -172,6 +189,7 @@ class Segmenter:
         stitch_dtype: torch.dtype | None = None,
         model_path: str | Path | None = None,
     ) -> None:
+        release_freed_memory()  # bounded peak memory over many windows (see inference.heap)
         self.device = resolve_device(device)
         self.card = card
         self.overlap = float(overlap)
@@ -263,9 +281,14 @@ class Segmenter:
             else:
                 outputs = [self._net(x.flip(axes) if axes else x) for axes in flips]
             total: torch.Tensor | None = None
+            offset = self.card.label_offset
             for axes, y in zip(flips, outputs, strict=True):
                 y = y.float()
                 y = y.flip(axes) if axes else y
+                for axis in axes if offset else ():
+                    # a model that draws labels d off the structures draws them -d off on a
+                    # mirrored input: move the flipped-back logits by 2d
+                    y = translate(y, axis, 2.0 * offset[axis - 2])
                 total = y if total is None else total.add_(y)
         assert total is not None
         return total / len(flips) if len(flips) > 1 else total

@@ -219,3 +219,47 @@ def test_fortran_ordered_input_gives_the_same_labels_in_its_layout(
     f_labels = segmenter.predict(fortran).labels.array[0]
     assert f_labels.flags.f_contiguous and c_labels.flags.c_contiguous
     np.testing.assert_array_equal(f_labels, c_labels)
+
+
+class _DisplacedThresholdNet(ThresholdNet):
+    """Draws its labels ``offset`` voxels off the structures: ``out(p) = threshold(x(p - d))``."""
+
+    def __init__(self, offset: tuple[int, int]) -> None:
+        super().__init__()
+        self.offset = offset
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(torch.roll(x, shifts=self.offset, dims=(2, 3)))
+
+
+@pytest.mark.parametrize("batch_limit", [0, 1 << 21])
+def test_tta_keeps_a_trained_label_offset(batch_limit: int,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mirroring a model trained with ``augment.label_offset`` must not blur its offset."""
+    monkeypatch.setattr(engine, "_TTA_BATCH_VOXELS", batch_limit)
+    offset = (1, -2)
+    rng = np.random.default_rng(9)
+    image = MedImage(rng.uniform(0, 1, (1, 40, 36)).astype("f4"), oblique_meta(2))
+    net = _DisplacedThresholdNet(offset)
+    inner = (slice(None), slice(6, -6), slice(6, -6))  # roll wraps at the window edges
+
+    def probabilities(card_offset: list[float], tta: bool) -> np.ndarray:
+        card = threshold_card(roi=[48, 48])
+        card.training = {"config": {"augment": {"label_offset": card_offset}}}
+        pred = Segmenter(net, card, device="cpu", tta=tta, amp=False).predict(
+            image, return_probabilities=True)
+        assert pred.probabilities is not None
+        return pred.probabilities.array.astype("f4")[inner]
+
+    plain = probabilities(list(map(float, offset)), tta=False)
+    np.testing.assert_allclose(probabilities(list(map(float, offset)), tta=True), plain,
+                               atol=2e-3)
+    # without the card's offset the mirrorings disagree by 2 * offset: the check can fail
+    assert np.abs(probabilities([], tta=True) - plain).max() > 0.2
+
+
+def test_translate_moves_by_fractions_and_whole_voxels() -> None:
+    t = torch.arange(6, dtype=torch.float32).view(1, 6)
+    np.testing.assert_allclose(engine.translate(t, 1, 2.0).numpy(), [[0, 0, 0, 1, 2, 3]])
+    np.testing.assert_allclose(engine.translate(t, 1, -0.5).numpy(),
+                               [[0.5, 1.5, 2.5, 3.5, 4.5, 5]])

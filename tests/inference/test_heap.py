@@ -1,0 +1,54 @@
+"""glibc heap tuning: freed window-sized buffers go back to the OS instead of piling up."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.skipif(
+    sys.platform != "linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+
+# A 16 MB buffer freed raises glibc's dynamic mmap threshold to 16 MB; 12 MB buffers then come
+# from the heap, and one freed below a live block stays resident (what fragmented the engine's
+# peak). With the threshold fixed they are mapped and unmapped.
+_SCRIPT = """
+import sys, numpy as np
+from medseg.inference.heap import release_freed_memory
+def rss():
+    for line in open('/proc/self/status'):
+        if line.startswith('VmRSS'):
+            return int(line.split()[1]) // 1024
+applied = release_freed_memory() if sys.argv[1] == '1' else False
+x = np.ones(2_000_000); del x
+base, keep = rss(), []
+for _ in range(3):
+    a = np.ones(1_500_000)
+    keep.append(np.ones(65_536))
+    del a
+print(int(applied), rss() - base)
+"""
+
+
+def _run(apply: bool, env: dict[str, str] | None = None) -> tuple[int, int]:
+    out = subprocess.run([sys.executable, "-c", _SCRIPT, "1" if apply else "0"], check=True,
+                         capture_output=True, text=True, env=env)
+    applied, retained = out.stdout.split()
+    return int(applied), int(retained)
+
+
+def test_fixed_threshold_returns_freed_buffers() -> None:
+    applied, retained = _run(True)
+    assert applied == 1 and retained < 6
+    # the same pattern without it keeps a freed 12 MB buffer resident: the check can fail
+    _, retained_default = _run(False)
+    assert retained_default >= 10
+
+
+def test_environment_switch_leaves_malloc_alone() -> None:
+    import os
+
+    applied, retained = _run(True, env={**os.environ, "MEDSEG_MALLOC_TUNING": "0"})
+    assert applied == 0 and retained >= 10
