@@ -76,11 +76,12 @@ def test_ruff_is_clean():
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-def test_simpleitk_loads_only_when_used():
-    """The engine, readers and CLIs import without SimpleITK (~130 MB resident): a NIfTI-only
-    batch run never pays for it (``benchmarks/results/inference_large.txt``)."""
+def test_simpleitk_and_highdicom_load_only_when_used():
+    """The engine, readers and CLIs import without SimpleITK (~130 MB resident) or highdicom
+    (~18 MB): a NIfTI-only batch run never pays for them
+    (``benchmarks/results/inference_large.txt``)."""
     code = ("import sys, medseg.inference, medseg.io, medseg.transforms, medseg.cli.predict; "
-            "print('SimpleITK' in sys.modules)")
+            "print('SimpleITK' in sys.modules, 'highdicom' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=REPO_ROOT, check=True)
-    assert out.stdout.strip() == "False"
+    assert out.stdout.strip() == "False False"

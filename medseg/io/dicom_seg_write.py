@@ -10,7 +10,6 @@ import logging
 import warnings
 from pathlib import Path
 
-import highdicom as hd
 import numpy as np
 import pydicom
 from pydicom.sr.codedict import codes
@@ -115,6 +114,8 @@ def write_dicom_seg(
         ImageWriteError: Source not from DICOM or lacking UIDs, labels not on the source grid,
             unnamed label values, or a highdicom failure.
     """
+    import highdicom as hd  # ~18 MB resident: loaded only when a SEG is written
+
     path = Path(path)
     names = dict(label_names if label_names is not None else labels.meta.label_names)
     datasets = _source_datasets(source, path)
