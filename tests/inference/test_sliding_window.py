@@ -1,7 +1,10 @@
 """The windowed forward pass: equal to MONAI on the mirror-padded image, to a direct forward
-pass when one window covers the image, and band stitching equal to whole-volume argmax."""
+pass when one window covers the image, and block stitching equal to whole-volume argmax."""
 
 from __future__ import annotations
+
+import itertools
+import math
 
 import numpy as np
 import pytest
@@ -9,7 +12,7 @@ import torch
 
 from medseg.errors import CancelledError
 from medseg.inference import plan_windows, sliding_window_logits
-from medseg.inference.sliding_window import _shift_left, run_window_grid
+from medseg.inference.sliding_window import _BlockPlan, run_window_grid
 from medseg.inference.windows import WindowReader
 
 
@@ -50,7 +53,7 @@ def test_one_window_covering_the_image_equals_a_direct_forward_pass() -> None:
     torch.testing.assert_close(ours, direct, atol=1e-6, rtol=1e-6)
 
 
-def test_band_outputs_equal_whole_volume_argmax_and_softmax() -> None:
+def test_block_outputs_equal_whole_volume_argmax_and_softmax() -> None:
     net = small_net(3)
     array = np.random.default_rng(2).normal(size=(2, 37, 21, 30)).astype("f4")
     grid = plan_windows(array.shape[1:], (12, 12, 12), overlap=0.5)
@@ -81,14 +84,44 @@ def test_progress_and_cancel() -> None:
                         should_cancel=lambda: next(polls) >= 3)
 
 
-@pytest.mark.parametrize("n,d", [(10, 3), (10, 5), (10, 9), (10, 10), (4, 7)])
-def test_shift_left_in_place(n: int, d: int) -> None:
-    t = torch.arange(2 * n, dtype=torch.float32).reshape(2, n)
-    expected = torch.zeros_like(t)
-    if d < n:
-        expected[:, : n - d] = t[:, d:]
-    _shift_left(t, 1, d)
-    torch.testing.assert_close(t, expected)
+@pytest.mark.parametrize("shape,roi,overlap,margin,max_ratio", [
+    ((512, 512, 200), (128, 128, 128), 0.25, 0, 0.5),
+    ((512, 512, 200), (128, 128, 128), 0.25, None, 0.5),
+    ((35, 50, 36), (40, 56, 40), 0.5, None, 1.0),
+    ((45, 38), (16, 24), 0.5, None, 0.8),
+])
+def test_blocks_partition_the_grid_and_stay_few(shape, roi, overlap, margin, max_ratio) -> None:
+    """Every padded voxel is in exactly one block; a block is emitted after the last window
+    that covers it; the blocks alive at once hold far less than a one-window-deep band."""
+    grid = plan_windows(shape, roi, overlap=overlap, margin=margin)
+    plan = _BlockPlan(grid)
+    assert sorted(plan.corners) == sorted(itertools.product(*grid.starts))
+    for ax, cells in enumerate(plan.cells):  # cells tile each padded axis
+        assert cells[0][0] == 0 and cells[-1][1] == grid.padded_shape[ax]
+        assert all(a[1] == b[0] for a, b in zip(cells[:-1], cells[1:], strict=True))
+    covered = np.zeros(grid.padded_shape, dtype=np.int32)
+    live: dict[tuple[int, ...], int] = {}
+    peak = 0
+    for corner in plan.corners:
+        for block, lo, src in plan.blocks_of(corner):
+            region = tuple(slice(a + s.start, a + s.stop)
+                           for a, s in zip(corner, src, strict=True))
+            assert [r.start for r in region] == lo
+            covered[region] += 1
+            live[block] = math.prod(s.stop - s.start for s in src)
+        peak = max(peak, sum(live.values()))
+        for block in [b for b in live if plan.last_window[b] == corner]:
+            del live[block]
+    assert not live
+    # each voxel summed once per window over it: the count MONAI's averaging divides by
+    expected = np.ones(grid.padded_shape, dtype=np.int32)
+    for ax, starts in enumerate(grid.starts):
+        per_axis = np.zeros(grid.padded_shape[ax], dtype=np.int32)
+        for st in starts:
+            per_axis[st:st + grid.roi_size[ax]] += 1
+        expected *= per_axis.reshape([-1 if a == ax else 1 for a in range(len(shape))])
+    np.testing.assert_array_equal(covered, expected)
+    assert peak <= max_ratio * math.prod(grid.band_shape)
 
 
 @pytest.mark.parametrize("classes", [1, 2, 5, 300])
