@@ -273,6 +273,9 @@ class Segmenter:
         many tiny passes); large ones one mirroring at a time to bound activation memory.
         """
         flips = self._flips
+        if len(flips) == 1:  # logits as the network gives them (bf16 under autocast): the
+            with autocast_context(self.device, self.amp_dtype):  # stitcher casts them once
+                return self._net(x)
         together = x.numel() * len(flips) <= _TTA_BATCH_VOXELS
         with autocast_context(self.device, self.amp_dtype):
             if len(flips) > 1 and together:
@@ -291,7 +294,7 @@ class Segmenter:
                     y = translate(y, axis, 2.0 * offset[axis - 2])
                 total = y if total is None else total.add_(y)
         assert total is not None
-        return total / len(flips) if len(flips) > 1 else total
+        return total / len(flips)
 
     def _net(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:

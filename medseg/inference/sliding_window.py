@@ -170,7 +170,9 @@ def run_window_grid(
     for batch in _batched(plan.corners, sw_batch_size):
         if should_cancel is not None and should_cancel():
             raise CancelledError("prediction cancelled")
-        x = torch.from_numpy(np.stack([reader.read(c) for c in batch])).to(device)
+        windows = (np.stack([reader.read(c) for c in batch]) if len(batch) > 1
+                   else reader.read(batch[0])[None])  # one window: no stacking copy
+        x = torch.from_numpy(windows).to(device)
         y = predictor(x)
         if sink is None:
             sink = _Sink(grid, int(y.shape[1]), labels=labels, probabilities=probabilities,
