@@ -164,10 +164,10 @@ class Segmenter:
         postprocess: Optional label clean-up.
         channels_last: Run 3D convolutions in channels-last memory layout (faster with oneDNN
             on CPU); ``None``: on for CPU.
-        stitch_dtype: dtype of the stitching band (see
+        stitch_dtype: dtype of the stitching sums (see
             :func:`medseg.inference.sliding_window.run_window_grid`); ``None``: float16 when
             ``amp`` is on (the sums are then more precise than the bf16/fp16 logits summed:
-            hippocampus labels agreed with a float32 band on >= 99.998% of voxels per case),
+            hippocampus labels agreed with float32 sums on >= 99.998% of voxels per case),
             float32 otherwise.
         model_path: The file the model came from (for provenance).
     """
@@ -302,8 +302,9 @@ class Segmenter:
         return self.model(x)
 
     def _stitch_device(self, band_shape: tuple[int, ...]) -> torch.device:
-        """The compute device if the band (sums + weights, float32) takes under a quarter of
-        its free memory, else the CPU: windows still run on the GPU, results stream back."""
+        """The compute device if the stitching sums and weights (bounded by ``band_shape``) take
+        under a quarter of its free memory, else the CPU: windows still run on the GPU, results
+        stream back."""
         if self.device.type != "cuda":
             return self.device
         itemsize = torch.empty(0, dtype=self.stitch_dtype).element_size()
@@ -311,7 +312,7 @@ class Segmenter:
         free, _ = torch.cuda.mem_get_info(self.device)
         if band_bytes < free // 4:
             return self.device
-        logger.info("stitching on the CPU: a %.1f GB band does not fit beside the network in "
+        logger.info("stitching on the CPU: %.1f GB of sums do not fit beside the network in "
                     "%.1f GB free on %s", band_bytes / 1e9, free / 1e9, self.device)
         return torch.device("cpu")
 

@@ -49,7 +49,8 @@ class WindowGrid:
 
     @property
     def band_shape(self) -> tuple[int, ...]:
-        """Spatial shape of the stitching band: one window deep along ``slab_axis``."""
+        """One window deep along ``slab_axis``, the rest padded: an upper bound on the stitching
+        sums alive at once (blocks, see :mod:`medseg.inference.sliding_window`)."""
         shape = list(self.padded_shape)
         shape[self.slab_axis] = self.roi_size[self.slab_axis]
         return tuple(shape)
