@@ -9,7 +9,8 @@ which counts torch's allocations that ``tracemalloc``/``ru_maxrss`` mis-measure)
 Configurations (all from the same int16 array in memory unless stated):
 
 * ``baseline-monai`` / ``baseline-medseg``: imports + volume + network only (the floor each
-  family pays; medseg's imports include SimpleITK, nibabel, pydicom through ``medseg.io``);
+  family pays; medseg's include nibabel and pydicom through ``medseg.io``; SimpleITK and
+  highdicom load only when used);
 * ``monai-fp32`` / ``monai-bf16``: the user-side MONAI pipeline: float32 tensor, CT
   normalisation, ``sliding_window_inference(mode="gaussian")``, ``argmax`` -> uint8
   (``bf16``: windows under ``torch.autocast(bfloat16)``, channels-last, as medseg runs them);
@@ -46,8 +47,8 @@ SHAPE = (512, 512, 200)
 SPACING = (0.8, 0.8, 1.5)
 ROI = (128, 128, 128)
 OVERLAP = 0.25
-CONFIGS = ("baseline-monai", "baseline-medseg", "monai-fp32", "medseg-fp32-m0", "monai-bf16",
-           "medseg-bf16-m0", "medseg-e2e")
+CONFIGS = ("baseline-monai", "baseline-medseg", "monai-fp32", "monai-fp32-mmap", "medseg-fp32-m0",
+           "monai-bf16", "medseg-bf16-m0", "medseg-e2e")
 
 
 def ct_like_volume(shape: tuple[int, int, int] = SHAPE, seed: int = 0) -> np.ndarray:
@@ -233,6 +234,8 @@ def main() -> None:
         for config in ["prepare", *args.configs] if "medseg-e2e" in args.configs \
                 else args.configs:
             env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+            if config.endswith("-mmap"):
+                env["MALLOC_MMAP_THRESHOLD_"] = str(1 << 20)
             proc = subprocess.run([sys.executable, __file__, "--worker", config, "--workdir", tmp,
                                    "--threads", str(args.threads), "--shape",
                                    *map(str, args.shape)],
@@ -290,9 +293,10 @@ def _verdict(results: dict[str, dict[str, Any]]) -> None:
     print(f"# peak RSS medseg-fp32-m0 / monai-fp32: "
           f"{ratio('medseg-fp32-m0', 'monai-fp32', 'peak_rss_mb')}; medseg-bf16-m0 / "
           f"monai-bf16: {ratio('medseg-bf16-m0', 'monai-bf16', 'peak_rss_mb')}; medseg-e2e / "
-          f"monai-fp32: {ratio('medseg-e2e', 'monai-fp32', 'peak_rss_mb')}")
+          f"monai-fp32: {ratio('medseg-e2e', 'monai-fp32', 'peak_rss_mb')}; medseg-e2e / "
+          f"monai-fp32-mmap: {ratio('medseg-e2e', 'monai-fp32-mmap', 'peak_rss_mb')}")
     for a, b in (("medseg-fp32-m0", "monai-fp32"), ("medseg-bf16-m0", "monai-bf16"),
-                 ("medseg-e2e", "monai-fp32")):
+                 ("medseg-e2e", "monai-fp32"), ("medseg-e2e", "monai-fp32-mmap")):
         if a in results and b in results:
             ours = results[a]["peak_rss_mb"] - _baseline(a, results)
             theirs = results[b]["peak_rss_mb"] - _baseline(b, results)
