@@ -18,7 +18,9 @@ Configurations (all from the same int16 array in memory unless stated):
   reflection margin, so the same number of windows as MONAI);
 * ``medseg-e2e``: the full per-case pipeline with default settings (reflection margin, bf16 on
   this CPU): read a ``.nii.gz``, predict, write the label ``.nii.gz`` and the JSON record
-  (``medseg.inference.batch.predict_case``).
+  (``medseg.inference.batch.predict_case``);
+* ``...-lowmem``: the same with ``Segmenter(low_memory=True)`` (``medseg.inference.heap``:
+  smaller peak, slower forward passes).
 
 Overhead = wall time / time spent inside the network's forward calls of that same run (the
 network is wrapped by a timer), so both are measured under the same machine load.
@@ -48,7 +50,8 @@ SPACING = (0.8, 0.8, 1.5)
 ROI = (128, 128, 128)
 OVERLAP = 0.25
 CONFIGS = ("baseline-monai", "baseline-medseg", "monai-fp32", "monai-fp32-mmap", "medseg-fp32-m0",
-           "monai-bf16", "medseg-bf16-m0", "medseg-e2e")
+           "monai-bf16", "medseg-bf16-m0", "medseg-e2e", "medseg-bf16-m0-lowmem",
+           "medseg-e2e-lowmem")
 
 
 def ct_like_volume(shape: tuple[int, int, int] = SHAPE, seed: int = 0) -> np.ndarray:
@@ -117,7 +120,7 @@ def run_worker(config: str, workdir: Path, threads: int, shape: tuple[int, int, 
                ) -> dict[str, Any]:
     torch.set_num_threads(threads)
     # medseg-e2e reads its input from the file "prepare" wrote: no volume in memory before
-    volume = None if config == "medseg-e2e" else ct_like_volume(shape)
+    volume = None if config.startswith("medseg-e2e") else ct_like_volume(shape)
     out: dict[str, Any] = {"config": config}
     if config.endswith("monai"):  # MONAI's family imports nothing from medseg
         from monai.inferers import sliding_window_inference  # noqa: F401 - what MONAI runs load
@@ -180,19 +183,19 @@ def _run_medseg(config: str, volume: np.ndarray | None, workdir: Path, out: dict
         out["peak_rss_mb"] = peak_rss_mb()
         return None
     timed = Timed(net)
-    e2e = config == "medseg-e2e"
+    e2e = config.startswith("medseg-e2e")
     segmenter = Segmenter(timed, card(), device="cpu", overlap=OVERLAP,
                           amp=None if e2e else config.startswith("medseg-bf16"),
-                          margin=None if e2e else 0)
+                          margin=None if e2e else 0, low_memory=config.endswith("-lowmem"))
     t0 = time.perf_counter()
     if e2e:
         record = predict_case(CaseInput("ct", workdir / "ct.nii.gz"), segmenter,
-                              workdir / "out", BatchOptions(formats=("nifti",)))
+                              workdir / config, BatchOptions(formats=("nifti",)))
         if not record.ok:
             raise RuntimeError(record.error)
         out.update(wall_s=time.perf_counter() - t0, peak_rss_mb=peak_rss_mb(),
                    stages_s=record.timings_s)
-        labels = read_image(workdir / "out" / "ct.nii.gz").array[0]
+        labels = read_image(workdir / config / "ct.nii.gz").array[0]
     else:
         assert volume is not None
         pred = segmenter.predict(MedImage(volume[None], meta))
@@ -231,8 +234,8 @@ def main() -> None:
           f"{'peak RSS MB':>11s} {'above baseline':>14s}  stages")
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-inference-") as tmp:
-        for config in ["prepare", *args.configs] if "medseg-e2e" in args.configs \
-                else args.configs:
+        needs_file = any(c.startswith("medseg-e2e") for c in args.configs)
+        for config in ["prepare", *args.configs] if needs_file else args.configs:
             env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
             if config.endswith("-mmap"):
                 env["MALLOC_MMAP_THRESHOLD_"] = str(1 << 20)
@@ -295,6 +298,11 @@ def _verdict(results: dict[str, dict[str, Any]]) -> None:
           f"monai-bf16: {ratio('medseg-bf16-m0', 'monai-bf16', 'peak_rss_mb')}; medseg-e2e / "
           f"monai-fp32: {ratio('medseg-e2e', 'monai-fp32', 'peak_rss_mb')}; medseg-e2e / "
           f"monai-fp32-mmap: {ratio('medseg-e2e', 'monai-fp32-mmap', 'peak_rss_mb')}")
+    print(f"# low-memory mode: time medseg-bf16-m0-lowmem / monai-bf16: "
+          f"{ratio('medseg-bf16-m0-lowmem', 'monai-bf16', 'wall_s')}, peak RSS "
+          f"{ratio('medseg-bf16-m0-lowmem', 'monai-bf16', 'peak_rss_mb')}; medseg-e2e-lowmem / "
+          f"monai-fp32: time {ratio('medseg-e2e-lowmem', 'monai-fp32', 'wall_s')}, peak RSS "
+          f"{ratio('medseg-e2e-lowmem', 'monai-fp32', 'peak_rss_mb')}")
     for a, b in (("medseg-fp32-m0", "monai-fp32"), ("medseg-bf16-m0", "monai-bf16"),
                  ("medseg-e2e", "monai-fp32"), ("medseg-e2e", "monai-fp32-mmap")):
         if a in results and b in results:

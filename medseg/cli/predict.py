@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import IO, Any
@@ -63,6 +64,8 @@ def predict_command(
     tta: bool = typer.Option(False, "--tta/--no-tta", help="Mirror test-time augmentation."),
     amp: bool | None = typer.Option(None, "--amp/--no-amp", help="Mixed precision (default: "
                                     "on for CUDA and for CPUs with native bf16)."),
+    low_memory: bool = typer.Option(False, "--low-memory", help="Smaller peak memory, slower "
+                                    "forward passes (sets MEDSEG_LOW_MEMORY=1; see README)."),
     keep_largest: bool = typer.Option(False, "--keep-largest", help="Keep only the largest "
                                       "connected component of each label."),
     min_size_ml: float = typer.Option(0.0, "--min-size-ml", help="Remove components smaller "
@@ -114,6 +117,8 @@ def predict_command(
             import torch
 
             torch.set_num_threads(threads)
+        if low_memory:
+            os.environ["MEDSEG_LOW_MEMORY"] = "1"  # read by every Segmenter in this process
         summary = run_batch(
             inputs, model, output, formats=formats, overwrite=overwrite, device=device,
             overlap=overlap, tta=tta, amp=amp,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -170,6 +171,8 @@ class Segmenter:
             hippocampus labels agreed with float32 sums on >= 99.998% of voxels per case),
             float32 otherwise.
         model_path: The file the model came from (for provenance).
+        low_memory: Trade speed for peak memory process-wide (:mod:`medseg.inference.heap`);
+            ``None``: on when ``MEDSEG_LOW_MEMORY=1``.
     """
 
     def __init__(
@@ -188,8 +191,10 @@ class Segmenter:
         channels_last: bool | None = None,
         stitch_dtype: torch.dtype | None = None,
         model_path: str | Path | None = None,
+        low_memory: bool | None = None,
     ) -> None:
-        release_freed_memory()  # bounded peak memory over many windows (see inference.heap)
+        if low_memory or (low_memory is None and os.environ.get("MEDSEG_LOW_MEMORY") == "1"):
+            release_freed_memory()  # smaller peak, slower forward passes (see inference.heap)
         self.device = resolve_device(device)
         self.card = card
         self.overlap = float(overlap)

@@ -1,21 +1,22 @@
-"""Give freed large buffers back to the operating system (glibc).
+"""Low-memory mode: give freed large buffers back to the operating system (glibc).
 
 glibc serves allocations above its *mmap threshold* with their own mappings, unmapped on free.
 The threshold is dynamic: each freed mapping raises it (up to 32 MB on 64-bit), so after the
-first few windows every window-sized tensor (logits, activations, argmax temporaries) comes
-from the heap instead, where freed memory is kept for reuse, fragments, and inflates the peak
-resident size. Fixing the threshold turns the adjustment off. Measured on the 512x512x200 CT
-benchmark (``benchmarks/bench_inference.py``): peak RSS 955 -> 862 MB, no change in speed.
+first few windows the window-sized tensors (activations, logits) come from the heap, where
+freed memory is kept for reuse and fragments. Fixing the threshold at 1 MB turns that off.
 
-Process-wide, so the engine applies it once when a :class:`~medseg.inference.engine.Segmenter`
-is created; ``MEDSEG_MALLOC_TUNING=0`` in the environment leaves malloc alone.
+It is a trade, so it is opt-in (``Segmenter(low_memory=True)``, ``medseg-predict
+--low-memory``, or ``MEDSEG_LOW_MEMORY=1``). Measured on the 512x512x200 CT benchmark
+(``benchmarks/results/inference_large.txt``): peak RSS 882 -> 806 MB (bf16), but every layer's
+output is then a fresh mapping whose pages fault in, and a 128^3 forward pass takes 0.44 s
+instead of 0.28-0.37 s (bf16) and 0.74-0.84 s instead of 0.44-0.60 s (fp32). Thresholds of
+16-32 MB keep the speed and save nothing. Process-wide, applied once.
 """
 
 from __future__ import annotations
 
 import ctypes
 import logging
-import os
 import platform
 import sys
 
@@ -29,15 +30,12 @@ def release_freed_memory(threshold_bytes: int = 1 << 20) -> bool:
     """Fix glibc's mmap threshold at ``threshold_bytes`` (once per process).
 
     Returns:
-        Whether the setting is in effect (``False`` off glibc or when disabled by
-        ``MEDSEG_MALLOC_TUNING=0``).
+        Whether the setting is in effect (``False`` off glibc).
     """
     global _applied
     if _applied is not None:
         return _applied
     _applied = False
-    if os.environ.get("MEDSEG_MALLOC_TUNING", "1") == "0":
-        return False
     if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
         return False
     try:
@@ -45,4 +43,6 @@ def release_freed_memory(threshold_bytes: int = 1 << 20) -> bool:
         _applied = bool(libc.mallopt(_M_MMAP_THRESHOLD, int(threshold_bytes)))
     except (OSError, AttributeError) as exc:  # not the glibc we expected: leave malloc alone
         logger.debug("mallopt unavailable: %s", exc)
+    if _applied:
+        logger.info("low-memory mode: glibc mmap threshold fixed at %d bytes", threshold_bytes)
     return _applied
