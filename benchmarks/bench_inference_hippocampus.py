@@ -80,11 +80,11 @@ def main() -> None:
 
         card = read_model_card(model)
         evaluation = card.training.get("evaluation", {}).get("summary", {}).get("labels", {})
-        dice = ({k: round(v["dice_mean"], 4) for k, v in evaluation.items()} if evaluation
+        card_dice = ({k: round(v["dice_mean"], 4) for k, v in evaluation.items()} if evaluation
                 else card.training.get("best", {}).get("val_dice", "n/a"))
         print(f"# model: {model} ({'trained' if args.model else 'RANDOM weights'}; card "
               f"{card.name!r}, filters {card.network.filters}, window {card.roi_size}, "
-              f"held-out Dice in card {dice}, weights sha256 {file_sha256(model)[:16]})")
+              f"held-out Dice in card {card_dice}, weights sha256 {file_sha256(model)[:16]})")
         print(f"{'variant':10s} {'s/case':>7s} {'median':>7s} {'infer med':>9s} "
               f"{'nnU-Net':>7s} {'ratio':>6s}  dice(anterior, posterior)")
         labels: dict[str, dict[str, np.ndarray]] = {}

@@ -7,10 +7,10 @@ freed memory is kept for reuse and fragments. Fixing the threshold at 1 MB turns
 
 It is a trade, so it is opt-in (``Segmenter(low_memory=True)``, ``medseg-predict
 --low-memory``, or ``MEDSEG_LOW_MEMORY=1``). Measured on the 512x512x200 CT benchmark
-(``benchmarks/results/inference_large.txt``): peak RSS 882 -> 806 MB (bf16), but every layer's
-output is then a fresh mapping whose pages fault in, and a 128^3 forward pass takes 0.44 s
-instead of 0.28-0.37 s (bf16) and 0.74-0.84 s instead of 0.44-0.60 s (fp32). Thresholds of
-16-32 MB keep the speed and save nothing. Process-wide, applied once.
+(``benchmarks/results/inference_large.txt``, one run): peak RSS 906 -> 806 MB (bf16), but
+every layer's output is then a fresh mapping whose pages fault in, and the 50 forward passes
+took 36.1 s instead of 19.8 s. Thresholds of 16-32 MB keep the speed and save nothing.
+Process-wide, applied once.
 """
 
 from __future__ import annotations
