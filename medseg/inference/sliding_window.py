@@ -7,7 +7,7 @@ caller asked for (uint8 labels, float16 probabilities, or float32 logits) and fr
 run in row-major order, the grid's ``slab_axis`` outermost and the shortest axis innermost, so
 the blocks alive at any time are the overlap of the current row with the next one plus the
 current window's neighbourhood: on a 512x512x200 volume with 128^3 windows at overlap 0.25,
-about 35 MB of float16 sums for 3 classes, where a one-window-deep band took 79 MB and MONAI's
+about 30 MB of float16 sums for 3 classes, where a one-window-deep band took 79 MB and MONAI's
 whole-volume float32 output and count map take 840 MB.
 
 The window positions, Gaussian importance map (``monai.data.utils.compute_importance_map``) and
