@@ -215,6 +215,7 @@ class Segmenter:
         if self.channels_last:
             self.model = self.model.to(memory_format=self._memory_format)
         self._flips = _mirror_axes(card.spatial_dims) if self.tta else [()]
+        self._label_offset = card.label_offset
 
     @classmethod
     def from_file(
@@ -283,13 +284,13 @@ class Segmenter:
                 return self._net(x)
         together = x.numel() * len(flips) <= _TTA_BATCH_VOXELS
         with autocast_context(self.device, self.amp_dtype):
-            if len(flips) > 1 and together:
+            if together:
                 batch = torch.cat([x.flip(axes) if axes else x for axes in flips])
                 outputs = self._net(batch).split(x.shape[0])
             else:
                 outputs = [self._net(x.flip(axes) if axes else x) for axes in flips]
             total: torch.Tensor | None = None
-            offset = self.card.label_offset
+            offset = self._label_offset
             for axes, y in zip(flips, outputs, strict=True):
                 y = y.float()
                 y = y.flip(axes) if axes else y

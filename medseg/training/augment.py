@@ -94,18 +94,27 @@ def augment_batch(image: torch.Tensor, label: torch.Tensor, config: AugmentConfi
                               align_corners=False)
         label = F.grid_sample(label.float(), grid, mode="nearest", padding_mode="reflection",
                               align_corners=False).long()
-    view = (batch,) + (1,) * (dims + 1)
+    image, label = _mirror_rot90([image, label], 2, shape, config, g)
+    return _augment_intensity(image, config, g), label
+
+
+def _mirror_rot90(tensors: list[torch.Tensor], first: int, shape: tuple[int, ...],
+                  config: AugmentConfig, g: torch.Generator) -> list[torch.Tensor]:
+    """The same random flips (``config.flip_axes``, each with probability 0.5) and multiples of
+    90 degrees (plane of the first two spatial axes) per sample, applied to every tensor of
+    ``tensors``: batch first, the spatial axes ``shape`` from dimension ``first`` on."""
+    batch, dims = tensors[0].shape[0], len(shape)
     for axis in config.flip_axes:
         if not 0 <= axis < dims:
             continue
-        flip = (torch.rand(batch, generator=g) < 0.5).view(view)
-        image = torch.where(flip, image.flip(axis + 2), image)
-        label = torch.where(flip, label.flip(axis + 2), label)
+        flip = torch.rand(batch, generator=g) < 0.5
+        tensors = [torch.where(flip.view((batch,) + (1,) * (t.dim() - 1)), t.flip(axis + first), t)
+                   for t in tensors]
     if config.rot90 and shape[0] == shape[1]:
         ks = torch.randint(0, 4, (batch,), generator=g).tolist()
-        image = torch.stack([torch.rot90(x, k, (1, 2)) for x, k in zip(image, ks, strict=True)])
-        label = torch.stack([torch.rot90(y, k, (1, 2)) for y, k in zip(label, ks, strict=True)])
-    return _augment_intensity(image, config, g), label
+        tensors = [torch.stack([torch.rot90(x, k, (first - 1, first))
+                                for x, k in zip(t, ks, strict=True)]) for t in tensors]
+    return tensors
 
 
 def _augment_spatial_offset(image: torch.Tensor, label: torch.Tensor, config: AugmentConfig,
@@ -126,15 +135,7 @@ def _augment_spatial_offset(image: torch.Tensor, label: torch.Tensor, config: Au
         eye = torch.eye(dims, dims + 1).expand(batch, dims, dims + 1)
         grid = F.affine_grid(eye, [batch, 1, *shape], align_corners=False)
     # flips and rot90 of the output are the same flips/rotations of the sampling grid
-    view = (batch,) + (1,) * (dims + 1)
-    for axis in config.flip_axes:
-        if not 0 <= axis < dims:
-            continue
-        flip = (torch.rand(batch, generator=g) < 0.5).view(view)
-        grid = torch.where(flip, grid.flip(axis + 1), grid)
-    if config.rot90 and shape[0] == shape[1]:
-        ks = torch.randint(0, 4, (batch,), generator=g).tolist()
-        grid = torch.stack([torch.rot90(x, k, (0, 1)) for x, k in zip(grid, ks, strict=True)])
+    (grid,) = _mirror_rot90([grid], 1, shape, config, g)
     # grid component c addresses spatial axis dims-1-c, in units of 2/size
     d_norm = torch.tensor([2.0 * offset[dims - 1 - c] / shape[dims - 1 - c]
                            for c in range(dims)])
