@@ -62,3 +62,29 @@ def test_card_from_newer_format_is_refused():
     with pytest.raises(ModelError, match="newer"):
         ModelCard.from_dict(json.loads(json.dumps(d)))
     assert CARD_METADATA_KEY == "medseg.model_card"
+
+
+def test_export_with_float16_weights_halves_the_file_and_loads_as_float32(tmp_path):
+    from medseg.errors import ConfigError
+    from medseg.training.export import export_model
+
+    torch.manual_seed(0)
+    card = _card()
+    net = build_network(card.network).eval()
+    ckpt = save_model(tmp_path / "ckpt.safetensors", net, card)
+    full = export_model(ckpt, tmp_path / "full.safetensors", write_card_json=False)
+    half = export_model(ckpt, tmp_path / "half.safetensors", weights_dtype="float16")
+    assert half.stat().st_size < 0.55 * full.stat().st_size
+    loaded, card2 = load_model(half)
+    assert card2.training["weights_dtype"] == "float16"
+    assert card2.training["exported_from"]["path"] == str(ckpt)
+    assert json.loads((tmp_path / "half.json").read_text())["training"]["weights_dtype"] == \
+        "float16"
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    for name, p in net.state_dict().items():  # each weight is its float16 rounding
+        torch.testing.assert_close(loaded.state_dict()[name], p.half().float(), rtol=0, atol=0)
+    x = torch.randn(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), net(x), rtol=1e-2, atol=1e-2)
+    with pytest.raises(ConfigError, match="weights_dtype"):
+        export_model(ckpt, tmp_path / "bad.safetensors", weights_dtype="int8")

@@ -40,6 +40,9 @@ def _report(summary: dict[str, Any], csv_text: str, *, json_out: Path | None,
     if "pixel_error" in summary:
         lines.append(f"pixel error {summary['pixel_error']:.4f}   "
                      f"adapted Rand error {summary['adapted_rand_error']:.4f}")
+    if "challenge_pixel_error" in summary:
+        lines.append("challenge pixel error (ISBI 2012: 1 - max F-score of the cell interior) "
+                     f"{summary['challenge_pixel_error']:.4f}")
     lines.append(f"{summary['num_cases']} case(s)")
     typer.echo("\n".join(lines))
     if json_out is not None:

@@ -8,11 +8,15 @@ from medseg.metrics.evaluate import (
     summarize,
 )
 from medseg.metrics.overlap import (
+    CHALLENGE_THRESHOLDS,
     adapted_rand_error,
+    challenge_pixel_error,
     dice_per_label,
     hd95_per_label,
+    interior_confusion,
     pixel_error,
 )
 
-__all__ = ["CaseScores", "adapted_rand_error", "dice_per_label", "evaluate_folders",
-           "hd95_per_label", "pixel_error", "score_case", "scores_to_csv", "summarize"]
+__all__ = ["CHALLENGE_THRESHOLDS", "CaseScores", "adapted_rand_error", "challenge_pixel_error",
+           "dice_per_label", "evaluate_folders", "hd95_per_label", "interior_confusion",
+           "pixel_error", "score_case", "scores_to_csv", "summarize"]

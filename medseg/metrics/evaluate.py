@@ -2,7 +2,8 @@
 
 Used by ``medseg-evaluate`` (folders of predictions vs labels, or a model on a dataset) and the
 evaluation benchmarks. Metrics per label: Dice and 95th-percentile Hausdorff distance (mm); for
-2D binary membrane maps (EM) also pixel error and adapted Rand error.
+2D binary membrane maps (EM) also pixel error (misclassified fraction, and the ISBI 2012
+challenge's 1 - maximal F-score) and adapted Rand error.
 """
 
 from __future__ import annotations
@@ -19,7 +20,14 @@ import numpy as np
 
 from medseg.errors import DatasetError
 from medseg.io import MedImage, read_image
-from medseg.metrics.overlap import adapted_rand_error, dice_per_label, hd95_per_label, pixel_error
+from medseg.metrics.overlap import (
+    adapted_rand_error,
+    challenge_pixel_error,
+    dice_per_label,
+    hd95_per_label,
+    interior_confusion,
+    pixel_error,
+)
 
 LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".png", ".tif", ".tiff")
 CASE_ID_SUFFIXES = (*LABEL_SUFFIXES, ".dcm")
@@ -34,6 +42,8 @@ class CaseScores:
     hd95: dict[int, float]
     pixel_error: float | None = None
     rand_error: float | None = None
+    challenge_pixel_error: float | None = None
+    interior_counts: np.ndarray | None = None  # (thresholds, [tp, fp, fn]), pooled by summarize
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -54,8 +64,13 @@ def map_values(array: np.ndarray, mapping: dict[int, int] | None, *, what: str) 
 
 def score_case(case_id: str, prediction: MedImage, label: MedImage, *, labels: Sequence[int],
                em: bool = False, prediction_values: dict[int, int] | None = None,
-               label_values: dict[int, int] | None = None) -> CaseScores:
+               label_values: dict[int, int] | None = None,
+               membrane_probability: np.ndarray | None = None) -> CaseScores:
     """Compare one prediction with its reference (same grid required).
+
+    With ``em``, ``membrane_probability`` (the membrane class's probability on the label's
+    grid, no channel axis) is what the challenge pixel error thresholds; without it the binary
+    prediction is the proposal.
 
     Raises:
         DatasetError: shapes or grids differ, or values fall outside the given mappings.
@@ -74,6 +89,10 @@ def score_case(case_id: str, prediction: MedImage, label: MedImage, *, labels: S
     if em:
         scores.pixel_error = pixel_error(pred, ref)
         scores.rand_error = adapted_rand_error(pred, ref)
+        proposal = (pred > 0).astype(np.float32) if membrane_probability is None \
+            else membrane_probability
+        scores.interior_counts = interior_confusion(proposal, ref > 0)
+        scores.challenge_pixel_error = challenge_pixel_error(scores.interior_counts)
     return scores
 
 
@@ -164,6 +183,10 @@ def summarize(scores: Sequence[CaseScores], label_names: dict[int, str] | None =
     if scores[0].pixel_error is not None:
         summary["pixel_error"] = float(np.mean([s.pixel_error for s in scores]))
         summary["adapted_rand_error"] = float(np.mean([s.rand_error for s in scores]))
+    if all(s.interior_counts is not None for s in scores):
+        # The challenge scores a stack: counts summed over its slices, then the best threshold.
+        pooled = np.sum([s.interior_counts for s in scores], axis=0)
+        summary["challenge_pixel_error"] = challenge_pixel_error(pooled)
     return summary
 
 
@@ -174,12 +197,13 @@ def scores_to_csv(scores: Sequence[CaseScores], label_names: dict[int, str] | No
     em = bool(scores) and scores[0].pixel_error is not None
     header = ["case_id"] + [f"dice_{names.get(c, c)}" for c in labels] + \
         [f"hd95_mm_{names.get(c, c)}" for c in labels] + \
-        (["pixel_error", "adapted_rand_error"] if em else [])
+        (["pixel_error", "adapted_rand_error", "challenge_pixel_error"] if em else [])
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(header)
     for s in scores:
         writer.writerow([s.case_id] + [f"{s.dice[c]:.5f}" for c in labels]
                         + [f"{s.hd95[c]:.3f}" for c in labels]
-                        + ([f"{s.pixel_error:.5f}", f"{s.rand_error:.5f}"] if em else []))
+                        + ([f"{s.pixel_error:.5f}", f"{s.rand_error:.5f}",
+                            f"{s.challenge_pixel_error:.5f}"] if em else []))
     return buf.getvalue()

@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from medseg.errors import DatasetError
 from medseg.metrics import CaseScores, score_case, summarize
 from medseg.training.dataset import load_raw_case
@@ -47,7 +49,8 @@ def evaluate_model(
         image_dir: ``folder2d`` image sub-folder.
         label_dir: ``folder2d`` label sub-folder.
         label_values: Raw label value -> class mapping (``None``: the card's training mapping).
-        em: Also compute pixel error and adapted Rand error (binary 2D membrane maps).
+        em: Also compute pixel errors and adapted Rand error (binary 2D membrane maps); the
+            challenge pixel error thresholds the predicted membrane probability.
         device: ``None`` picks CUDA when present.
         tta: Mirror test-time augmentation.
         amp: Autocast (``None``: the engine's default).
@@ -85,8 +88,14 @@ def evaluate_model(
     for i, case_id in enumerate(wanted):
         raw = load_raw_case(by_id[case_id], label_values=label_values,
                             num_classes=len(card.label_names))
-        prediction = segmenter.predict(raw.image).labels
-        scores.append(score_case(case_id, prediction, raw.label, labels=labels, em=em))
+        result = segmenter.predict(raw.image, return_probabilities=em)
+        prediction = result.labels
+        membrane = None
+        if em and result.probabilities is not None:
+            # Binary membrane maps: anything not background is membrane.
+            membrane = 1.0 - result.probabilities.array[0].astype(np.float32)
+        scores.append(score_case(case_id, prediction, raw.label, labels=labels, em=em,
+                                 membrane_probability=membrane))
         if save_predictions is not None:
             _save_prediction(prediction, Path(save_predictions), case_id)
         if progress is not None:

@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from medseg.errors import ConfigError
 from medseg.io.atomic import atomic_write_text
 from medseg.model_card import file_sha256, load_model, save_model
 
@@ -20,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 def export_model(checkpoint: str | Path, destination: str | Path, *,
                  evaluation: dict[str, Any] | None = None, description: str | None = None,
-                 write_card_json: bool = True) -> Path:
+                 weights_dtype: str | None = None, write_card_json: bool = True) -> Path:
     """Copy ``checkpoint`` to ``destination`` (``.safetensors``), updating its card.
 
     Args:
@@ -28,12 +29,19 @@ def export_model(checkpoint: str | Path, destination: str | Path, *,
         destination: The model file to write (e.g. ``medseg/models/hippocampus.safetensors``).
         evaluation: Figures measured after training, stored as ``card.training["evaluation"]``.
         description: Replaces the card's description.
+        weights_dtype: ``"float16"`` stores the weights at half precision (half the file; they
+            are cast back to float32 on load). Evaluate the file so written, not the checkpoint.
         write_card_json: Also write the card as ``<destination stem>.json``.
 
     Returns:
         The destination path.
     """
+    if weights_dtype not in (None, "float32", "float16"):
+        raise ConfigError(f"weights_dtype must be 'float32' or 'float16', got {weights_dtype!r}")
     model, card = load_model(checkpoint)
+    if weights_dtype == "float16":
+        model = model.half()
+        card.training["weights_dtype"] = "float16"
     if evaluation is not None:
         card.training["evaluation"] = evaluation
     if description is not None:

@@ -8,7 +8,17 @@ import numpy as np
 import pytest
 
 from medseg.errors import DatasetError
-from medseg.metrics import adapted_rand_error, dice_per_label, hd95_per_label, pixel_error
+from medseg.metrics import (
+    CHALLENGE_THRESHOLDS,
+    adapted_rand_error,
+    challenge_pixel_error,
+    dice_per_label,
+    hd95_per_label,
+    interior_confusion,
+    pixel_error,
+    score_case,
+    summarize,
+)
 
 
 def test_dice_known_values() -> None:
@@ -45,3 +55,42 @@ def test_pixel_error_and_adapted_rand() -> None:
     merged = np.zeros_like(gt)  # membrane missed: the two cells merge
     assert pixel_error(merged, gt) == pytest.approx(20 / 400)
     assert adapted_rand_error(merged, gt) > 0.3
+
+
+def test_challenge_pixel_error_counts_and_best_threshold() -> None:
+    # 10 pixels: 3 membrane (label 1), 7 interior (label 0).
+    label = np.array([1, 1, 1, 0, 0, 0, 0, 0, 0, 0])
+    membrane_p = np.array([0.95, 0.75, 0.35, 0.55, 0.25, 0.05, 0.05, 0.05, 0.05, 0.05])
+    counts = interior_confusion(membrane_p, label)
+    assert counts.shape == (len(CHALLENGE_THRESHOLDS), 3)
+    # Threshold 0.5 on the interior probability (1 - p): interior proposed where p < 0.5, i.e.
+    # pixels 2 and 4..9: tp 6 (4..9), fp 1 (pixel 2), fn 1 (pixel 3).
+    assert counts[CHALLENGE_THRESHOLDS.index(0.5)].tolist() == [6, 1, 1]
+    # Threshold 0.4 (p < 0.6): pixels 2..9 -> tp 7, fp 1, fn 0: F = 14 / 15, the best here.
+    assert counts[CHALLENGE_THRESHOLDS.index(0.4)].tolist() == [7, 1, 0]
+    assert counts[CHALLENGE_THRESHOLDS.index(0.7)].tolist() == [6, 0, 1]  # F = 12 / 13
+    assert challenge_pixel_error(counts) == pytest.approx(1 - 14 / 15)
+    # The misclassified fraction at the same best binarisation is larger (1/10 vs 1/15).
+    assert pixel_error((membrane_p >= 0.6).astype(int), label) == pytest.approx(0.1)
+
+
+def test_challenge_pixel_error_pools_the_stack_not_the_slice_means() -> None:
+    rng = np.random.default_rng(0)
+    labels = [(rng.random((16, 16)) < f).astype(np.uint8) for f in (0.1, 0.4)]
+    probs = [np.clip(lab + rng.normal(0, s, lab.shape), 0, 1) for lab, s in
+             zip(labels, (0.2, 0.6), strict=True)]
+    per_slice = [interior_confusion(p, lab) for p, lab in zip(probs, labels, strict=True)]
+    stack = interior_confusion(np.stack(probs), np.stack(labels))
+    np.testing.assert_array_equal(per_slice[0] + per_slice[1], stack)
+    # score_case/summarize report the pooled figure, as the challenge scores its stack.
+    from medseg.io import ImageMeta, MedImage
+
+    meta = ImageMeta.identity(2)
+    scores = [score_case(str(i), MedImage((p[None] > 0.5).astype(np.uint8), meta),
+                         MedImage(lab[None], meta), labels=[1], em=True,
+                         membrane_probability=p)
+              for i, (p, lab) in enumerate(zip(probs, labels, strict=True))]
+    summary = summarize(scores)
+    assert summary["challenge_pixel_error"] == pytest.approx(challenge_pixel_error(stack))
+    assert summary["challenge_pixel_error"] != pytest.approx(
+        np.mean([s.challenge_pixel_error for s in scores]))
