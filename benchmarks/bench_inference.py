@@ -19,8 +19,13 @@ Configurations (all from the same int16 array in memory unless stated):
 * ``medseg-e2e``: the full per-case pipeline with default settings (reflection margin, bf16 on
   this CPU): read a ``.nii.gz``, predict, write the label ``.nii.gz`` and the JSON record
   (``medseg.inference.batch.predict_case``);
-* ``...-lowmem``: the same with ``Segmenter(low_memory=True)`` (``medseg.inference.heap``:
-  smaller peak, slower forward passes).
+* ``...-lowmem``: the same with ``Segmenter(low_memory=True)`` and ``THP_MEM_ALLOC_ENABLE=1``
+  as ``medseg-predict --low-memory`` runs (``medseg.inference.heap``: smaller peak, slower
+  forward passes).
+* ``floor-fp32`` / ``floor-bf16``: the medseg baseline plus **one** window's forward pass
+  (as the engine runs it) and nothing else. Adding the uint8 label map gives the least any
+  engine can reach with the input volume and its label map in memory; it bounds how small a
+  whole-process peak can get, whatever the stitching does.
 
 Overhead = wall time / time spent inside the network's forward calls of that same run (the
 network is wrapped by a timer), so both are measured under the same machine load.
@@ -51,7 +56,7 @@ ROI = (128, 128, 128)
 OVERLAP = 0.25
 CONFIGS = ("baseline-monai", "baseline-medseg", "monai-fp32", "monai-fp32-mmap", "medseg-fp32-m0",
            "monai-bf16", "medseg-bf16-m0", "medseg-e2e", "medseg-bf16-m0-lowmem",
-           "medseg-e2e-lowmem")
+           "medseg-e2e-lowmem", "floor-fp32", "floor-bf16")
 
 
 def ct_like_volume(shape: tuple[int, int, int] = SHAPE, seed: int = 0) -> np.ndarray:
@@ -128,6 +133,9 @@ def run_worker(config: str, workdir: Path, threads: int, shape: tuple[int, int, 
         _ = make_network()
         out["peak_rss_mb"] = peak_rss_mb()
         return out
+    if config.startswith("floor"):
+        _run_floor(config, out)
+        return out
     if config.startswith("monai"):
         labels = _run_monai(config, volume, out)
     else:
@@ -163,6 +171,25 @@ def _run_monai(config: str, volume: np.ndarray | None, out: dict[str, Any]) -> n
     out.update(wall_s=time.perf_counter() - t0, forward_s=timed.seconds, windows=timed.calls,
                peak_rss_mb=peak_rss_mb())
     return labels
+
+
+def _run_floor(config: str, out: dict[str, Any]) -> None:
+    import medseg.inference  # noqa: F401 - what the medseg family loads
+
+    net = make_network()
+    bf16 = config.endswith("bf16")
+    if bf16:
+        net.to(memory_format=torch.channels_last_3d)
+    x = torch.zeros((1, 1, *ROI), dtype=torch.float32)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        if bf16:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                y = net(x.contiguous(memory_format=torch.channels_last_3d))
+        else:
+            y = net(x)
+    out.update(wall_s=time.perf_counter() - t0, forward_s=time.perf_counter() - t0, windows=1,
+               peak_rss_mb=peak_rss_mb(), out_channels=int(y.shape[1]))
 
 
 def _run_medseg(config: str, volume: np.ndarray | None, workdir: Path, out: dict[str, Any]
@@ -239,6 +266,8 @@ def main() -> None:
             env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
             if config.endswith("-mmap"):
                 env["MALLOC_MMAP_THRESHOLD_"] = str(1 << 20)
+            if config.endswith("-lowmem"):  # as medseg-predict --low-memory sets it (the
+                env["THP_MEM_ALLOC_ENABLE"] = "1"  # network here is built before the Segmenter)
             proc = subprocess.run([sys.executable, __file__, "--worker", config, "--workdir", tmp,
                                    "--threads", str(args.threads), "--shape",
                                    *map(str, args.shape)],
@@ -251,7 +280,7 @@ def main() -> None:
             results[config] = json.loads(proc.stdout.strip().splitlines()[-1])
             _print_row(results[config], results)
         _agreement(Path(tmp), results)
-    _verdict(results)
+    _verdict(results, tuple(args.shape))
     print(f"# load average after: {os.getloadavg()[0]:.1f}")
 
 
@@ -284,7 +313,7 @@ def _agreement(tmp: Path, results: dict[str, dict[str, Any]]) -> None:
             print(f"# label agreement {a} vs {b}: {(la == lb).mean() * 100:.3f}% of voxels")
 
 
-def _verdict(results: dict[str, dict[str, Any]]) -> None:
+def _verdict(results: dict[str, dict[str, Any]], shape: tuple[int, ...]) -> None:
     def ratio(a: str, b: str, key: str) -> str:
         if a in results and b in results:
             return f"{results[a][key] / results[b][key]:.2f}"
@@ -303,6 +332,14 @@ def _verdict(results: dict[str, dict[str, Any]]) -> None:
           f"{ratio('medseg-bf16-m0-lowmem', 'monai-bf16', 'peak_rss_mb')}; medseg-e2e-lowmem / "
           f"monai-fp32: time {ratio('medseg-e2e-lowmem', 'monai-fp32', 'wall_s')}, peak RSS "
           f"{ratio('medseg-e2e-lowmem', 'monai-fp32', 'peak_rss_mb')}")
+    labels_mb = float(np.prod(shape)) / 2**20  # the uint8 label map
+    for floor, monai in (("floor-fp32", "monai-fp32"), ("floor-bf16", "monai-bf16")):
+        if floor in results:
+            least = results[floor]["peak_rss_mb"] + labels_mb
+            vs = (f" = {least / results[monai]['peak_rss_mb']:.2f} of {monai}'s peak"
+                  if monai in results else "")
+            print(f"# least whole-process peak with the volume and its labels in memory "
+                  f"({floor} + {labels_mb:.0f} MB labels): {least:.0f} MB{vs}")
     for a, b in (("medseg-fp32-m0", "monai-fp32"), ("medseg-bf16-m0", "monai-bf16"),
                  ("medseg-e2e", "monai-fp32"), ("medseg-e2e", "monai-fp32-mmap")):
         if a in results and b in results:

@@ -119,6 +119,7 @@ def predict_command(
             torch.set_num_threads(threads)
         if low_memory:
             os.environ["MEDSEG_LOW_MEMORY"] = "1"  # read by every Segmenter in this process
+            os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # before any model is loaded
         summary = run_batch(
             inputs, model, output, formats=formats, overwrite=overwrite, device=device,
             overlap=overlap, tta=tta, amp=amp,

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from medseg.errors import ModelError
-from medseg.inference.heap import release_freed_memory
+from medseg.inference.heap import release_freed_memory, request_huge_pages
 from medseg.inference.postprocess import PostprocessConfig, clean_labels, label_volumes_ml
 from medseg.inference.preprocess import window_normalizer
 from medseg.inference.sliding_window import (
@@ -87,6 +87,12 @@ def cpu_has_native_bf16() -> bool:
     except OSError:  # not Linux: be conservative
         return False
     return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def _low_memory_wanted(low_memory: bool | None) -> bool:
+    """``low_memory``, or when ``None`` whether ``MEDSEG_LOW_MEMORY=1`` asks for it."""
+    return bool(low_memory) or (low_memory is None
+                                and os.environ.get("MEDSEG_LOW_MEMORY") == "1")
 
 
 def _amp_dtype(amp: bool | None, device: torch.device) -> torch.dtype | None:
@@ -193,7 +199,7 @@ class Segmenter:
         model_path: str | Path | None = None,
         low_memory: bool | None = None,
     ) -> None:
-        if low_memory or (low_memory is None and os.environ.get("MEDSEG_LOW_MEMORY") == "1"):
+        if _low_memory_wanted(low_memory):
             release_freed_memory()  # smaller peak, slower forward passes (see inference.heap)
         self.device = resolve_device(device)
         self.card = card
@@ -233,6 +239,8 @@ class Segmenter:
 
         path = resolve_model(name_or_path)
         device = resolve_device(device)
+        if _low_memory_wanted(options.get("low_memory")):
+            request_huge_pages()  # torch reads it at its first large buffer: before the weights
         model, card = load_model(path, device=device)
         if device.type == "cpu":  # the model is ours: swap in the faster CPU normalisation
             instance_norm_as_group_norm(model)

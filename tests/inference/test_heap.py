@@ -62,3 +62,39 @@ def test_low_memory_mode_is_opt_in(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MEDSEG_LOW_MEMORY", "1")  # what medseg-predict --low-memory sets
     Segmenter(ThresholdNet(), threshold_card(roi=[8, 8]), device="cpu")
     assert calls == [1, 1]
+
+
+_THP_SCRIPT = """
+import os, sys
+os.environ.pop("THP_MEM_ALLOC_ENABLE", None)
+import torch
+if sys.argv[1] == "late":
+    early = torch.empty(4 << 20, dtype=torch.uint8)  # torch settles its choice here
+from medseg.inference.heap import request_huge_pages
+on = request_huge_pages()
+fresh = [torch.empty(8 << 20, dtype=torch.uint8).fill_(1) for _ in range(3)]
+huge = [int(l.split()[1]) for l in open("/proc/self/smaps_rollup") if l.startswith("AnonHuge")]
+print(int(on), sum(t.data_ptr() % 4096 == 0 for t in fresh), int(huge[0] >= 8192))
+"""
+
+
+def _thp_available() -> bool:
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            return "[never]" not in f.read()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _thp_available(), reason="the kernel offers no transparent huge pages")
+def test_huge_pages_requested_before_the_first_large_buffer() -> None:
+    def run(when: str) -> tuple[int, int]:
+        out = subprocess.run([sys.executable, "-c", _THP_SCRIPT, when], check=True,
+                             capture_output=True, text=True)
+        on, aligned, huge = out.stdout.split()
+        return int(on), int(aligned), int(huge)
+
+    # Large buffers come page-aligned and the kernel backs them with huge pages (>= 8 MB).
+    assert run("early") == (1, 3, 1)
+    on, aligned, _ = run("late")  # torch had already decided: the request reports it failed
+    assert on == 0 and aligned < 3
