@@ -188,8 +188,9 @@ def _run_floor(config: str, out: dict[str, Any]) -> None:
                 y = net(x.contiguous(memory_format=torch.channels_last_3d))
         else:
             y = net(x)
-    out.update(wall_s=time.perf_counter() - t0, forward_s=time.perf_counter() - t0, windows=1,
-               peak_rss_mb=peak_rss_mb(), out_channels=int(y.shape[1]))
+    seconds = time.perf_counter() - t0
+    out.update(wall_s=seconds, forward_s=seconds, windows=1, peak_rss_mb=peak_rss_mb(),
+               out_channels=int(y.shape[1]))
 
 
 def _run_medseg(config: str, volume: np.ndarray | None, workdir: Path, out: dict[str, Any]
@@ -266,8 +267,8 @@ def main() -> None:
             env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
             if config.endswith("-mmap"):
                 env["MALLOC_MMAP_THRESHOLD_"] = str(1 << 20)
-            if config.endswith("-lowmem"):  # as medseg-predict --low-memory sets it (the
-                env["THP_MEM_ALLOC_ENABLE"] = "1"  # network here is built before the Segmenter)
+            if config.endswith("-lowmem"):  # what Segmenter.from_file(low_memory=True) sets
+                env["THP_MEM_ALLOC_ENABLE"] = "1"  # before loading; this network is built here
             proc = subprocess.run([sys.executable, __file__, "--worker", config, "--workdir", tmp,
                                    "--threads", str(args.threads), "--shape",
                                    *map(str, args.shape)],

@@ -54,9 +54,9 @@ def main() -> None:
     path = source_path
     if args.weights_dtype == "float16":
         # Score exactly the weights that would ship: a half-precision copy of the model.
-        scratch = Path(tempfile.mkdtemp(prefix="medseg-eval-"))
-        path = export_model(source_path, scratch / source_path.name, weights_dtype="float16",
-                            write_card_json=False)
+        scratch = tempfile.TemporaryDirectory(prefix="medseg-eval-")  # removed at exit
+        path = export_model(source_path, Path(scratch.name) / source_path.name,
+                            weights_dtype="float16", write_card_json=False)
     cases = args.cases if args.cases in ("val", "all") else args.cases.split(",")
     t0 = time.perf_counter()
     result = evaluate_model(path, source=args.source, path=args.data, cases=cases, em=args.em,

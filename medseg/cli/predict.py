@@ -118,8 +118,9 @@ def predict_command(
 
             torch.set_num_threads(threads)
         if low_memory:
-            os.environ["MEDSEG_LOW_MEMORY"] = "1"  # read by every Segmenter in this process
-            os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # before any model is loaded
+            # read by every Segmenter in this process; Segmenter.from_file then also asks for
+            # huge pages before it loads the weights (medseg.inference.heap)
+            os.environ["MEDSEG_LOW_MEMORY"] = "1"
         summary = run_batch(
             inputs, model, output, formats=formats, overwrite=overwrite, device=device,
             overlap=overlap, tta=tta, amp=amp,

@@ -16,8 +16,9 @@ Most of that cost is page faults, one per 4 KB page. The mode therefore also ask
 allocator for transparent huge pages (``THP_MEM_ALLOC_ENABLE=1``: buffers of 2 MB and more are
 page-aligned and ``madvise(MADV_HUGEPAGE)``-d, up to 512 times fewer faults) where the kernel allows
 it (``/sys/kernel/mm/transparent_hugepage/enabled`` not ``never``). torch reads that setting
-at its first such buffer, so it must be set before the model is loaded: ``medseg-predict
---low-memory`` and ``Segmenter.from_file(..., low_memory=True)`` do so; a process that built
+at its first such buffer, so it must be set before the model is loaded:
+``Segmenter.from_file`` does so in low-memory mode (``medseg-predict --low-memory`` loads
+through it); a process that built
 its network itself should export the variable (a log line says when it came too late).
 With them the same benchmark's forward passes took 22.4 s against 18.5 s by default (peak
 809 vs 914 MB), ``inference_large.txt``, session 4.
@@ -26,6 +27,7 @@ With them the same benchmark's forward passes took 22.4 s against 18.5 s by defa
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import platform
@@ -40,11 +42,13 @@ _THP_SETTING = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 _applied: bool | None = None
 
 
+@functools.cache
 def request_huge_pages() -> bool:
     """Ask torch's CPU allocator for transparent huge pages (Linux; a no-op elsewhere).
 
     Sets ``THP_MEM_ALLOC_ENABLE=1`` unless the environment already says otherwise, then checks
-    that it took: torch reads it once, at its first buffer of 2 MB or more.
+    that it took: torch reads it once, at its first buffer of 2 MB or more (the probe's, at the
+    latest), so the answer is final and later calls return it without probing again.
 
     Returns:
         Whether torch now requests huge pages for its large buffers.
