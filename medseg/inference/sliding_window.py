@@ -6,9 +6,11 @@ block is final once the last window that covers it has run, and is then turned i
 caller asked for (uint8 labels, float16 probabilities, or float32 logits) and freed. Windows
 run in row-major order, the grid's ``slab_axis`` outermost and the shortest axis innermost, so
 the blocks alive at any time are the overlap of the current row with the next one plus the
-current window's neighbourhood: on a 512x512x200 volume with 128^3 windows at overlap 0.25,
-about 30 MB of float16 sums for 3 classes, where a one-window-deep band took 79 MB and MONAI's
-whole-volume float32 output and count map take 840 MB.
+current window's neighbourhood. Unless logits are asked for, the sums are kept relative to
+class 0 (``K - 1`` channels; labels and softmax probabilities are unchanged by a common shift of
+a voxel's logits). On a 512x512x200 volume with 128^3 windows at overlap 0.25 and 3 classes,
+that is at most 21 MB of float16 sums (32 MB with all 3 channels; a one-window-deep band took
+79 MB), where MONAI's whole-volume float32 output and count map take 840 MB.
 
 The window positions, Gaussian importance map (``monai.data.utils.compute_importance_map``) and
 averaging are MONAI's, so on a volume that the grid tiles exactly the result equals
@@ -68,6 +70,10 @@ class _Sink:
         if logits:
             self.out.logits = torch.zeros((num_classes, *grid.shape), dtype=torch.float32)
         self.needs_count = probabilities or logits
+        # Labels and probabilities do not change when a voxel's logits all move by the same
+        # amount, so without a logits output the sums keep K - 1 channels, logit_c - logit_0
+        # (a third less memory for 3 classes, half for 2); emit() puts the zero channel back.
+        self.relative = num_classes > 1 and not logits
 
     def emit(self, lo: Sequence[int], acc: torch.Tensor, count: torch.Tensor | None) -> None:
         """``acc``/``count`` hold the padded region starting at ``lo`` (one start per axis)."""
@@ -80,6 +86,8 @@ class _Sink:
             src.append(slice(first - start, last - start))
             dst.append(slice(first - c0, last - c0))
         block = acc[(slice(None), *src)]
+        if self.relative:
+            block = torch.cat([block.new_zeros((1, *block.shape[1:])), block])
         if self.out.labels is not None:
             small = self.out.labels.dtype == np.uint8  # torch has no masked_fill for uint16
             lab = argmax_channels(block, dtype=torch.uint8 if small else torch.int32)
@@ -92,6 +100,17 @@ class _Sink:
             if self.out.probabilities is not None:
                 prob = torch.softmax(mean, dim=0) if mean.shape[0] > 1 else torch.sigmoid(mean)
                 self.out.probabilities[(slice(None), *dst)] = prob.half().cpu().numpy()
+
+
+def _stitch_terms(pred: torch.Tensor, *, relative: bool, device: torch.device,
+                  dtype: torch.dtype) -> torch.Tensor:
+    """A fresh ``dtype`` copy on ``device`` of one window's logits ``(K, *roi)`` to be weighted
+    and summed: as they are, or relative to channel 0 (``logit_c - logit_0``, ``K - 1``
+    channels)."""
+    if not relative:
+        return pred.to(device, dtype, copy=True)
+    terms = pred[1:].to(device, dtype, copy=True)
+    return terms.sub_(pred[:1].to(device, dtype))
 
 
 def argmax_channels(scores: torch.Tensor, *, dtype: torch.dtype = torch.uint8) -> torch.Tensor:
@@ -181,8 +200,8 @@ def run_window_grid(
                          grid.padded_shape, total, len(plan.last_window), y.shape[1],
                          stitch_device)
         for corner, pred in zip(batch, y, strict=True):
-            scored = pred.to(stitch_device, stitch_dtype)
-            scored = scored.mul_(weight) if scored is not pred else scored * weight
+            scored = _stitch_terms(pred, relative=sink.relative, device=stitch_device,
+                                   dtype=stitch_dtype).mul_(weight)
             for block, lo, src in plan.blocks_of(corner):
                 part = scored[(slice(None), *src)]
                 if block in acc:

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.sr.codedict import codes
 
 from medseg import __version__
 from medseg.errors import ImageWriteError
@@ -136,6 +135,9 @@ def write_dicom_seg(
             lut[value] = number
     # highdicom wants (frames, rows, columns) with frame f from source_images[f]: (k, j, i).
     pixel_array = np.ascontiguousarray(lut[labels.array[0]].transpose(2, 1, 0))
+    # Imported here: the code dictionary costs ~15 MB of memory and 0.25 s in every process.
+    from pydicom.sr.codedict import codes
+
     algorithm = hd.AlgorithmIdentificationSequence(
         name=algorithm_name, family=codes.cid7162.ArtificialIntelligence,
         version=algorithm_version,

@@ -163,3 +163,39 @@ def test_float16_band_agrees_with_float32() -> None:
     np.testing.assert_allclose(half.probabilities.astype("f4"),
                                full.probabilities.astype("f4"), atol=3e-3)
     assert (half.labels == full.labels).mean() > 0.995  # random weights: many near-ties
+
+
+@pytest.mark.parametrize("classes", [2, 3, 5])
+def test_sums_relative_to_class_0_give_the_same_labels_and_probabilities(classes, monkeypatch
+                                                                         ) -> None:
+    """Without a logits output the stitcher keeps K - 1 channels (logit_c - logit_0); the labels
+    and probabilities equal those of the full K-channel sums."""
+    from medseg.inference import sliding_window
+
+    net = small_net(3, classes=classes)
+    array = np.random.default_rng(13).normal(size=(2, 26, 31, 23)).astype("f4")
+    grid = plan_windows(array.shape[1:], (12, 12, 12), overlap=0.5)
+    kept: list[int] = []
+    terms = sliding_window._stitch_terms
+
+    def spy(pred: torch.Tensor, **kwargs) -> torch.Tensor:
+        out = terms(pred, **kwargs)
+        kept.append(int(out.shape[0]))
+        return out
+
+    monkeypatch.setattr(sliding_window, "_stitch_terms", spy)
+    with torch.inference_mode():  # float64 sums: no near-ties between the two ways of summing
+        full = run_window_grid(WindowReader(array, grid), net, device=torch.device("cpu"),
+                               probabilities=True, logits=True, stitch_dtype=torch.float64)
+        assert set(kept) == {classes}
+        kept.clear()
+        rel = run_window_grid(WindowReader(array, grid), net, device=torch.device("cpu"),
+                              probabilities=True, stitch_dtype=torch.float64)
+    assert set(kept) == {classes - 1} and len(kept) == grid.num_windows
+    assert rel.logits is None and full.logits is not None
+    np.testing.assert_array_equal(rel.labels, full.labels)
+    np.testing.assert_array_equal(rel.labels, full.logits.argmax(0).numpy())
+    assert rel.probabilities is not None and full.probabilities is not None
+    np.testing.assert_allclose(rel.probabilities.astype("f4"),
+                               full.probabilities.astype("f4"), atol=1e-3)
+    np.testing.assert_allclose(rel.probabilities.astype("f4").sum(0), 1.0, atol=3e-3)
