@@ -177,8 +177,9 @@ class Segmenter:
             hippocampus labels agreed with float32 sums on >= 99.998% of voxels per case),
             float32 otherwise.
         model_path: The file the model came from (for provenance).
-        low_memory: Trade speed for peak memory process-wide (:mod:`medseg.inference.heap`);
-            ``None``: on when ``MEDSEG_LOW_MEMORY=1``.
+        low_memory: Trade speed for peak memory: process-wide (:mod:`medseg.inference.heap`),
+            and label blocks kept bit-packed until the last window; ``None``: on when
+            ``MEDSEG_LOW_MEMORY=1``.
     """
 
     def __init__(
@@ -199,7 +200,8 @@ class Segmenter:
         model_path: str | Path | None = None,
         low_memory: bool | None = None,
     ) -> None:
-        if _low_memory_wanted(low_memory):
+        self.low_memory = _low_memory_wanted(low_memory)
+        if self.low_memory:
             release_freed_memory()  # smaller peak, slower forward passes (see inference.heap)
         self.device = resolve_device(device)
         self.card = card
@@ -385,6 +387,7 @@ class Segmenter:
                 stitch_dtype=self.stitch_dtype, blend=self.blend,
                 sw_batch_size=self.sw_batch_size, labels=not resample,
                 probabilities=resample or return_probabilities, labels_order=order,
+                pack_labels=self.low_memory,
                 progress=progress,
                 should_cancel=should_cancel,
             )

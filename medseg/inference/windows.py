@@ -175,7 +175,7 @@ class WindowReader:
     def read(self, starts: Sequence[int]) -> np.ndarray:
         """The float32 window ``(C, *roi)`` whose corner is at ``starts`` (padded coordinates)."""
         # In-volume part as a view; then mirror, one axis at a time, only the axes whose window
-        # leaves the volume (np.take of whole slabs: much faster than one np.ix_ gather).
+        # leaves the volume, copying whole slabs run by run.
         g = self.grid
         crop: list[slice] = []
         mirrored: list[tuple[int, np.ndarray]] = []
@@ -191,7 +191,46 @@ class WindowReader:
             mirrored.append((axis + 1, idx - first))
         window = self.array[(slice(None), *crop)]
         for axis, idx in mirrored:
-            window = np.take(window, idx, axis=axis)
+            window = _gather_runs(window, idx, axis)
         if self.transform is not None:
             return self.transform(window)
         return np.asarray(window, dtype=np.float32)
+
+
+def index_runs(indices: np.ndarray) -> list[tuple[slice, slice]]:
+    """Split gather ``indices`` into maximal runs of step +1 or -1, as ``(destination,
+    source)`` slice pairs: ``out[dst] = source[src]`` for each pair equals ``source[indices]``.
+
+    Examples:
+        >>> index_runs(np.array([2, 1, 0, 1, 2, 3]))
+        [(slice(0, 3, None), slice(2, None, -1)), (slice(3, 6, None), slice(1, 4, 1))]
+    """
+    runs: list[tuple[slice, slice]] = []
+    i, n = 0, len(indices)
+    while i < n:
+        j = i + 1
+        step = int(indices[j] - indices[i]) if j < n else 1
+        if step not in (1, -1):
+            step = 1
+        while j < n and indices[j] - indices[j - 1] == step:
+            j += 1
+        first, last = int(indices[i]), int(indices[j - 1])
+        stop = last + step if last + step >= 0 else None
+        runs.append((slice(i, j), slice(first, stop, step)))
+        i = j
+    return runs
+
+
+def _gather_runs(array: np.ndarray, indices: np.ndarray, axis: int) -> np.ndarray:
+    """``np.take(array, indices, axis)`` for mirrored indices, by slab copies in ``array``'s
+    memory order (np.take writes C order and gathered a Fortran-ordered 128^3 window in ~10 ms;
+    this takes ~2 ms)."""
+    shape = list(array.shape)
+    shape[axis] = len(indices)
+    fortran = array.flags.f_contiguous or (not array.flags.c_contiguous
+                                           and array.strides[-1] > array.strides[1])
+    out = np.empty(shape, dtype=array.dtype, order="F" if fortran else "C")
+    head = (slice(None),) * axis
+    for dst, src in index_runs(indices):
+        out[(*head, dst)] = array[(*head, src)]
+    return out

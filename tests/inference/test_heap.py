@@ -98,3 +98,21 @@ def test_huge_pages_requested_before_the_first_large_buffer() -> None:
     assert run("early") == (1, 3, 1)
     on, aligned, _ = run("late")  # torch had already decided: the request reports it failed
     assert on == 0 and aligned < 3
+
+
+def test_low_memory_mode_predicts_the_same_labels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its label map is assembled from bit-packed blocks after the last window: same labels."""
+    import numpy as np
+    from inference_helpers import oblique_meta, tiny_card
+
+    from medseg.inference import Segmenter, engine
+    from medseg.io import MedImage
+
+    monkeypatch.setattr(engine, "release_freed_memory", lambda: True)  # keep this process's heap
+    card, net = tiny_card(roi=[16, 16, 16])
+    image = MedImage(np.random.default_rng(4).normal(size=(1, 37, 29, 23)).astype("f4"),
+                     oblique_meta())
+    labels = [Segmenter(net, card, device="cpu", overlap=0.5, amp=False, low_memory=low)
+              .predict(image).labels.array for low in (False, True)]
+    assert len(np.unique(labels[0])) == 3
+    np.testing.assert_array_equal(labels[1], labels[0])

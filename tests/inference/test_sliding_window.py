@@ -199,3 +199,50 @@ def test_sums_relative_to_class_0_give_the_same_labels_and_probabilities(classes
     np.testing.assert_allclose(rel.probabilities.astype("f4"),
                                full.probabilities.astype("f4"), atol=1e-3)
     np.testing.assert_allclose(rel.probabilities.astype("f4").sum(0), 1.0, atol=3e-3)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4])
+@pytest.mark.parametrize("shape", [(7, 5, 3), (8, 8), (1,), (13, 1, 9)])
+def test_pack_bits_round_trip(bits, shape) -> None:
+    from medseg.inference.sliding_window import pack_bits, unpack_bits
+
+    values = np.random.default_rng(bits).integers(0, 1 << bits, size=shape, dtype=np.uint8)
+    packed = pack_bits(values, bits)
+    assert packed.dtype == np.uint8 and packed.size == math.ceil(values.size * bits / 8)
+    np.testing.assert_array_equal(unpack_bits(packed, bits, shape), values)
+
+
+@pytest.mark.parametrize("classes", [1, 2, 3, 5, 17])
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_packed_label_blocks_give_the_same_label_map(classes, order) -> None:
+    net = small_net(3, classes=classes)
+    array = np.random.default_rng(14).normal(size=(2, 27, 22, 19)).astype("f4")
+    grid = plan_windows(array.shape[1:], (10, 12, 8), overlap=0.25)
+    outs = []
+    for pack in (False, True):
+        with torch.inference_mode():
+            outs.append(run_window_grid(WindowReader(array, grid), net,
+                                        device=torch.device("cpu"), labels_order=order,
+                                        pack_labels=pack, sw_batch_size=2))
+    plain, packed = (o.labels for o in outs)
+    assert plain is not None and packed is not None
+    assert packed.dtype == plain.dtype == np.uint8 and packed.shape == array.shape[1:]
+    assert packed.flags.f_contiguous == (order == "F")
+    np.testing.assert_array_equal(packed, plain)
+    if classes > 1:  # a map with several labels, so that packing had something to keep
+        assert len(np.unique(plain)) >= min(classes, 3)
+
+
+def test_packed_sink_holds_a_quarter_byte_per_voxel_for_3_classes() -> None:
+    from medseg.inference.sliding_window import _Sink
+
+    grid = plan_windows((20, 20, 20), (20, 20, 20), overlap=0.25, margin=0)
+    sink = _Sink(grid, 3, labels=True, probabilities=False, logits=False, pack=True)
+    scores = torch.from_numpy(np.random.default_rng(15).normal(size=(2, 20, 20, 20)))
+    sink.emit([0, 0, 0], scores, None)  # relative sums: 2 channels for 3 classes
+    assert sink.out.labels is None  # not resident while windows run
+    assert sum(p.nbytes for _, _, p in sink.packed) == math.ceil(20 ** 3 / 4)
+    labels = sink.finish().labels
+    full = torch.cat([torch.zeros(1, 20, 20, 20, dtype=scores.dtype), scores])
+    np.testing.assert_array_equal(labels, full.argmax(0).numpy())
+    assert not sink.packed

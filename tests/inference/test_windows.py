@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
 from medseg.errors import ConfigError
-from medseg.inference.windows import WindowReader, default_margin, plan_windows, reflect_indices
+from medseg.inference.windows import (
+    WindowReader,
+    default_margin,
+    index_runs,
+    plan_windows,
+    reflect_indices,
+)
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 7])
@@ -70,3 +78,34 @@ def test_window_reader_equals_padded_array_windows(rng: np.random.Generator) -> 
         sl = tuple(slice(c, c + r) for c, r in zip(corner, grid.roi_size, strict=True))
         assert window.dtype == np.float32
         np.testing.assert_array_equal(window, padded[(slice(None), *sl)])
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_window_reader_mirrors_every_corner_of_either_memory_order(order: str) -> None:
+    """Windows larger than the volume (reflected more than once) and at every corner equal
+    numpy's reflect padding, for C- and Fortran-ordered (NIfTI) volumes."""
+    rng = np.random.default_rng(21)
+    array = np.asarray(rng.integers(-1000, 2000, size=(1, 6, 11, 9)).astype(np.int16),
+                       order=order)
+    grid = plan_windows(array.shape[1:], (16, 8, 12), overlap=0.5, margin=3)
+    pad = [(0, 0)] + [(b, p - n - b) for b, p, n in
+                      zip(grid.pad_before, grid.padded_shape, grid.shape, strict=True)]
+    padded = np.pad(array, pad, mode="reflect").astype(np.float32)
+    reader = WindowReader(array, grid)
+    corners = 0
+    for corner in itertools.product(*grid.starts):
+        sl = tuple(slice(c, c + r) for c, r in zip(corner, grid.roi_size, strict=True))
+        np.testing.assert_array_equal(reader.read(corner), padded[(slice(None), *sl)])
+        corners += 1
+    assert corners == grid.num_windows > 4
+
+
+def test_index_runs_gather_like_take() -> None:
+    rng = np.random.default_rng(22)
+    for size, lo, length in [(5, -7, 20), (1, -2, 5), (9, 3, 4), (4, -3, 3)]:
+        idx = reflect_indices(np.arange(lo, lo + length), size)
+        values = rng.normal(size=size)
+        out = np.empty(length)
+        for dst, src in index_runs(idx):
+            out[dst] = values[src]
+        np.testing.assert_array_equal(out, values[idx])
