@@ -177,9 +177,8 @@ class Segmenter:
             hippocampus labels agreed with float32 sums on >= 99.998% of voxels per case),
             float32 otherwise.
         model_path: The file the model came from (for provenance).
-        low_memory: Trade speed for peak memory: process-wide (:mod:`medseg.inference.heap`),
-            and label blocks kept bit-packed until the last window; ``None``: on when
-            ``MEDSEG_LOW_MEMORY=1``.
+        low_memory: Trade speed for peak memory process-wide (:mod:`medseg.inference.heap`);
+            ``None``: on when ``MEDSEG_LOW_MEMORY=1``.
     """
 
     def __init__(
@@ -387,7 +386,6 @@ class Segmenter:
                 stitch_dtype=self.stitch_dtype, blend=self.blend,
                 sw_batch_size=self.sw_batch_size, labels=not resample,
                 probabilities=resample or return_probabilities, labels_order=order,
-                pack_labels=self.low_memory,
                 progress=progress,
                 should_cancel=should_cancel,
             )

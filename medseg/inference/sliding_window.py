@@ -10,7 +10,9 @@ current window's neighbourhood. Unless logits are asked for, the sums are kept r
 class 0 (``K - 1`` channels; labels and softmax probabilities are unchanged by a common shift of
 a voxel's logits). On a 512x512x200 volume with 128^3 windows at overlap 0.25 and 3 classes,
 that is at most 21 MB of float16 sums (32 MB with all 3 channels; a one-window-deep band took
-79 MB), where MONAI's whole-volume float32 output and count map take 840 MB.
+79 MB), where MONAI's whole-volume float32 output and count map take 840 MB. Finished label
+blocks are kept bit-packed (2 bits a voxel for 3-4 classes) and the uint8 label map is assembled
+after the last window, so that it is not resident while the network runs (13 instead of 52 MB).
 
 The window positions, Gaussian importance map (``monai.data.utils.compute_importance_map``) and
 averaging are MONAI's, so on a volume that the grid tiles exactly the result equals
@@ -197,7 +199,7 @@ def run_window_grid(
     probabilities: bool = False,
     logits: bool = False,
     labels_order: str = "C",
-    pack_labels: bool = False,
+    pack_labels: bool = True,
     progress: ProgressFn | None = None,
     should_cancel: CancelFn | None = None,
 ) -> WindowOutputs:
@@ -219,7 +221,7 @@ def run_window_grid(
             that writing it, e.g. as NIfTI, which stores the first axis fastest, is one copy).
         pack_labels: Keep finished label blocks bit-packed (up to 16 classes) and assemble the
             label map after the last window, so that it is not resident while the network runs
-            (the low-memory mode's choice; costs one pass over the map).
+            (packing and unpacking a 512x512x200 3-class map took 0.04 s each).
         progress: Called as ``progress(windows_done, windows_total)``.
         should_cancel: Polled before every batch; ``True`` raises :class:`CancelledError`.
 

@@ -101,7 +101,7 @@ def test_huge_pages_requested_before_the_first_large_buffer() -> None:
 
 
 def test_low_memory_mode_predicts_the_same_labels(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Its label map is assembled from bit-packed blocks after the last window: same labels."""
+    """Low-memory mode changes how memory is managed, never the labels."""
     import numpy as np
     from inference_helpers import oblique_meta, tiny_card
 
