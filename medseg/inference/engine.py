@@ -199,8 +199,7 @@ class Segmenter:
         model_path: str | Path | None = None,
         low_memory: bool | None = None,
     ) -> None:
-        self.low_memory = _low_memory_wanted(low_memory)
-        if self.low_memory:
+        if _low_memory_wanted(low_memory):
             release_freed_memory()  # smaller peak, slower forward passes (see inference.heap)
         self.device = resolve_device(device)
         self.card = card
