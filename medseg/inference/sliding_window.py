@@ -137,7 +137,6 @@ class _Sink:
                 prob = torch.softmax(mean, dim=0) if mean.shape[0] > 1 else torch.sigmoid(mean)
                 self.out.probabilities[(slice(None), *dst)] = prob.half().cpu().numpy()
 
-
     def finish(self) -> WindowOutputs:
         """The outputs, with packed label blocks (if any) unpacked into the label map."""
         if self.bits and self.want_labels:
