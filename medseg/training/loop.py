@@ -187,7 +187,8 @@ def train(
                                       num_classes=plan.num_classes,
                                       roi_size=plan.patch_size, overlap=config.val_overlap,
                                       device=runtime.device, amp_dtype=runtime.amp_dtype,
-                                      tta=config.val_tta)
+                                      tta=config.val_tta,
+                                      label_offset=config.augment.label_offset)
         val_cost = time.monotonic() - t0
         record = {"iteration": iteration, "epoch": iteration / config.iters_per_epoch,
                   "elapsed_s": round(elapsed(), 1), "val_mean": result["mean"],

@@ -12,7 +12,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from medseg.errors import ConfigError
 from medseg.inference import sliding_window_logits
+from medseg.inference.engine import translate
 from medseg.metrics import dice_per_label
 from medseg.training.dataset import PreparedCase
 
@@ -21,8 +23,14 @@ logger = logging.getLogger(__name__)
 
 def predict_case_logits(model: torch.nn.Module, image: torch.Tensor, *, roi_size: Sequence[int],
                         overlap: float, device: torch.device, amp_dtype: torch.dtype | None,
-                        tta: bool = False) -> torch.Tensor:
-    """Logits ``(K, *S)`` of one image; with ``tta``, mean softmax over all mirrorings."""
+                        tta: bool = False, label_offset: Sequence[float] = ()) -> torch.Tensor:
+    """Logits ``(K, *S)`` of one image; with ``tta``, mean softmax over all mirrorings.
+
+    ``label_offset`` (voxels per spatial axis, ``augment.label_offset``): a model trained to
+    draw labels that far off the structures draws them the opposite way on a mirrored input,
+    so each flipped-back prediction is moved by twice the offset along the flipped axes, as the
+    inference engine does (:class:`medseg.inference.Segmenter`).
+    """
     def run(x: torch.Tensor) -> torch.Tensor:
         return sliding_window_logits(model, x, roi_size=list(roi_size), overlap=overlap,
                                      device=device, amp_dtype=amp_dtype)
@@ -30,12 +38,16 @@ def predict_case_logits(model: torch.nn.Module, image: torch.Tensor, *, roi_size
     if not tta:
         return run(image)
     dims = image.dim() - 1
+    if label_offset and len(label_offset) != dims:
+        raise ConfigError(f"label_offset has {len(label_offset)} values for a {dims}D image")
     total = torch.zeros(0)
     flips = [[a + 1 for a in range(dims) if m >> a & 1] for m in range(2**dims)]
     for axes in flips:
         x = image.flip(axes) if axes else image
         out = run(x)
         out = out.flip(axes) if axes else out
+        for axis in axes if label_offset else ():
+            out = translate(out, axis, 2.0 * label_offset[axis - 1])
         total = out.softmax(0) if total.numel() == 0 else total + out.softmax(0)
     return total / len(flips)
 
@@ -50,9 +62,11 @@ def validate(
     device: torch.device,
     amp_dtype: torch.dtype | None,
     tta: bool = False,
+    label_offset: Sequence[float] = (),
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, object]:
-    """Per-case and mean per-label Dice on ``cases``.
+    """Per-case and mean per-label Dice on ``cases`` (``tta``, ``label_offset``: see
+    :func:`predict_case_logits`).
 
     Returns:
         ``{"mean_dice": {label: float}, "mean": float, "per_case": {case_id: {label: float}}}``.
@@ -63,7 +77,8 @@ def validate(
     try:
         for i, case in enumerate(cases):
             logits = predict_case_logits(model, case.image, roi_size=roi_size, overlap=overlap,
-                                         device=device, amp_dtype=amp_dtype, tta=tta)
+                                         device=device, amp_dtype=amp_dtype, tta=tta,
+                                         label_offset=label_offset)
             pred = logits.argmax(0).numpy()
             per_case[case.case_id] = dice_per_label(pred, case.label[0].numpy(),
                                                     range(1, num_classes))
