@@ -92,8 +92,9 @@ class _Sink:
                  logits: bool, order: str = "C", pack: bool = False) -> None:
         self.grid = grid
         self.out = WindowOutputs()
-        self.want_labels, self.order = labels, order
-        self.bits = next((b for b in (1, 2, 4) if num_classes <= 1 << b), 0) if pack else 0
+        self.order = order
+        self.bits = (next((b for b in (1, 2, 4) if num_classes <= 1 << b), 0)
+                     if pack and labels else 0)
         self.packed: list[tuple[tuple[slice, ...], tuple[int, ...], np.ndarray]] = []
         if labels and not self.bits:
             dtype = np.uint8 if num_classes <= 256 else np.uint16
@@ -139,7 +140,7 @@ class _Sink:
 
     def finish(self) -> WindowOutputs:
         """The outputs, with packed label blocks (if any) unpacked into the label map."""
-        if self.bits and self.want_labels:
+        if self.bits:
             labels = np.zeros(self.grid.shape, dtype=np.uint8, order=self.order)
             self.packed.reverse()
             while self.packed:  # each block freed as soon as it is placed

@@ -246,3 +246,17 @@ def test_packed_sink_holds_a_quarter_byte_per_voxel_for_3_classes() -> None:
     full = torch.cat([torch.zeros(1, 20, 20, 20, dtype=scores.dtype), scores])
     np.testing.assert_array_equal(labels, full.argmax(0).numpy())
     assert not sink.packed
+
+
+def test_no_labels_asked_none_computed_or_kept() -> None:
+    """Probabilities only (the engine's path when it resamples back): no label blocks are
+    packed or kept along the way."""
+    from medseg.inference.sliding_window import _Sink
+
+    grid = plan_windows((12, 12, 12), (12, 12, 12), overlap=0.25, margin=0)
+    sink = _Sink(grid, 3, labels=False, probabilities=True, logits=False, pack=True)
+    scores = torch.from_numpy(np.random.default_rng(16).normal(size=(2, 12, 12, 12)))
+    sink.emit([0, 0, 0], scores, torch.ones((1, 12, 12, 12), dtype=scores.dtype))
+    assert sink.packed == [] and sink.bits == 0
+    out = sink.finish()
+    assert out.labels is None and out.probabilities is not None
