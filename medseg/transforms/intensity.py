@@ -20,7 +20,7 @@ def normalize_intensity(array: np.ndarray, config: NormalizationConfig) -> np.nd
         >>> round(float(y.mean()), 6), round(float(y.std()), 6)
         (0.0, 1.0)
     """
-    out = np.asarray(array, dtype=np.float32).copy()
+    out = np.array(array, dtype=np.float32, copy=True)  # one copy, whatever the input dtype
     for c in range(out.shape[0]):
         ch = out[c]
         if config.clip is not None:
