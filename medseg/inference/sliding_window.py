@@ -120,17 +120,18 @@ class _Sink:
             src.append(slice(first - start, last - start))
             dst.append(slice(first - c0, last - c0))
         block = acc[(slice(None), *src)]
-        if self.relative:
-            block = torch.cat([block.new_zeros((1, *block.shape[1:])), block])
         if self.bits:
-            lab = argmax_channels(block).cpu().numpy()
+            lab = argmax_channels(block, relative=self.relative).cpu().numpy()
             self.packed.append((tuple(dst), lab.shape, pack_bits(lab, self.bits)))
         elif self.out.labels is not None:
             small = self.out.labels.dtype == np.uint8  # torch has no masked_fill for uint16
-            lab = argmax_channels(block, dtype=torch.uint8 if small else torch.int32)
+            lab = argmax_channels(block, dtype=torch.uint8 if small else torch.int32,
+                                  relative=self.relative)
             self.out.labels[tuple(dst)] = lab.cpu().numpy().astype(self.out.labels.dtype,
                                                                    copy=False)
         if count is not None:
+            if self.relative:  # the zero channel 0 back, for the softmax
+                block = torch.cat([block.new_zeros((1, *block.shape[1:])), block])
             mean = block.float() / count[(slice(None), *src)].float()
             if self.out.logits is not None:
                 self.out.logits[(slice(None), *dst)] = mean.cpu()
@@ -163,19 +164,25 @@ def _stitch_terms(pred: torch.Tensor, *, relative: bool, device: torch.device,
     return terms[1:].sub_(terms[:1])
 
 
-def argmax_channels(scores: torch.Tensor, *, dtype: torch.dtype = torch.uint8) -> torch.Tensor:
+def argmax_channels(scores: torch.Tensor, *, dtype: torch.dtype = torch.uint8,
+                    relative: bool = False) -> torch.Tensor:
     """Index of the largest channel of ``(K, *spatial)`` scores (first one on ties), as
     ``dtype``; a single channel is a sigmoid logit (label 1 where it is > 0).
+
+    With ``relative``, ``scores`` are the ``K - 1`` channels ``s_c - s_0`` of ``K`` classes
+    (``c >= 1``) and class 0 scores an implicit zero: the same labels without building the
+    zero channel.
 
     Hand-written: ``torch.argmax(dim=0)`` on 3 x 1.7 M voxels took 0.5-0.7 s
     on this CPU, this running maximum 0.04 s (and it returns the small dtype directly).
     """
-    if scores.shape[0] == 1:
+    if scores.shape[0] == 1:  # sigmoid logit, or s_1 - s_0 of two classes: the same rule
         return (scores[0] > 0).to(dtype)
-    best = scores[0].clone()
+    first = 0 if relative else 1
+    best = torch.zeros_like(scores[0]) if relative else scores[0].clone()
     index = torch.zeros(scores.shape[1:], dtype=dtype, device=scores.device)
-    for c in range(1, scores.shape[0]):
-        index.masked_fill_(scores[c] > best, c)
+    for c in range(first, scores.shape[0]):
+        index.masked_fill_(scores[c] > best, c + int(relative))
         torch.maximum(best, scores[c], out=best)
     return index
 

@@ -136,6 +136,9 @@ def test_argmax_channels_equals_torch_argmax_with_first_index_on_ties(classes: i
         torch.argmax(scores[:, :, 1:], 0).to(dtype)
     assert got.dtype == dtype
     torch.testing.assert_close(got, expected)
+    if classes > 1:  # relative to class 0 (implicit zero channel): the same labels, ties too
+        rel = argmax_channels(scores[1:, :, 1:] - scores[:1, :, 1:], dtype=dtype, relative=True)
+        torch.testing.assert_close(rel, expected)
 
 
 def test_more_than_255_classes_give_uint16_labels() -> None:
