@@ -146,6 +146,22 @@ def translate(t: torch.Tensor, dim: int, shift: float) -> torch.Tensor:
     return a + (t.index_select(dim, i1) - a) * frac
 
 
+def unmirror(t: torch.Tensor, axes: Sequence[int], label_offset: Sequence[float], *,
+             first_spatial: int) -> torch.Tensor:
+    """The prediction ``t`` of an input mirrored along ``axes``, flipped back.
+
+    With a ``label_offset`` (voxels per spatial axis; spatial axes start at ``first_spatial``):
+    a model that draws labels ``d`` off the structures draws them ``-d`` off on a mirrored
+    input, so the flipped-back prediction is also moved by ``2d`` along each mirrored axis.
+    """
+    if not axes:
+        return t
+    t = t.flip(tuple(axes))
+    for axis in axes if label_offset else ():
+        t = translate(t, axis, 2.0 * label_offset[axis - first_spatial])
+    return t
+
+
 def _mirror_axes(spatial_dims: int) -> list[tuple[int, ...]]:
     """Every subset of spatial axes of a ``(B, C, *spatial)`` tensor, the identity first."""
     axes = range(2, 2 + spatial_dims)
@@ -298,14 +314,8 @@ class Segmenter:
             else:
                 outputs = [self._net(x.flip(axes) if axes else x) for axes in flips]
             total: torch.Tensor | None = None
-            offset = self._label_offset
             for axes, y in zip(flips, outputs, strict=True):
-                y = y.float()
-                y = y.flip(axes) if axes else y
-                for axis in axes if offset else ():
-                    # a model that draws labels d off the structures draws them -d off on a
-                    # mirrored input: move the flipped-back logits by 2d
-                    y = translate(y, axis, 2.0 * offset[axis - 2])
+                y = unmirror(y.float(), axes, self._label_offset, first_spatial=2)
                 total = y if total is None else total.add_(y)
         assert total is not None
         return total / len(flips)

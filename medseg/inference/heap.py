@@ -18,8 +18,8 @@ page-aligned and ``madvise(MADV_HUGEPAGE)``-d, up to 512 times fewer faults) whe
 it (``/sys/kernel/mm/transparent_hugepage/enabled`` not ``never``). torch reads that setting
 at its first such buffer, so it must be set before the model is loaded:
 ``Segmenter.from_file`` does so in low-memory mode (``medseg-predict --low-memory`` loads
-through it); a process that built
-its network itself should export the variable (a log line says when it came too late).
+through it); a process that built its network itself should export the variable (a log line
+says when it came too late).
 With them the same benchmark's forward passes took 22.4 s against 18.5 s by default (peak
 809 vs 914 MB, session 4) and 20.5 s against 16.0 s (peak 748 vs 834 MB, session 5, after the
 stitching changes), ``benchmarks/results/inference_large.txt``.

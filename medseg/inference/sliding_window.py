@@ -120,15 +120,15 @@ class _Sink:
             src.append(slice(first - start, last - start))
             dst.append(slice(first - c0, last - c0))
         block = acc[(slice(None), *src)]
-        if self.bits:
-            lab = argmax_channels(block, relative=self.relative).cpu().numpy()
-            self.packed.append((tuple(dst), lab.shape, pack_bits(lab, self.bits)))
-        elif self.out.labels is not None:
-            small = self.out.labels.dtype == np.uint8  # torch has no masked_fill for uint16
-            lab = argmax_channels(block, dtype=torch.uint8 if small else torch.int32,
-                                  relative=self.relative)
-            self.out.labels[tuple(dst)] = lab.cpu().numpy().astype(self.out.labels.dtype,
-                                                                   copy=False)
+        if self.bits or self.out.labels is not None:
+            # packed labels are uint8; torch has no masked_fill for uint16, hence int32
+            wide = not self.bits and self.out.labels.dtype != np.uint8
+            lab = argmax_channels(block, dtype=torch.int32 if wide else torch.uint8,
+                                  relative=self.relative).cpu().numpy()
+            if self.bits:
+                self.packed.append((tuple(dst), lab.shape, pack_bits(lab, self.bits)))
+            else:
+                self.out.labels[tuple(dst)] = lab.astype(self.out.labels.dtype, copy=False)
         if count is not None:
             if self.relative:  # the zero channel 0 back, for the softmax
                 block = torch.cat([block.new_zeros((1, *block.shape[1:])), block])

@@ -14,7 +14,7 @@ import torch
 
 from medseg.errors import ConfigError
 from medseg.inference import sliding_window_logits
-from medseg.inference.engine import translate
+from medseg.inference.engine import unmirror
 from medseg.metrics import dice_per_label
 from medseg.training.dataset import PreparedCase
 
@@ -26,10 +26,9 @@ def predict_case_logits(model: torch.nn.Module, image: torch.Tensor, *, roi_size
                         tta: bool = False, label_offset: Sequence[float] = ()) -> torch.Tensor:
     """Logits ``(K, *S)`` of one image; with ``tta``, mean softmax over all mirrorings.
 
-    ``label_offset`` (voxels per spatial axis, ``augment.label_offset``): a model trained to
-    draw labels that far off the structures draws them the opposite way on a mirrored input,
-    so each flipped-back prediction is moved by twice the offset along the flipped axes, as the
-    inference engine does (:class:`medseg.inference.Segmenter`).
+    ``label_offset`` (voxels per spatial axis, ``augment.label_offset``): each flipped-back
+    prediction is moved by twice it along the flipped axes, as the inference engine does
+    (:func:`medseg.inference.engine.unmirror`).
     """
     def run(x: torch.Tensor) -> torch.Tensor:
         return sliding_window_logits(model, x, roi_size=list(roi_size), overlap=overlap,
@@ -44,10 +43,7 @@ def predict_case_logits(model: torch.nn.Module, image: torch.Tensor, *, roi_size
     flips = [[a + 1 for a in range(dims) if m >> a & 1] for m in range(2**dims)]
     for axes in flips:
         x = image.flip(axes) if axes else image
-        out = run(x)
-        out = out.flip(axes) if axes else out
-        for axis in axes if label_offset else ():
-            out = translate(out, axis, 2.0 * label_offset[axis - 1])
+        out = unmirror(run(x), axes, label_offset, first_spatial=1)
         total = out.softmax(0) if total.numel() == 0 else total + out.softmax(0)
     return total / len(flips)
 
