@@ -38,6 +38,9 @@ class NormalizationConfig:
         mean: Dataset mean, for ``"ct"`` and ``"scale"``.
         std: Dataset standard deviation, for ``"ct"`` and ``"scale"``.
         nonzero: For ``"zscore"``, compute statistics over non-zero voxels only.
+        percentiles: For ``"percentile"`` (per image): the low and high percentiles mapped to
+            0 and 1 (robust to the intensity scale: an 8-bit and a 12-bit image of the same
+            anatomy, or a dim and a bright microscopy field, land on the same range).
     """
 
     scheme: str = "zscore"
@@ -45,9 +48,14 @@ class NormalizationConfig:
     mean: float | None = None
     std: float | None = None
     nonzero: bool = False
+    percentiles: tuple[float, float] = (1.0, 99.8)
 
     def __post_init__(self) -> None:
-        if self.scheme not in ("zscore", "ct", "scale", "none"):
+        self.percentiles = (float(self.percentiles[0]), float(self.percentiles[1]))
+        if not 0.0 <= self.percentiles[0] < self.percentiles[1] <= 100.0:
+            raise ModelError(f"percentiles must satisfy 0 <= low < high <= 100, got "
+                             f"{self.percentiles}")
+        if self.scheme not in ("zscore", "ct", "scale", "percentile", "none"):
             raise ModelError(f"unknown normalisation scheme {self.scheme!r}")
         if self.scheme in ("ct", "scale") and (self.mean is None or not self.std):
             raise ModelError(f"normalisation {self.scheme!r} needs mean and a non-zero std")
@@ -72,6 +80,18 @@ class ModelCard:
         training: How it was trained (dataset, split, config, metrics, history, time, machine).
         fingerprint: Dataset fingerprint the plan was derived from.
         versions: Library versions at training time.
+        input_channels: Channels the model takes from an input that has more than
+            ``network.in_channels`` (e.g. ``[1]``: FLAIR of an LGG T1/FLAIR/T1c TIFF; ``[0]``:
+            one grey channel of an RGBA microscopy PNG whose colour channels are equal);
+            ``None``: the input must have exactly ``network.in_channels``.
+        fov_pixels: For 2D models: every image (or slice of a volume) is resampled so that its
+            whole field of view spans this many pixels per axis, as the training images were
+            (LGG slices: a 220-240 mm head over 256 x 256); ``None`` runs on native pixels.
+        instances: How objects are separated into instances after the class map, for instance
+            models: ``{"method": "boundary"}`` (classes background / interior / boundary;
+            seeds are connected interiors grown over the foreground by a watershed) or
+            ``{"method": "components"}`` (connected components of the foreground, grown back
+            over the gaps the model draws between touching objects); ``None``: semantic only.
     """
 
     name: str
@@ -86,6 +106,9 @@ class ModelCard:
     training: dict[str, Any] = field(default_factory=dict)
     fingerprint: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
+    input_channels: list[int] | None = None
+    fov_pixels: list[int] | None = None
+    instances: dict[str, Any] | None = None
     format_version: int = CARD_FORMAT_VERSION
 
     @property
@@ -127,6 +150,8 @@ class ModelCard:
             norm = dict(d.get("normalization") or {})
             if norm.get("clip") is not None:
                 norm["clip"] = tuple(norm["clip"])
+            if norm.get("percentiles") is not None:
+                norm["percentiles"] = tuple(norm["percentiles"])
             d["normalization"] = NormalizationConfig(**norm)
             d["label_names"] = {int(k): str(v) for k, v in d["label_names"].items()}
             d["label_colors"] = {

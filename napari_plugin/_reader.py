@@ -25,6 +25,9 @@ ReaderFunction = Callable[[str | list[str]], list[LayerData]]
 
 #: File endings the volume reader accepts (matched case-insensitively by napari).
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+#: 2D image files (microscopy, photographs of slides): rows x columns as the file stores them,
+#: scaled by the pixel size of an ImageJ/OME TIFF.
+IMAGE_2D_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 #: How many files a folder probe looks at before deciding it holds no DICOM.
 PROBE_FILES = 64
 
@@ -59,7 +62,8 @@ def _is_readable(path: Path) -> bool:
     if path.is_dir():
         return any(True for _ in _dicom_files(path, limit=1))
     name = path.name.lower()
-    return name.endswith(VOLUME_SUFFIXES) or (name.endswith(".dcm") and path.is_file())
+    return name.endswith(VOLUME_SUFFIXES + IMAGE_2D_SUFFIXES) or (name.endswith(".dcm")
+                                                                  and path.is_file())
 
 
 def _dicom_files(folder: Path, *, limit: int) -> Iterator[Path]:
@@ -83,7 +87,23 @@ def _read_path(path: Path) -> list[tuple[str, MedImage]]:
         return _read_dicom_folder(path)
     if path.name.lower().endswith(".dcm"):
         return [_read_series_of_file(path)]
-    return [(_volume_name(path), read_image(path))]
+    image = read_image(path)
+    if path.name.lower().endswith(IMAGE_2D_SUFFIXES):
+        image = grey_if_equal_channels(image)
+    return [(_volume_name(path), image)]
+
+
+def grey_if_equal_channels(image: MedImage) -> MedImage:
+    """One grey channel for an RGB(A) image whose colour channels are equal everywhere (how
+    fluorescence images are often saved) and whose alpha, if any, is constant; else as is."""
+    import numpy as np
+
+    a = image.array
+    if a.shape[0] not in (3, 4):
+        return image
+    equal = np.array_equal(a[0], a[1]) and np.array_equal(a[0], a[2])
+    alpha_flat = a.shape[0] == 3 or bool((a[3] == a[3].flat[0]).all())
+    return image.with_array(np.ascontiguousarray(a[:1])) if equal and alpha_flat else image
 
 
 def _read_dicom_folder(folder: Path) -> list[tuple[str, MedImage]]:

@@ -53,9 +53,12 @@ def predict_command(
     model: str = typer.Option(..., "--model", "-m", help="Shipped model name or .safetensors "
                               "model file."),
     output: Path = typer.Option(..., "--output", "-o", help="Output folder."),
-    formats: list[str] = typer.Option(["nifti"], "--format", "-f", help="nifti, "
-                                      "dicom-seg, probabilities (softmax per class, NIfTI) and/"
-                                      "or uncertainty (normalised entropy, NIfTI); repeat the "
+    formats: list[str] = typer.Option(["auto"], "--format", "-f", help="auto (default: a "
+                                      "TIFF label image with the image's rows and columns for "
+                                      "2D images, NIfTI for volumes, plus a CSV of objects or "
+                                      "lesions), nifti, dicom-seg, tiff, png, measurements, "
+                                      "probabilities (softmax per class, NIfTI) and/or "
+                                      "uncertainty (normalised entropy, NIfTI); repeat the "
                                       "option for several."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo cases already finished."),
     device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... "

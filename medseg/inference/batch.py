@@ -47,7 +47,12 @@ logger = logging.getLogger(__name__)
 #: uint8 with a scale factor (values to within 1/255).
 FORMATS: dict[str, str] = {"nifti": ".nii.gz", "dicom-seg": ".seg.dcm",
                            "probabilities": ".probabilities.nii.gz",
-                           "uncertainty": ".uncertainty.nii.gz"}
+                           "uncertainty": ".uncertainty.nii.gz",
+                           "tiff": ".tif", "png": ".png", "measurements": ".csv"}
+#: ``"auto"``, the default, picks per case: a 2D image gets its label image as TIFF with the
+#: image's rows and columns (ids kept, pixel size carried over), a volume gets NIfTI; both get
+#: the measurements table (objects of a 2D instance result, lesions of a 3D result).
+AUTO = "auto"
 #: The formats that need the engine's probabilities.
 PROBABILITY_FORMATS = ("probabilities", "uncertainty")
 
@@ -70,11 +75,11 @@ class BatchOptions:
         overwrite: Redo cases that already have a finished record.
     """
 
-    formats: tuple[str, ...] = ("nifti",)
+    formats: tuple[str, ...] = (AUTO,)
     overwrite: bool = False
 
     def __post_init__(self) -> None:
-        unknown = [f for f in self.formats if f not in FORMATS]
+        unknown = [f for f in self.formats if f not in FORMATS and f != AUTO]
         if unknown or not self.formats:
             raise ConfigError(f"unknown output format(s) {unknown or '(none given)'}; choose from "
                               f"{', '.join(FORMATS)}")
@@ -82,6 +87,16 @@ class BatchOptions:
 
 def output_name(case_id: str, fmt: str) -> str:
     return f"{case_id}{FORMATS[fmt]}"
+
+
+def resolve_formats(formats: Sequence[str], ndim: int) -> list[str]:
+    """The formats of one case: ``"auto"`` becomes ``tiff`` + ``measurements`` for a 2D image,
+    ``nifti`` + ``measurements`` for a volume (see :data:`AUTO`)."""
+    out: list[str] = []
+    for fmt in formats:
+        out.extend(((["tiff"] if ndim == 2 else ["nifti"]) + ["measurements"])
+                   if fmt == AUTO else [fmt])
+    return list(dict.fromkeys(out))
 
 
 def _write_output(fmt: str, prediction: Prediction, image: MedImage, path: Path,
@@ -93,6 +108,28 @@ def _write_output(fmt: str, prediction: Prediction, image: MedImage, path: Path,
 
     if fmt == "nifti":
         write_nifti(prediction.labels, path)
+    elif fmt in ("tiff", "png"):
+        from medseg.io.image2d import write_label_image_2d
+
+        write_label_image_2d(prediction.labels, path)
+    elif fmt == "measurements":
+        from medseg.inference.measure import (
+            LESION_COLUMNS,
+            OBJECT_COLUMNS_2D,
+            lesion_table,
+            object_table_2d,
+            write_csv,
+        )
+
+        if prediction.labels.meta.ndim == 2:
+            rows = object_table_2d(
+                prediction.labels.array[0] if prediction.instances else
+                _components_2d(prediction.labels.array[0]), image.array[0],
+                spacing=image.meta.spacing, unit=prediction.area_unit)
+            write_csv(rows, OBJECT_COLUMNS_2D, path)
+        else:
+            write_csv(lesion_table(prediction.labels, prediction.labels.meta.label_names),
+                      LESION_COLUMNS, path)
     elif fmt == "probabilities":
         assert prediction.probabilities is not None
         write_nifti(prediction.probabilities, path, dtype=np.uint8)
@@ -107,6 +144,14 @@ def _write_output(fmt: str, prediction: Prediction, image: MedImage, path: Path,
             algorithm_name=f"medseg {card.name}"[:64],
             algorithm_version=f"{__version__} card {card.hash()[:12]}",
         )
+
+
+def _components_2d(labels: Any) -> Any:
+    """Connected objects of a 2D class map (every foreground class), numbered 1..N."""
+    from scipy import ndimage
+
+    ids, _ = ndimage.label(labels > 0)
+    return ids
 
 
 def _input_info(case: CaseInput, image: MedImage | None) -> dict[str, Any]:
@@ -146,11 +191,19 @@ def predict_case(case: CaseInput, segmenter: Segmenter, out_dir: str | Path,
             image, return_probabilities=any(f in PROBABILITY_FORMATS for f in options.formats))
         timings.update(prediction.timings)
         t = time.perf_counter()
-        for fmt in options.formats:
+        if prediction.labels.meta.ndim == 3 and not prediction.instances:
+            from medseg.inference.measure import lesion_table
+
+            record.lesions = lesion_table(prediction.labels, prediction.labels.meta.label_names)
+        for fmt in resolve_formats(options.formats, image.meta.ndim):
             if fmt == "dicom-seg" and image.meta.provenance.format != "dicom":
                 record.skipped_outputs[fmt] = (
                     f"{case.path} is not a DICOM series ({image.meta.provenance.format}); a DICOM "
                     "SEG must reference DICOM source images")
+                continue
+            if fmt in ("tiff", "png") and image.meta.ndim != 2:
+                record.skipped_outputs[fmt] = (f"{fmt} holds 2D label images and this result "
+                                               "is 3D: use -f nifti or -f dicom-seg")
                 continue
             name = output_name(case.case_id, fmt)
             _write_output(fmt, prediction, image, out_dir / name, segmenter)
@@ -160,6 +213,8 @@ def predict_case(case: CaseInput, segmenter: Segmenter, out_dir: str | Path,
             raise MedsegError(f"{case.path}: none of the requested formats applies: "
                               + "; ".join(record.skipped_outputs.values()))
         record.volumes_ml = prediction.volumes_ml
+        record.areas, record.area_unit = prediction.areas, prediction.area_unit
+        record.num_objects = prediction.num_objects
         record.status = "ok"
     except (KeyboardInterrupt, SystemExit):
         raise
@@ -184,7 +239,8 @@ def is_finished(out_dir: Path, case: CaseInput, options: BatchOptions,
         return False
     if weights_sha256 and record.provenance.get("weights_sha256") != weights_sha256:
         return False
-    for fmt in options.formats:
+    ndim = len(record.geometry.get("shape") or ()) or 3
+    for fmt in resolve_formats(options.formats, ndim):
         if fmt in record.skipped_outputs:
             continue
         name = record.outputs.get(fmt)
@@ -208,7 +264,7 @@ def run_batch(
     model: str | Path,
     out_dir: str | Path,
     *,
-    formats: Sequence[str] = ("nifti",),
+    formats: Sequence[str] = (AUTO,),
     overwrite: bool = False,
     device: str | None = None,
     overlap: float = 0.5,
@@ -226,8 +282,9 @@ def run_batch(
         inputs: Files, folders and manifests (see :func:`discover_cases`), or cases.
         model: Shipped model name or model file (loaded once, only if a case needs it).
         out_dir: Output folder (created).
-        formats: Any of ``FORMATS``: ``"nifti"``, ``"dicom-seg"``, ``"probabilities"``,
-            ``"uncertainty"``.
+        formats: ``"auto"`` (see :data:`AUTO`) or any of ``FORMATS``: ``"nifti"``,
+            ``"dicom-seg"``, ``"probabilities"``, ``"uncertainty"``, ``"tiff"``/``"png"``
+            (2D label images), ``"measurements"`` (CSV of objects or lesions).
         overwrite: Redo finished cases.
         device, overlap, tta, amp, postprocess: Engine options (see :class:`Segmenter`).
         segmenter: An already loaded engine for the local runner (then ``model`` is only used

@@ -21,9 +21,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from medseg.errors import ModelError
+from medseg.errors import CancelledError, ModelError
 from medseg.inference.heap import release_freed_memory, request_huge_pages
-from medseg.inference.postprocess import PostprocessConfig, clean_labels, label_volumes_ml
+from medseg.inference.instances import instances_from_classes
+from medseg.inference.postprocess import (
+    PostprocessConfig,
+    area_unit,
+    clean_labels,
+    label_areas,
+    label_volumes_ml,
+)
 from medseg.inference.preprocess import window_normalizer
 from medseg.inference.sliding_window import (
     CancelFn,
@@ -31,6 +38,7 @@ from medseg.inference.sliding_window import (
     autocast_context,
     resolve_device,
     run_window_grid,
+    sliding_window_logits,
 )
 from medseg.inference.windows import WindowReader, plan_windows
 from medseg.io.image import ImageMeta, MedImage
@@ -41,6 +49,8 @@ logger = logging.getLogger(__name__)
 
 #: Mirrored copies of a window batch are run as one batch up to this many input voxels.
 _TTA_BATCH_VOXELS = 1 << 21
+#: Slices of a volume given to a 2D model are run this many pixels per forward pass.
+_SLICE_BATCH_PIXELS = 1 << 19
 
 
 @dataclass
@@ -51,8 +61,13 @@ class Prediction:
         labels: One-channel label map (uint8, uint16 above 255 classes) with ``label_names``.
         probabilities: ``(K, *spatial)`` float16 softmax probabilities, when requested.
         timings: Seconds per stage: ``preprocess``, ``infer``, ``resample``, ``postprocess``.
-        volumes_ml: Volume of each named foreground label in mL (3D; mm^2/1000 for 2D).
-        num_windows: Sliding windows run.
+        volumes_ml: Volume of each named foreground label in mL (3D images only).
+        areas: Area of each named foreground label (2D images only), in ``area_unit``.
+        area_unit: ``"px^2"`` for pixel images without a known pixel size (PNG, JPEG, most
+            TIFF), ``"mm^2"`` when the image carries its spacing (a DICOM or NIfTI slice).
+        num_windows: Sliding windows run (slices for a 2D model over a volume).
+        instances: True when ``labels`` holds object ids 1..N (an instance model), not classes.
+        num_objects: Objects in an instance result.
     """
 
     labels: MedImage
@@ -60,6 +75,10 @@ class Prediction:
     timings: dict[str, float] = field(default_factory=dict)
     volumes_ml: dict[str, float] = field(default_factory=dict)
     num_windows: int = 0
+    areas: dict[str, float] = field(default_factory=dict)
+    area_unit: str = ""
+    instances: bool = False
+    num_objects: int | None = None
 
     def uncertainty(self) -> MedImage:
         """Normalised entropy of the probabilities, in ``[0, 1]`` (float16, one channel):
@@ -340,15 +359,29 @@ class Segmenter:
                     "%.1f GB free on %s", band_bytes / 1e9, free / 1e9, self.device)
         return torch.device("cpu")
 
-    def _check_input(self, image: MedImage) -> None:
+    def _adapt_input(self, image: MedImage) -> MedImage:
+        """``image`` as the model takes it: the card's ``input_channels`` picked from a
+        multi-channel input; a 2D model accepts a volume (run slice by slice).
+
+        Raises:
+            ModelError: Wrong dimensionality or channel count, with what the model expects.
+        """
         source = image.meta.provenance.path or "the input image"
-        if image.meta.ndim != self.card.spatial_dims:
-            raise ModelError(f"{source}: model {self.card.name!r} is {self.card.spatial_dims}D but "
-                             f"the image is {image.meta.ndim}D (shape {image.spatial_shape})")
+        dims = self.card.spatial_dims
+        if image.meta.ndim != dims and not (dims == 2 and image.meta.ndim == 3):
+            raise ModelError(f"{source}: model {self.card.name!r} is {dims}D but the image is "
+                             f"{image.meta.ndim}D (shape {image.spatial_shape}); a 3D model "
+                             "needs a volume")
         expected = self.card.network.in_channels
+        picks = self.card.input_channels
+        if image.num_channels != expected and picks and len(picks) == expected \
+                and max(picks) < image.num_channels:
+            return image.with_array(image.array[list(picks)])
         if image.num_channels != expected:
-            raise ModelError(f"{source}: model {self.card.name!r} expects {expected} channel(s) "
-                             f"but the image has {image.num_channels}")
+            hint = f" (it takes channel(s) {picks} of a multi-channel image)" if picks else ""
+            raise ModelError(f"{source}: model {self.card.name!r} expects {expected} channel(s)"
+                             f"{hint} but the image has {image.num_channels}")
+        return image
 
     def predict(
         self,
@@ -370,7 +403,12 @@ class Segmenter:
             ModelError: Wrong dimensionality or number of channels for this model.
             CancelledError: ``should_cancel()`` returned ``True``.
         """
-        self._check_input(image)
+        image = self._adapt_input(image)
+        if self.card.spatial_dims == 2 and image.meta.ndim == 3:
+            return self._finish(image, *self._predict_slices(
+                image, progress=progress, should_cancel=should_cancel,
+                probabilities=return_probabilities or bool(self.card.instances)),
+                return_probabilities=return_probabilities)
         timings: dict[str, float] = {}
         t = time.perf_counter()
         work = image
@@ -394,7 +432,8 @@ class Segmenter:
                 stitch_device=self._stitch_device(grid.band_shape),
                 stitch_dtype=self.stitch_dtype, blend=self.blend,
                 sw_batch_size=self.sw_batch_size, labels=not resample,
-                probabilities=resample or return_probabilities, labels_order=order,
+                probabilities=resample or return_probabilities or bool(self.card.instances),
+                labels_order=order,
                 progress=progress,
                 should_cancel=should_cancel,
             )
@@ -407,24 +446,111 @@ class Segmenter:
             assert out.probabilities is not None
             labels, probabilities = _resample_back(
                 out.probabilities, work.meta, meta, image.spatial_shape,
-                keep_probabilities=return_probabilities, order=order)
+                keep_probabilities=return_probabilities or bool(self.card.instances),
+                order=order)
         else:
             assert out.labels is not None
             labels, probabilities = out.labels, out.probabilities
         timings["resample"] = time.perf_counter() - t
+        return self._finish(image, labels, probabilities, timings, out.num_windows,
+                            return_probabilities=return_probabilities)
 
+    def _finish(self, image: MedImage, labels: np.ndarray, probabilities: np.ndarray | None,
+                timings: dict[str, float], num_windows: int, *,
+                return_probabilities: bool) -> Prediction:
+        """Clean-up, instances (for instance models) and measurements of a class map on the
+        input grid."""
         t = time.perf_counter()
+        meta = image.meta.replace(
+            label_names={k: v for k, v in self.card.label_names.items() if k != 0})
         labels = clean_labels(labels, image.meta.spacing, self.postprocess)
-        volumes = label_volumes_ml(labels, image.meta.spacing, meta.label_names)
+        num_objects = None
+        if self.card.instances:
+            labels = instances_from_classes(labels, probabilities, self.card.instances)
+            num_objects = int(labels.max())
+            meta = meta.replace(label_names={})
+            measured = {"objects": float(num_objects)}
+        else:
+            measured = label_volumes_ml(labels, image.meta.spacing, meta.label_names) \
+                if image.meta.ndim == 3 else {}
+        areas, unit = ({}, "")
+        if image.meta.ndim == 2:
+            unit = area_unit(image.meta)
+            areas = label_areas(labels, image.meta.spacing, meta.label_names,
+                                instances=bool(self.card.instances))
         timings["postprocess"] = time.perf_counter() - t
         logger.info("predicted %s: %d windows, %s", image.meta.provenance.path or "image",
-                    out.num_windows, {k: round(v, 3) for k, v in timings.items()})
+                    num_windows, {k: round(v, 3) for k, v in timings.items()})
         return Prediction(
             labels=MedImage(labels[None], meta),
             probabilities=(MedImage(probabilities, meta.replace(label_names={}))
                            if return_probabilities and probabilities is not None else None),
-            timings=timings, volumes_ml=volumes, num_windows=out.num_windows,
+            timings=timings, volumes_ml=measured if image.meta.ndim == 3 else {},
+            num_windows=num_windows, areas=areas, area_unit=unit,
+            instances=bool(self.card.instances), num_objects=num_objects,
         )
+
+    def _predict_slices(self, image: MedImage, *, progress: ProgressFn | None,
+                        should_cancel: CancelFn | None, probabilities: bool
+                        ) -> tuple[np.ndarray, np.ndarray | None, dict[str, float], int]:
+        """A 2D model over every slice of a volume along its last (acquisition) axis.
+
+        The volume is normalised as a whole (its statistics, as in training on stacked
+        slices); with the card's ``fov_pixels`` each slice is resampled so its field of view
+        spans that many pixels (bilinear, antialiased when shrinking), and the logits come back
+        to the slice's own pixels bilinearly before the argmax. Slices that fit the window run
+        whole, several per forward pass; larger ones go through the sliding window.
+        """
+        import torch.nn.functional as F
+
+        timings: dict[str, float] = {}
+        t = time.perf_counter()
+        normalise = window_normalizer(image.array, self.card.normalization)
+        shape = image.spatial_shape
+        fov = tuple(self.card.fov_pixels) if self.card.fov_pixels else shape[:2]
+        roi = tuple(self.card.roi_size)
+        k = self.card.num_classes
+        labels = np.zeros(shape, dtype=np.uint8 if k <= 256 else np.uint16)
+        probs = np.zeros((k, *shape), dtype=np.float16) if probabilities else None
+        timings["preprocess"] = time.perf_counter() - t
+        t = time.perf_counter()
+        per_pass = max(1, self.sw_batch_size, _SLICE_BATCH_PIXELS // max(1, math.prod(fov)))
+        done = 0
+        with torch.inference_mode():
+            for z0 in range(0, shape[2], per_pass):
+                if should_cancel is not None and should_cancel():
+                    raise CancelledError("prediction cancelled")
+                z1 = min(shape[2], z0 + per_pass)
+                x = torch.from_numpy(np.ascontiguousarray(
+                    normalise(image.array[..., z0:z1]).transpose(3, 0, 1, 2))).to(self.device)
+                if fov != shape[:2]:
+                    x = F.interpolate(x, size=fov, mode="bilinear", align_corners=False,
+                                      antialias=fov[0] < shape[0] or fov[1] < shape[1])
+                if fov == roi:
+                    logits = self._forward(x).float()
+                else:
+                    logits = torch.stack([
+                        sliding_window_logits(self._forward, x[i], roi_size=roi,
+                                              overlap=self.overlap, device=self.device,
+                                              margin=self.margin, blend=self.blend)
+                        for i in range(x.shape[0])])
+                if fov != shape[:2]:
+                    logits = F.interpolate(logits, size=shape[:2], mode="bilinear",
+                                           align_corners=False)
+                logits = logits.cpu()
+                if k == 1:
+                    labels[..., z0:z1] = (logits[:, 0] >= 0).permute(1, 2, 0).numpy()
+                else:
+                    labels[..., z0:z1] = logits.argmax(1).permute(1, 2, 0).numpy()
+                if probs is not None:
+                    p = logits.sigmoid() if k == 1 else logits.softmax(1)
+                    probs[..., z0:z1] = p.permute(1, 2, 3, 0).numpy()
+                done = z1
+                if progress is not None:
+                    progress(done, shape[2])
+        timings["infer"] = time.perf_counter() - t
+        timings["resample"] = 0.0
+        return labels, probs, timings, shape[2]
 
 
 def _fortran_spatial(array: np.ndarray) -> bool:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from medseg.io.image import ImageMeta
+
 #: Voxels counted per ``np.bincount`` call (its int64 copy then stays ~32 MB).
 _COUNT_CHUNK = 1 << 22
 
@@ -79,4 +81,24 @@ def label_volumes_ml(labels: np.ndarray, spacing: tuple[float, ...],
         counts[: chunk.size] += chunk
     voxel_ml = math.prod(spacing) / 1000.0
     return {name: round(float(counts[value]) * voxel_ml, 6)
+            for value, name in sorted(label_names.items()) if value != 0}
+
+
+def area_unit(meta: ImageMeta) -> str:
+    """The unit of a 2D image's areas: ``"px^2"`` when its pixel size is unknown (PNG, JPEG,
+    a TIFF without a resolution), ``"um^2"`` for a microscopy pixel size in micrometres,
+    ``"mm^2"`` for medical images (DICOM, NIfTI), whose spacing is in millimetres."""
+    unit = meta.provenance.spacing_unit
+    return {"px": "px^2", "um": "um^2"}.get(unit or "mm", "mm^2")
+
+
+def label_areas(labels: np.ndarray, spacing: tuple[float, ...], label_names: dict[int, str],
+                *, instances: bool = False) -> dict[str, float]:
+    """Area of every named foreground label of a 2D map in the spacing's unit squared (an
+    instance map: the total area of all objects, under ``"objects"``)."""
+    pixel = math.prod(spacing)
+    if instances:
+        return {"objects": round(float(np.count_nonzero(labels)) * pixel, 6)}
+    counts = np.bincount(labels.reshape(-1), minlength=max(label_names, default=0) + 1)
+    return {name: round(float(counts[value]) * pixel, 6)
             for value, name in sorted(label_names.items()) if value != 0}

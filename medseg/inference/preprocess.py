@@ -15,6 +15,7 @@ import numpy as np
 
 from medseg.model_card import NormalizationConfig
 from medseg.transforms import normalize_intensity
+from medseg.transforms.intensity import percentile_range
 
 #: Voxels per chunk when computing statistics (bounds the float64 temporaries to ~64 MB).
 _CHUNK_VOXELS = 8_000_000
@@ -69,11 +70,15 @@ def fixed_normalizations(array: np.ndarray, config: NormalizationConfig
     A z-score becomes ``"scale"`` with that channel's statistics; other schemes already use
     fixed values and are returned unchanged.
     """
-    if config.scheme != "zscore":
+    if config.scheme not in ("zscore", "percentile"):
         return [config] * array.shape[0]
     out = []
     for c in range(array.shape[0]):
-        mean, std = channel_statistics(array[c], config)
+        if config.scheme == "percentile":
+            low, high = percentile_range(array[c], config)
+            mean, std = low, high - low
+        else:
+            mean, std = channel_statistics(array[c], config)
         out.append(NormalizationConfig(scheme="scale", clip=config.clip, mean=mean,
                                        std=max(std, 1e-8)))
     return out

@@ -40,7 +40,14 @@ class CaseRecord:
         skipped_outputs: ``{format: reason}`` for requested formats that do not apply.
         timings_s: Seconds per stage: read, preprocess, infer, resample, postprocess, write,
             total.
-        volumes_ml: Volume of each named label in mL.
+        volumes_ml: Volume of each named label in mL (3D inputs).
+        areas: Area of each named label (2D inputs), in ``area_unit`` (``px^2`` when the
+            image has no pixel size, ``um^2`` / ``mm^2`` when it has).
+        area_unit: Unit of ``areas``.
+        num_objects: Objects found by an instance model.
+        lesions: One row per connected lesion of a 3D result (volume in mL, slice range,
+            largest in-plane diameter in mm, centroid in patient LPS mm); see
+            :func:`medseg.inference.measure.lesion_table`.
         geometry: Shape and spacing of the input grid.
         error: Why the case failed (a message a user can act on), else ``None``.
         error_type: Exception class name of the failure.
@@ -57,6 +64,10 @@ class CaseRecord:
     skipped_outputs: dict[str, str] = field(default_factory=dict)
     timings_s: dict[str, float] = field(default_factory=dict)
     volumes_ml: dict[str, float] = field(default_factory=dict)
+    areas: dict[str, float] = field(default_factory=dict)
+    area_unit: str = ""
+    num_objects: int | None = None
+    lesions: list[dict[str, Any]] = field(default_factory=list)
     geometry: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     error_type: str | None = None
@@ -138,7 +149,8 @@ class BatchSummary:
         d = dataclasses.asdict(self)
         d["records"] = [
             {"case_id": r.case_id, "status": r.status, "outputs": r.outputs, "error": r.error,
-             "timings_s": r.timings_s, "volumes_ml": r.volumes_ml}
+             "timings_s": r.timings_s, "volumes_ml": r.volumes_ml, "areas": r.areas,
+             "area_unit": r.area_unit, "num_objects": r.num_objects}
             for r in self.records
         ]
         return d

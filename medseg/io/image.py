@@ -43,6 +43,9 @@ class Provenance:
         files: For DICOM, the instance files in slice order (array index ``k`` is
             ``files[k]``).
         sop_instance_uids: SOPInstanceUIDs in the same order as ``files``.
+        spacing_unit: Unit of the spacing: ``None`` or ``"mm"`` (medical images), ``"um"``
+            (a microscopy TIFF with a pixel size), ``"px"`` (no pixel size known: the unit
+            spacing is a placeholder, so areas are in pixels).
     """
 
     path: str | None = None
@@ -55,6 +58,7 @@ class Provenance:
     series_description: str | None = None
     files: tuple[str, ...] = ()
     sop_instance_uids: tuple[str, ...] = ()
+    spacing_unit: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -1,8 +1,13 @@
-"""2D images (PNG, TIFF, JPEG, BMP): a pixel grid with identity geometry.
+"""2D images (PNG, TIFF, JPEG, BMP): a pixel grid at the origin.
 
-Pixel files carry no physical geometry, so the grid is unit spacing at the origin. Axis 0 is
-the image's x (columns) and axis 1 its y (rows), the same ``(i, j)`` order as every other
-medseg image, so a PNG and a DICOM slice line up. RGB(A) pixels become channels.
+Axis 0 is the image's x (columns) and axis 1 its y (rows), the same ``(i, j)`` order as every
+other medseg image, so a PNG and a DICOM slice line up; writers transpose back, so a label
+image written for an image has the image's rows and columns when both are read by tifffile or
+PIL. RGB(A) pixels become channels.
+
+Pixel size: an ImageJ TIFF (``unit`` micron and the X/Y resolution tags) or an OME-TIFF
+(``PhysicalSizeX/Y``) gives the spacing in micrometres (``Provenance.spacing_unit = "um"``);
+every other file has unit spacing marked ``"px"`` (unknown), so areas are reported in pixels.
 """
 
 from __future__ import annotations
@@ -22,6 +27,41 @@ TIFF_SUFFIXES = (".tif", ".tiff")
 def is_2d_path(path: str | Path) -> bool:
     """True for PNG/JPEG/BMP/TIFF file names (case-insensitive)."""
     return str(path).lower().endswith(PIL_SUFFIXES + TIFF_SUFFIXES)
+
+
+_MICRONS = {"micron": 1.0, "microns": 1.0, "um": 1.0, "\u00b5m": 1.0, "\\u00B5m": 1.0,
+            "nm": 1e-3, "mm": 1e3}
+
+
+def tiff_pixel_size_um(path: str | Path) -> tuple[float, float] | None:
+    """``(x, y)`` pixel size in micrometres from OME-XML or ImageJ metadata, else ``None``."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            if tif.is_ome and tif.ome_metadata:
+                import re
+
+                def size(axis: str) -> float | None:
+                    m = re.search(rf'PhysicalSize{axis}="([0-9.eE+-]+)"', tif.ome_metadata)
+                    unit = re.search(rf'PhysicalSize{axis}Unit="([^"]+)"', tif.ome_metadata)
+                    factor = _MICRONS.get(unit.group(1)) if unit else 1.0
+                    return float(m.group(1)) * factor if m and factor else None
+
+                x, y = size("X"), size("Y")
+                if x and y and x > 0 and y > 0:
+                    return x, y
+            meta = tif.imagej_metadata or {}
+            factor = _MICRONS.get(str(meta.get("unit", "")).strip())
+            page = tif.pages[0]
+            xres, yres = page.tags.get("XResolution"), page.tags.get("YResolution")
+            if factor and xres and yres:
+                (xn, xd), (yn, yd) = xres.value, yres.value
+                if xn > 0 and yn > 0:
+                    return xd / xn * factor, yd / yn * factor
+    except Exception:  # metadata is optional: a file we cannot parse has no pixel size
+        return None
+    return None
 
 
 def _load_pixels(path: Path) -> np.ndarray:
@@ -53,7 +93,8 @@ def read_image_2d(path: str | Path) -> MedImage:
     except Exception as exc:  # PIL/tifffile raise many types on damaged files
         raise ImageReadError(f"{path} cannot be decoded as an image: {exc}") from exc
     fmt = "tiff" if path.suffix.lower() in TIFF_SUFFIXES else path.suffix.lower().lstrip(".")
-    prov = Provenance(path=str(path), format=fmt)
+    pixel = tiff_pixel_size_um(path) if fmt == "tiff" else None
+    prov = Provenance(path=str(path), format=fmt, spacing_unit="um" if pixel else "px")
     if pixels.ndim == 2:  # (rows, cols) -> (1, x, y)
         arr, ndim = pixels.T[None], 2
     elif pixels.ndim == 3 and pixels.shape[-1] in (3, 4):  # (rows, cols, c) -> (c, x, y)
@@ -65,4 +106,82 @@ def read_image_2d(path: str | Path) -> MedImage:
                             "an RGB(A) image or a 3D stack")
     arr = np.ascontiguousarray(arr)
     check_finite(arr, source=str(path))
-    return MedImage(arr, ImageMeta.identity(ndim, provenance=prov))
+    meta = ImageMeta.identity(ndim, provenance=prov)
+    if pixel and ndim == 2:
+        meta = meta.replace(spacing=(float(pixel[0]), float(pixel[1])))
+    return MedImage(arr, meta)
+
+
+def write_label_image_2d(labels: MedImage, path: str | Path) -> Path:
+    """Write a one-channel 2D label map ``(1, x, y)`` as a TIFF (or PNG) with the source
+    image's rows and columns (the array transposed back to ``(row, column)``).
+
+    Instance ids keep their values (uint16, or uint32 above 65535 objects); a pixel size in
+    micrometres is carried over as ImageJ resolution tags, so Fiji and napari show the scale.
+    Written atomically.
+
+    Raises:
+        GeometryError: Not a one-channel 2D map.
+    """
+    from medseg.io.atomic import atomic_path
+
+    path = Path(path)
+    if labels.meta.ndim != 2 or labels.num_channels != 1:
+        raise GeometryError(f"a 2D label image needs one channel and two axes, got shape "
+                            f"{labels.array.shape}")
+    values = np.asarray(labels.array[0])
+    top = int(values.max(initial=0))
+    dtype = np.uint8 if top < 256 and values.dtype == np.uint8 else \
+        np.uint16 if top <= np.iinfo(np.uint16).max else np.uint32
+    rows_cols = np.ascontiguousarray(values.T.astype(dtype, copy=False))
+    with atomic_path(path) as tmp:
+        if path.suffix.lower() in TIFF_SUFFIXES:
+            import tifffile
+
+            if labels.meta.provenance.spacing_unit == "um":
+                sx, sy = labels.meta.spacing
+                tifffile.imwrite(tmp, rows_cols, imagej=dtype != np.uint32,
+                                 resolution=(1.0 / sx, 1.0 / sy), metadata={"unit": "um"},
+                                 compression="zlib" if dtype == np.uint32 else None)
+            else:
+                tifffile.imwrite(tmp, rows_cols, compression="zlib")
+        else:
+            from PIL import Image
+
+            if dtype == np.uint32:
+                raise GeometryError(f"{path}: PNG holds at most 65535 objects; write a TIFF")
+            Image.fromarray(rows_cols).save(tmp, format="PNG")
+    return path
+
+
+def read_slice_stack(paths: list[Path] | tuple[Path, ...]) -> MedImage:
+    """Stack numbered 2D slices (in the order given) into one volume ``(C, row, column, slice)``.
+
+    The array axes are the slice files' own rows and columns followed by the slice index, with
+    unit spacing: exactly what ``np.stack([imread(f) for f in files], axis=-1)`` saved as a NIfTI
+    file with an identity affine gives, which is how slice datasets without geometry (LGG FLAIR)
+    are handed over as volumes. Colour slices become channels.
+
+    Raises:
+        ImageReadError: A slice is missing or undecodable.
+        GeometryError: Slices of different shapes, or no slices.
+    """
+    if not paths:
+        raise GeometryError("no slices to stack")
+    planes = []
+    for p in paths:
+        path = require_nonempty_file(p)
+        try:
+            pixels = _load_pixels(path)
+        except Exception as exc:  # PIL/tifffile raise many types on damaged files
+            raise ImageReadError(f"{path} cannot be decoded as an image: {exc}") from exc
+        if pixels.ndim == 2:
+            pixels = pixels[..., None]
+        if pixels.ndim != 3 or (planes and pixels.shape != planes[0].shape):
+            raise GeometryError(f"{path}: slice shape {pixels.shape} differs from the first "
+                                f"slice's {planes[0].shape if planes else '(none)'}")
+        planes.append(pixels)
+    arr = np.ascontiguousarray(np.stack(planes, axis=-1).transpose(2, 0, 1, 3))
+    check_finite(arr, source=str(paths[0]))
+    prov = Provenance(path=str(Path(paths[0]).parent), format="slices")
+    return MedImage(arr, ImageMeta.identity(3, provenance=prov))

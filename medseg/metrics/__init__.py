@@ -7,6 +7,13 @@ from medseg.metrics.evaluate import (
     scores_to_csv,
     summarize,
 )
+from medseg.metrics.instance import (
+    DSB_THRESHOLDS,
+    InstanceScores,
+    instance_scores,
+    match_instances,
+    pooled_scores,
+)
 from medseg.metrics.overlap import (
     CHALLENGE_THRESHOLDS,
     adapted_rand_error,
@@ -17,6 +24,7 @@ from medseg.metrics.overlap import (
     pixel_error,
 )
 
-__all__ = ["CHALLENGE_THRESHOLDS", "CaseScores", "adapted_rand_error", "challenge_pixel_error",
-           "dice_per_label", "evaluate_folders", "hd95_per_label", "interior_confusion",
-           "pixel_error", "score_case", "scores_to_csv", "summarize"]
+__all__ = ["CHALLENGE_THRESHOLDS", "DSB_THRESHOLDS", "CaseScores", "InstanceScores",
+           "adapted_rand_error", "challenge_pixel_error", "dice_per_label", "evaluate_folders",
+           "hd95_per_label", "instance_scores", "interior_confusion", "match_instances",
+           "pixel_error", "pooled_scores", "score_case", "scores_to_csv", "summarize"]

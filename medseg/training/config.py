@@ -15,7 +15,8 @@ from typing import Any
 
 from medseg.errors import ConfigError
 
-SOURCES = ("msd", "dicom", "folder2d", "manifest")
+SOURCES = ("msd", "dicom", "folder2d", "manifest", "slices")
+INSTANCE_TARGETS = ("boundary", "gap")
 
 
 @dataclass
@@ -25,7 +26,10 @@ class DataConfig:
     Attributes:
         source: ``"msd"`` (dataset.json + imagesTr/labelsTr), ``"dicom"`` (one folder per case
             holding a DICOM series and a label map), ``"folder2d"`` (image/ and label/ folders of
-            PNG/TIFF), or ``"manifest"`` (CSV/JSON list of image/label pairs).
+            PNG/TIFF), ``"manifest"`` (CSV/JSON list of image/label pairs), or ``"slices"``
+            (one folder per case of numbered 2D slices ``<case>_<n>.tif`` with masks
+            ``<case>_<n><label_suffix>.tif``, stacked in slice order into one volume per case,
+            array axes (row, column, slice), unit spacing: the LGG FLAIR layout).
         path: Dataset root folder (or the manifest file).
         image_dir: For ``folder2d``: the image sub-folder.
         label_dir: For ``folder2d``: the label sub-folder.
@@ -36,6 +40,18 @@ class DataConfig:
         val_cases: Explicit held-out case ids; else a seeded ``val_fraction`` split.
         val_fraction: Fraction of cases held out when ``val_cases`` is not given.
         max_cases: Use only the first N cases (smoke tests).
+        channels: Input channels to keep from multi-channel images (``[1]``: FLAIR of the LGG
+            T1/FLAIR/T1c slices; ``[0]``: one grey channel of an RGBA PNG); ``None`` keeps all.
+            The model card records it so inference takes the same channels.
+        instance_targets: Label maps hold instance ids 1..N; the network learns
+            ``"boundary"`` (background / interior / boundary, 3 classes) or ``"gap"``
+            (background / object with a background gap between touching objects, 2 classes;
+            pair with ``weight_map``). Targets are made after augmentation, from the
+            augmented ids.
+        group_file: CSV with one row per case (column ``image_id`` = case id) and a group
+            column: the validation split takes whole groups (tiles of one field of view).
+        group_column: The group column of ``group_file``.
+        label_suffix: For ``"slices"``: the mask file's suffix after the slice's stem.
     """
 
     source: str
@@ -48,8 +64,20 @@ class DataConfig:
     val_cases: list[str] | None = None
     val_fraction: float = 0.2
     max_cases: int | None = None
+    channels: list[int] | None = None
+    instance_targets: str | None = None
+    group_file: str | None = None
+    group_column: str = "group"
+    label_suffix: str = "_mask"
 
     def __post_init__(self) -> None:
+        if self.instance_targets not in (None, *INSTANCE_TARGETS):
+            raise ConfigError(f"data.instance_targets must be one of {INSTANCE_TARGETS}, got "
+                              f"{self.instance_targets!r}")
+        if self.channels is not None:
+            self.channels = [int(c) for c in self.channels]
+            if not self.channels or min(self.channels) < 0:
+                raise ConfigError(f"data.channels must list channel indices, got {self.channels}")
         if self.source not in SOURCES:
             raise ConfigError(f"data.source must be one of {SOURCES}, got {self.source!r}")
         if not 0.0 <= self.val_fraction < 1.0:
@@ -121,7 +149,9 @@ class TrainConfig:
         seed: Seed of every random choice (split, sampling, augmentation, weights).
         spatial_dims: 2 or 3.
         target_spacing: Training spacing (mm); cases are resampled to it once, up front.
-        normalization: ``"zscore"`` or ``"ct"``; ``None`` picks from the modality.
+        normalization: ``"zscore"``, ``"ct"`` or ``"percentile"`` (per image, 1st to 99.8th
+            percentile mapped to 0..1; per case volume for ``"slices"`` data); ``None`` picks
+            from the modality.
         patch_size: Training/validation window.
         batch_size: Samples per iteration.
         base_filters: Features at full resolution (doubled per level up to ``max_filters``).
@@ -149,6 +179,15 @@ class TrainConfig:
         device: ``None`` picks CUDA when present, else CPU.
         num_threads: Torch CPU threads (``None`` = torch's default).
         augment: Augmentation settings.
+        weight_map: Weight the cross-entropy per pixel with the U-Net paper's map
+            ``w_c(x) + w0 * exp(-(d1 + d2)^2 / (2 sigma^2))`` (``d1``, ``d2``: distances to the
+            nearest and second-nearest object; ``w_c`` balances class frequencies), computed
+            from the augmented instance ids (needs ``data.instance_targets``).
+        weight_map_w0: ``w0`` of the weight map.
+        weight_map_sigma: ``sigma`` of the weight map, in pixels.
+        fov_pixels: For a 2D model: the field of view in pixels it is trained at, recorded in
+            the card so inference resamples other images to it (see
+            :attr:`medseg.model_card.ModelCard.fov_pixels`).
     """
 
     name: str
@@ -181,8 +220,15 @@ class TrainConfig:
     device: str | None = None
     num_threads: int | None = None
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    weight_map: bool = False
+    weight_map_w0: float = 10.0
+    weight_map_sigma: float = 5.0
+    fov_pixels: list[int] | None = None
 
     def __post_init__(self) -> None:
+        if self.weight_map and self.data.instance_targets is None:
+            raise ConfigError("weight_map needs data.instance_targets (instance ids in the "
+                              "labels)")
         if self.optimizer not in ("sgd", "adamw"):
             raise ConfigError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
         if self.loss not in ("dice_ce", "ce"):
@@ -193,8 +239,9 @@ class TrainConfig:
             raise ConfigError(f"amp must be auto, bf16, fp16 or off, got {self.amp!r}")
         if self.spatial_dims not in (None, 2, 3):
             raise ConfigError(f"spatial_dims must be 2 or 3, got {self.spatial_dims}")
-        if self.normalization not in (None, "zscore", "ct"):
-            raise ConfigError(f"normalization must be 'zscore' or 'ct', got {self.normalization!r}")
+        if self.normalization not in (None, "zscore", "ct", "percentile"):
+            raise ConfigError("normalization must be 'zscore', 'ct' or 'percentile', got "
+                              f"{self.normalization!r}")
         for name in ("epochs", "iters_per_epoch", "val_every"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from medseg.errors import DatasetError
+from medseg.errors import DatasetError, MedsegError
 from medseg.io.image import MedImage
 from medseg.model_card import NormalizationConfig
 from medseg.training.reading import read_case_image, read_case_label
@@ -54,17 +54,33 @@ class PreparedCase:
 
 
 def load_raw_case(
-    pair: CasePair, *, label_values: dict[int, int] | None = None, num_classes: int | None = None
+    pair: CasePair, *, label_values: dict[int, int] | None = None, num_classes: int | None = None,
+    channels: Sequence[int] | None = None,
 ) -> RawCase:
-    """Read one pair and check that image and label agree.
+    """Read one pair and check that image and label agree (``channels``: keep only these).
 
     Raises:
         DatasetError: shape or geometry mismatch, non-integer labels, or label values outside
             ``0..num_classes-1`` (after ``label_values`` mapping); the message names the case.
     """
-    image = read_case_image(pair.image, case_id=pair.case_id)
-    label = read_case_label(pair.label, image, is_seg=pair.label_is_seg, case_id=pair.case_id)
     where = f"case {pair.case_id}"
+    if pair.image_slices:
+        from medseg.io.image2d import read_slice_stack
+
+        try:
+            image = read_slice_stack(pair.image_slices)
+            label = read_slice_stack(pair.label_slices)
+        except MedsegError as exc:
+            raise DatasetError(f"{where}: {exc}") from exc
+    else:
+        image = read_case_image(pair.image, case_id=pair.case_id)
+        label = read_case_label(pair.label, image, is_seg=pair.label_is_seg,
+                                case_id=pair.case_id)
+    if channels:
+        if max(channels) >= image.num_channels:
+            raise DatasetError(f"{where}: data.channels {list(channels)} but {pair.image} has "
+                               f"{image.num_channels} channel(s)")
+        image = image.with_array(np.ascontiguousarray(image.array[list(channels)]))
     if label.num_channels != 1:
         raise DatasetError(f"{where}: label {pair.label} has {label.num_channels} channels, "
                            "expected one label map")
@@ -106,12 +122,14 @@ def load_raw_cases(
     *,
     label_values: dict[int, int] | None = None,
     num_classes: int | None = None,
+    channels: Sequence[int] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[RawCase]:
     """:func:`load_raw_case` for every pair, with an optional ``progress(done, total)``."""
     cases = []
     for i, pair in enumerate(pairs):
-        cases.append(load_raw_case(pair, label_values=label_values, num_classes=num_classes))
+        cases.append(load_raw_case(pair, label_values=label_values, num_classes=num_classes,
+                                   channels=channels))
         if progress is not None:
             progress(i + 1, len(pairs))
     return cases
@@ -124,8 +142,12 @@ def prepare_case(
     target_spacing: Sequence[float] | None,
     num_classes: int,
     seed: int = 0,
+    instances: bool = False,
 ) -> PreparedCase:
-    """Resample to ``target_spacing`` (labels nearest-neighbour) and normalise intensities."""
+    """Resample to ``target_spacing`` (labels nearest-neighbour) and normalise intensities.
+
+    With ``instances`` the label holds instance ids (kept as they are, int32): foreground
+    sampling locations are those of any object (class 1)."""
     image, label = case.image, case.label
     if target_spacing is not None:
         image = resample_to_spacing(image, target_spacing, order=3)
@@ -134,8 +156,8 @@ def prepare_case(
     lab = np.asarray(label.array)
     rng = np.random.default_rng(seed)
     locations = {}
-    for c in range(1, num_classes):
-        idx = np.argwhere(lab[0] == c)
+    for c in range(1, 2 if instances else num_classes):
+        idx = np.argwhere(lab[0] > 0 if instances else lab[0] == c)
         if len(idx) > MAX_CLASS_LOCATIONS:
             idx = idx[rng.choice(len(idx), MAX_CLASS_LOCATIONS, replace=False)]
         if len(idx):
@@ -143,6 +165,6 @@ def prepare_case(
     return PreparedCase(
         case.case_id,
         torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)),
-        torch.from_numpy(np.ascontiguousarray(lab)),
+        torch.from_numpy(np.ascontiguousarray(lab.astype(np.int32) if instances else lab)),
         locations,
     )

@@ -28,7 +28,7 @@ from medseg.training.patches import PatchSampler
 from medseg.training.plan import Fingerprint, TrainingPlan, compute_fingerprint, resolve_plan
 from medseg.training.records import MetricsLog, build_card, split_cases
 from medseg.training.runtime import Runtime, pick_runtime, seed_everything
-from medseg.training.sources import index_dataset
+from medseg.training.sources import group_of_cases, index_dataset
 from medseg.training.validate import validate
 
 logger = logging.getLogger(__name__)
@@ -60,17 +60,22 @@ class TrainResult:
 
 def prepare_data(config: TrainConfig, runtime: Runtime) -> PreparedRun:
     """Index, split, load, validate, fingerprint (training cases only), plan and preprocess."""
-    index = index_dataset(config.data.source, config.data.path,
-                          image_dir=config.data.image_dir, label_dir=config.data.label_dir)
-    pairs = index.pairs[: config.data.max_cases] if config.data.max_cases else index.pairs
-    train_ids, val_ids = split_cases([p.case_id for p in pairs], val_cases=config.data.val_cases,
-                                     val_fraction=config.data.val_fraction, seed=config.seed)
-    names = config.data.label_names or index.label_names
-    raw = load_raw_cases(pairs, label_values=config.data.label_values,
-                         num_classes=len(names) if names else None)
+    dc = config.data
+    index = index_dataset(dc.source, dc.path, image_dir=dc.image_dir, label_dir=dc.label_dir,
+                          label_suffix=dc.label_suffix)
+    pairs = index.pairs[: dc.max_cases] if dc.max_cases else index.pairs
+    ids = [p.case_id for p in pairs]
+    groups = group_of_cases(dc.group_file, dc.group_column, ids) if dc.group_file else None
+    train_ids, val_ids = split_cases(ids, val_cases=dc.val_cases, val_fraction=dc.val_fraction,
+                                     seed=config.seed, groups=groups)
+    names = dc.label_names or index.label_names
+    instances = dc.instance_targets is not None
+    raw = load_raw_cases(pairs, label_values=dc.label_values,
+                         num_classes=len(names) if names and not instances else None,
+                         channels=dc.channels)
     by_id = {c.case_id: c for c in raw}
-    fp = compute_fingerprint([by_id[i] for i in train_ids],
-                             modality=config.data.modality or index.modality, seed=config.seed)
+    fp = compute_fingerprint([by_id[i] for i in train_ids], modality=dc.modality or index.modality,
+                             seed=config.seed, instances=instances)
     memory_gb = (torch.cuda.get_device_properties(runtime.device).total_memory / 2**30
                  if runtime.device.type == "cuda" else None)
     plan = resolve_plan(config, fp, label_names=names, device_type=runtime.device.type,
@@ -79,7 +84,7 @@ def prepare_data(config: TrainConfig, runtime: Runtime) -> PreparedRun:
     def prep(ids: list[str]) -> list[PreparedCase]:
         return [prepare_case(by_id[i], normalization=plan.normalization,
                              target_spacing=plan.target_spacing, num_classes=plan.num_classes,
-                             seed=config.seed) for i in ids]
+                             seed=config.seed, instances=instances) for i in ids]
 
     return PreparedRun(plan, fp, prep(train_ids), prep(val_ids),
                        {"train": train_ids, "val": val_ids})
@@ -188,7 +193,8 @@ def train(
                                       roi_size=plan.patch_size, overlap=config.val_overlap,
                                       device=runtime.device, amp_dtype=runtime.amp_dtype,
                                       tta=config.val_tta,
-                                      label_offset=config.augment.label_offset)
+                                      label_offset=config.augment.label_offset,
+                                      instance_targets=config.data.instance_targets)
         val_cost = time.monotonic() - t0
         record = {"iteration": iteration, "epoch": iteration / config.iters_per_epoch,
                   "elapsed_s": round(elapsed(), 1), "val_mean": result["mean"],
@@ -224,12 +230,14 @@ def train(
         image, label = (sampler.sample(stream.batch(iteration)) if stream
                         else sampler.next_batch(plan.batch_size))
         image, label = augment_batch(image, label, config.augment, generator)
+        label, weight = make_targets(label, config)
         image, label = image.to(runtime.device), label.to(runtime.device)
+        weight = weight.to(runtime.device) if weight is not None else None
         autocast = torch.autocast(runtime.device.type, dtype=runtime.amp_dtype) \
             if runtime.amp_dtype else contextlib.nullcontext()
         with autocast:
             out = net(image)
-        loss = loss_fn(out, label)
+        loss = loss_fn(out, label, weight)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -270,26 +278,57 @@ def train(
     return TrainResult(run_dir, weights_best, weights_last, best or {}, iteration, elapsed(), plan)
 
 
-def _make_loss(plan: TrainingPlan, kind: str = "dice_ce"
-               ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def make_targets(label: torch.Tensor, config: TrainConfig
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The batch's class targets and optional per-pixel loss weights: instance ids become
+    ``data.instance_targets`` classes (after augmentation), with the U-Net weight map when
+    ``weight_map`` is on; other labels pass through unweighted."""
+    mode = config.data.instance_targets
+    if mode is None:
+        return label, None
+    from medseg.training.instances import batch_weight_maps, instance_targets
+
+    classes = instance_targets(label, mode)
+    if not config.weight_map:
+        return classes, None
+    return classes, batch_weight_maps(label, classes, w0=config.weight_map_w0,
+                                      sigma=config.weight_map_sigma)
+
+
+LossFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+
+
+def _make_loss(plan: TrainingPlan, kind: str = "dice_ce") -> LossFn:
     """The training loss: ``"dice_ce"`` (Dice over the foreground classes + cross-entropy) or
-    ``"ce"``; with deep supervision, summed over the decoder outputs with halving weights."""
-    from monai.losses import DeepSupervisionLoss, DiceCELoss
+    ``"ce"``; with deep supervision, summed over the decoder outputs with halving weights.
 
-    if kind == "ce":
-        def base(out: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-            return torch.nn.functional.cross_entropy(out, label[:, 0].long())
-    else:
-        base = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
-    if not plan.network.deep_supervision:
-        return lambda out, label: base(out.float(), label)
-    ds = DeepSupervisionLoss(base, weight_mode="exp")
+    Per-pixel ``weight`` ``(B, *S)`` (the U-Net weight map) weights the cross-entropy terms:
+    ``mean(weight * ce)``."""
+    from monai.losses import DiceCELoss, DiceLoss
 
-    def loss(out: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        # DynUNet in training mode stacks (main, deep heads...) on dim 1, all at full size.
-        if out.dim() == label.dim() + 1:
-            return ds([o.float() for o in torch.unbind(out, dim=1)], label)
-        return base(out.float(), label)
+    dice = DiceLoss(to_onehot_y=True, softmax=True, include_background=False)
+    dice_ce = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
+
+    def base(out: torch.Tensor, label: torch.Tensor, weight: torch.Tensor | None
+             ) -> torch.Tensor:
+        out = out.float()
+        if weight is None:
+            if kind == "ce":
+                return torch.nn.functional.cross_entropy(out, label[:, 0].long())
+            return dice_ce(out, label)
+        ce = torch.nn.functional.cross_entropy(out, label[:, 0].long(), reduction="none")
+        weighted = (ce * weight).mean()
+        return weighted if kind == "ce" else weighted + dice(out, label)
+
+    def loss(out: torch.Tensor, label: torch.Tensor, weight: torch.Tensor | None = None
+             ) -> torch.Tensor:
+        # DynUNet in training mode stacks (main, deep heads...) on dim 1, all at full size;
+        # the heads' losses are summed with halving weights (MONAI DeepSupervisionLoss "exp")
+        if plan.network.deep_supervision and out.dim() == label.dim() + 1:
+            heads = torch.unbind(out, dim=1)
+            return sum(max(0.5**i, 0.0625) * base(o, label, weight)
+                       for i, o in enumerate(heads))
+        return base(out, label, weight)
 
     return loss
 

@@ -65,19 +65,26 @@ class PatchSampler:
         """Uniform integer in ``[low, high]`` (inclusive)."""
         return int(torch.randint(low, high + 1, (1,), generator=self.generator))
 
+    def case_patch_size(self, case: PreparedCase) -> list[int]:
+        """The patch size in ``case``'s axes: a 2D patch in a volume is one slice thick (a 2D
+        model trained on the slices of volumes; the slice axis is the last)."""
+        extra = case.image.dim() - 1 - len(self.patch_size)
+        return self.patch_size + [1] * extra
+
     def patch_start(self, case: PreparedCase) -> list[int]:
         """Start corner of a patch in ``case`` (may be negative: reflection fills the rest)."""
         shape = case.image.shape[1:]
+        size = self.case_patch_size(case)
         # Valid starts keep the patch inside the image, or the image inside the patch.
-        lows = [min(0, s - p) for s, p in zip(shape, self.patch_size, strict=True)]
-        highs = [max(0, s - p) for s, p in zip(shape, self.patch_size, strict=True)]
+        lows = [min(0, s - p) for s, p in zip(shape, size, strict=True)]
+        highs = [max(0, s - p) for s, p in zip(shape, size, strict=True)]
         classes = sorted(case.class_locations)
         if classes and float(torch.rand(1, generator=self.generator)) < self.foreground_prob:
             c = classes[self._randint(0, len(classes) - 1)]
             locs = case.class_locations[c]
             centre = locs[self._randint(0, len(locs) - 1)].tolist()
             return [min(max(v - p // 2, lo), hi)
-                    for v, p, lo, hi in zip(centre, self.patch_size, lows, highs, strict=True)]
+                    for v, p, lo, hi in zip(centre, size, lows, highs, strict=True)]
         return [self._randint(lo, hi) for lo, hi in zip(lows, highs, strict=True)]
 
     def sample(self, case_indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,9 +92,11 @@ class PatchSampler:
         images, labels = [], []
         for i in case_indices:
             case = self.cases[i]
-            start = self.patch_start(case)
-            images.append(crop_reflect(case.image, start, self.patch_size))
-            labels.append(crop_reflect(case.label, start, self.patch_size))
+            start, size = self.patch_start(case), self.case_patch_size(case)
+            # reshape drops the (size 1) slice axis of a slice taken from a volume
+            images.append(crop_reflect(case.image, start, size).reshape(
+                case.image.shape[0], *self.patch_size))
+            labels.append(crop_reflect(case.label, start, size).reshape(1, *self.patch_size))
         return torch.stack(images), torch.stack(labels).long()
 
     def next_batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -63,8 +63,11 @@ class Fingerprint:
 
 
 def compute_fingerprint(cases: Sequence[RawCase], *, modality: str | None = None,
-                        seed: int = 0) -> Fingerprint:
-    """Summarise a list of validated cases (intensities sampled, at most 10k voxels per case)."""
+                        seed: int = 0, instances: bool = False) -> Fingerprint:
+    """Summarise a list of validated cases (intensities sampled, at most 10k voxels per case).
+
+    With ``instances`` the labels are instance ids: ``label_values`` says only whether
+    background and objects occur (0, 1)."""
     if not cases:
         raise DatasetError("cannot fingerprint an empty dataset")
     dims = {c.image.meta.ndim for c in cases}
@@ -77,7 +80,7 @@ def compute_fingerprint(cases: Sequence[RawCase], *, modality: str | None = None
     samples, values = [], set()
     for c in cases:
         lab = np.asarray(c.label.array[0])
-        values.update(int(v) for v in np.unique(lab))
+        values.update(int(min(v, 1)) if instances else int(v) for v in np.unique(lab))
         fg = np.asarray(c.image.array[0], dtype=np.float64)[lab > 0]
         if fg.size > 10000:
             fg = rng.choice(fg, 10000, replace=False)
@@ -98,6 +101,11 @@ def compute_fingerprint(cases: Sequence[RawCase], *, modality: str | None = None
         foreground_mean=float(fg_all.mean()),
         foreground_std=float(fg_all.std()),
     )
+
+
+#: The classes of each instance target mode (see :mod:`medseg.training.instances`).
+INSTANCE_CLASSES = {"boundary": {0: "background", 1: "interior", 2: "boundary"},
+                    "gap": {0: "background", 1: "object"}}
 
 
 @dataclass
@@ -154,9 +162,16 @@ def resolve_plan(config: TrainConfig, fp: Fingerprint, *, label_names: dict[int,
                  device_type: str, memory_gb: float | None = None) -> TrainingPlan:
     """Apply ``config``'s overrides to the plan derived from ``fp``."""
     dims = config.spatial_dims or fp.spatial_dims
-    if dims != fp.spatial_dims:
+    slicewise = dims == 2 and fp.spatial_dims == 3  # a 2D model trained on slices of volumes
+    if dims != fp.spatial_dims and not slicewise:
         raise ConfigError(f"spatial_dims {dims} does not match the {fp.spatial_dims}D dataset")
+    if slicewise:  # in-plane axes only; slices are used at their native pixels
+        fp = dataclasses.replace(fp, median_shape=fp.median_shape[:2],
+                                 max_shape=fp.max_shape[:2],
+                                 median_spacing=fp.median_spacing[:2])
     names = config.data.label_names or label_names
+    if config.data.instance_targets is not None:  # the classes the targets are made of
+        names = dict(INSTANCE_CLASSES[config.data.instance_targets])
     if not names:
         names = {v: ("background" if v == 0 else f"label_{v}")
                  for v in range(max(fp.label_values) + 1)}
@@ -174,6 +189,8 @@ def resolve_plan(config: TrainConfig, fp: Fingerprint, *, label_names: dict[int,
              for s, sp, t in zip(fp.median_shape, fp.median_spacing, spacing, strict=True)]
     if config.normalization == "zscore":
         norm = NormalizationConfig(scheme="zscore")
+    elif config.normalization == "percentile":
+        norm = NormalizationConfig(scheme="percentile")
     elif config.normalization == "ct":
         norm = default_normalization(dataclasses.replace(fp, modality="CT"))
     else:
@@ -194,7 +211,7 @@ def resolve_plan(config: TrainConfig, fp: Fingerprint, *, label_names: dict[int,
                                                     memory_gb=memory_gb)
     return TrainingPlan(
         spatial_dims=dims,
-        target_spacing=[float(s) for s in spacing],
+        target_spacing=None if slicewise else [float(s) for s in spacing],
         normalization=norm,
         patch_size=patch,
         batch_size=batch,

@@ -27,8 +27,13 @@ DEFAULT_COLORS = [(0, 0, 0), (230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 
 
 
 def split_cases(case_ids: Sequence[str], *, val_cases: Sequence[str] | None,
-                val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+                val_fraction: float, seed: int, groups: dict[str, str] | None = None
+                ) -> tuple[list[str], list[str]]:
     """Train/validation split: explicit ``val_cases``, else a seeded random fraction.
+
+    With ``groups`` (``{case id: group}``, e.g. tiles of one microscope field), whole groups
+    are drawn in a seeded order until the validation set holds ``val_fraction`` of the cases,
+    so no group is split between training and validation.
 
     Examples:
         >>> split_cases(["a", "b", "c"], val_cases=["b"], val_fraction=0.5, seed=0)
@@ -40,6 +45,18 @@ def split_cases(case_ids: Sequence[str], *, val_cases: Sequence[str] | None,
         if unknown:
             raise DatasetError(f"validation case(s) {unknown[:5]} are not in the dataset")
         val = [i for i in ids if i in set(val_cases)]
+    elif groups is not None:
+        names = sorted(set(groups[i] for i in ids))
+        order = np.random.default_rng(seed).permutation(len(names))
+        target, chosen = int(round(len(ids) * val_fraction)), set()
+        counts = {g: sum(1 for i in ids if groups[i] == g) for g in names}
+        n = 0
+        for k in order:
+            if n >= target:
+                break
+            chosen.add(names[k])
+            n += counts[names[k]]
+        val = sorted(i for i in ids if groups[i] in chosen)
     else:
         n_val = int(round(len(ids) * val_fraction))
         if val_fraction > 0 and len(ids) > 1:
@@ -130,4 +147,8 @@ def build_card(config: TrainConfig, plan: TrainingPlan, data: PreparedRun, *,
         },
         fingerprint=data.fingerprint.to_dict(),
         versions=library_versions(),
+        input_channels=list(config.data.channels) if config.data.channels else None,
+        fov_pixels=list(config.fov_pixels) if config.fov_pixels else None,
+        instances=({"method": "boundary" if config.data.instance_targets == "boundary"
+                    else "components"} if config.data.instance_targets else None),
     )

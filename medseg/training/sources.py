@@ -36,12 +36,17 @@ class CasePair:
         image: Image file or DICOM series folder.
         label: Label map file (NIfTI/NRRD/PNG/TIFF or DICOM SEG).
         label_is_seg: True when ``label`` is a DICOM SEG object referencing ``image``.
+        image_slices: For the ``slices`` layout: the 2D slice files stacked into the image, in
+            slice order (``image`` is then their folder).
+        label_slices: The matching mask slices.
     """
 
     case_id: str
     image: Path
     label: Path
     label_is_seg: bool = False
+    image_slices: tuple[Path, ...] = ()
+    label_slices: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -54,7 +59,7 @@ class DatasetIndex:
 
 
 def index_dataset(source: str, path: str | Path, *, image_dir: str = "image",
-                  label_dir: str = "label") -> DatasetIndex:
+                  label_dir: str = "label", label_suffix: str = "_mask") -> DatasetIndex:
     """List the case pairs of a dataset.
 
     Raises:
@@ -71,6 +76,8 @@ def index_dataset(source: str, path: str | Path, *, image_dir: str = "image",
         index = DatasetIndex(_index_folder2d(path / image_dir, path / label_dir))
     elif source == "manifest":
         index = DatasetIndex(_index_manifest(path))
+    elif source == "slices":
+        index = DatasetIndex(_index_slices(path, label_suffix))
     else:
         raise DatasetError(f"unknown dataset source {source!r}")
     if not index.pairs:
@@ -139,7 +146,9 @@ def _index_folder2d(image_dir: Path, label_dir: Path) -> list[CasePair]:
 
 
 def _natural_key(s: str) -> tuple[Any, ...]:
-    return tuple(int(t) if t.isdigit() else t for t in _split_digits(s))
+    """Sort key: runs of digits compare as numbers ("2" before "10"), text as text, and a
+    number before text at the same position (hex ids mix both)."""
+    return tuple((0, int(t), "") if t.isdigit() else (1, 0, t) for t in _split_digits(s))
 
 
 def _split_digits(s: str) -> list[str]:
@@ -150,6 +159,49 @@ def _split_digits(s: str) -> list[str]:
             cur = ""
         cur += ch
     return out + ([cur] if cur else [])
+
+
+def _index_slices(root: Path, label_suffix: str) -> list[CasePair]:
+    """One case per sub-folder: slices ``<stem>_<n>.<ext>`` (``n`` = 1, 2, ... without gaps,
+    sorted as numbers, never as text) each with its mask ``<stem>_<n><label_suffix>.<ext>``."""
+    pairs = []
+    for case in sorted(p for p in root.iterdir() if p.is_dir()):
+        slices: dict[int, tuple[Path, Path]] = {}
+        for f in case.iterdir():
+            stem, ext = f.name.rsplit(".", 1) if "." in f.name else (f.name, "")
+            if "." + ext.lower() not in IMAGE_2D_SUFFIXES or stem.endswith(label_suffix):
+                continue
+            number = stem.rsplit("_", 1)[-1]
+            if not number.isdigit():
+                raise DatasetError(f"case {case.name}: slice file {f.name} does not end in "
+                                   "_<number>")
+            mask = case / f"{stem}{label_suffix}.{ext}"
+            if not mask.is_file():
+                raise DatasetError(f"case {case.name}: slice {f.name} has no mask {mask.name}")
+            slices[int(number)] = (f, mask)
+        if not slices:
+            continue
+        numbers = sorted(slices)
+        if numbers != list(range(numbers[0], numbers[0] + len(numbers))):
+            missing = sorted(set(range(numbers[0], numbers[-1] + 1)) - set(numbers))
+            raise DatasetError(f"case {case.name}: slices {missing[:5]} are missing")
+        pairs.append(CasePair(case.name, case, case, image_slices=tuple(
+            slices[n][0] for n in numbers), label_slices=tuple(slices[n][1] for n in numbers)))
+    return pairs
+
+
+def group_of_cases(group_file: str | Path, column: str, case_ids: list[str]) -> dict[str, str]:
+    """``{case id: group}`` from a CSV with an ``image_id`` column and ``column``; a case the
+    file does not list is its own group."""
+    path = Path(group_file)
+    if not path.is_file():
+        raise DatasetError(f"group file {path} does not exist")
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if rows and ("image_id" not in rows[0] or column not in rows[0]):
+        raise DatasetError(f"{path}: needs columns image_id and {column}")
+    groups = {r["image_id"]: r[column] for r in rows}
+    return {c: groups.get(c, c) for c in case_ids}
 
 
 def _index_manifest(path: Path) -> list[CasePair]:

@@ -26,10 +26,20 @@ def predict_case_logits(model: torch.nn.Module, image: torch.Tensor, *, roi_size
                         tta: bool = False, label_offset: Sequence[float] = ()) -> torch.Tensor:
     """Logits ``(K, *S)`` of one image; with ``tta``, mean softmax over all mirrorings.
 
+    A volume given to a 2D model (``roi_size`` one axis shorter than the image) is predicted
+    slice by slice along its last axis, as the engine does.
+
     ``label_offset`` (voxels per spatial axis, ``augment.label_offset``): each flipped-back
     prediction is moved by twice it along the flipped axes, as the inference engine does
     (:func:`medseg.inference.engine.unmirror`).
     """
+    if image.dim() - 1 == len(roi_size) + 1:  # a 2D model over a volume: slice by slice
+        return torch.stack([
+            predict_case_logits(model, image[..., k], roi_size=roi_size, overlap=overlap,
+                                device=device, amp_dtype=amp_dtype, tta=tta,
+                                label_offset=label_offset)
+            for k in range(image.shape[-1])], dim=-1)
+
     def run(x: torch.Tensor) -> torch.Tensor:
         return sliding_window_logits(model, x, roi_size=list(roi_size), overlap=overlap,
                                      device=device, amp_dtype=amp_dtype)
@@ -60,9 +70,11 @@ def validate(
     tta: bool = False,
     label_offset: Sequence[float] = (),
     progress: Callable[[int, int], None] | None = None,
+    instance_targets: str | None = None,
 ) -> dict[str, object]:
     """Per-case and mean per-label Dice on ``cases`` (``tta``, ``label_offset``: see
-    :func:`predict_case_logits`).
+    :func:`predict_case_logits`). With ``instance_targets`` the labels hold instance ids and
+    are scored against the classes the network learns from them.
 
     Returns:
         ``{"mean_dice": {label: float}, "mean": float, "per_case": {case_id: {label: float}}}``.
@@ -76,7 +88,12 @@ def validate(
                                          device=device, amp_dtype=amp_dtype, tta=tta,
                                          label_offset=label_offset)
             pred = logits.argmax(0).numpy()
-            per_case[case.case_id] = dice_per_label(pred, case.label[0].numpy(),
+            truth = case.label
+            if instance_targets is not None:
+                from medseg.training.instances import instance_targets as targets_of
+
+                truth = targets_of(truth[None].long(), instance_targets)[0]
+            per_case[case.case_id] = dice_per_label(pred, truth[0].numpy(),
                                                     range(1, num_classes))
             if progress is not None:
                 progress(i + 1, len(cases))

@@ -30,6 +30,9 @@ def normalize_intensity(array: np.ndarray, config: NormalizationConfig) -> np.nd
             if sel.size == 0:
                 sel = ch
             mean, std = float(sel.mean(dtype=np.float64)), float(sel.std(dtype=np.float64))
+        elif config.scheme == "percentile":
+            mean, high = percentile_range(ch, config)
+            std = high - mean
         elif config.scheme in ("ct", "scale"):
             mean, std = float(config.mean), float(config.std)  # type: ignore[arg-type]
         else:
@@ -37,3 +40,22 @@ def normalize_intensity(array: np.ndarray, config: NormalizationConfig) -> np.nd
         ch -= mean
         ch /= max(std, 1e-8)
     return out
+
+
+#: Percentiles of larger images are taken from a regular subsample of about this many voxels.
+_PERCENTILE_SAMPLE = 4_000_000
+
+
+def percentile_range(channel: np.ndarray, config: NormalizationConfig) -> tuple[float, float]:
+    """The ``config.percentiles`` of one channel (non-zero voxels only with ``nonzero``).
+
+    A channel of more than ``_PERCENTILE_SAMPLE`` voxels is subsampled with a fixed stride, so
+    the result is deterministic and the same in training and inference.
+    """
+    flat = np.asarray(channel).reshape(-1)
+    step = max(1, flat.size // _PERCENTILE_SAMPLE)
+    sample = flat[::step].astype(np.float32)
+    if config.nonzero and np.any(sample != 0):
+        sample = sample[sample != 0]
+    low, high = np.percentile(sample, config.percentiles)
+    return float(low), float(max(high, low + 1e-6))

@@ -1,0 +1,105 @@
+"""Score a brain-tumour model the way the held-back LGG patients will be judged.
+
+Each validation patient (by default the held-out split in the model card) is built into one
+NIfTI volume exactly as the held-back patients are (SOURCE.txt): the FLAIR channel of its
+slices stacked in slice order, uint8, array axes (TIFF row, TIFF column, slice), identity
+affine; all volumes go through one ``medseg-predict -m MODEL`` call, and Dice is computed per
+patient on the whole volume. Also: false-positive slices (tumour predicted on a slice whose
+mask is empty) and the record's per-stage timings.
+
+Usage (repository root):
+    .venv/bin/python benchmarks/eval_tumour.py --model brain-flair-tumour \
+        --data ../shared/data/lgg_flair [--tta]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import tifffile
+
+from medseg.model_card import read_model_card
+from medseg.models import resolve_model
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def patient_volume(folder: Path, channel: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(image, mask) stacked as the held-back NIfTI files are."""
+    n = len([f for f in folder.glob("*.tif") if not f.name.endswith("_mask.tif")])
+    name = folder.name
+    vol = np.stack([tifffile.imread(folder / f"{name}_{k}.tif")[:, :, channel]
+                    for k in range(1, n + 1)], axis=-1)
+    mask = np.stack([tifffile.imread(folder / f"{name}_{k}_mask.tif") > 0
+                     for k in range(1, n + 1)], axis=-1)
+    return vol, mask
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    denom = a.sum() + b.sum()
+    return 1.0 if denom == 0 else float(2.0 * (a & b).sum() / denom)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--data", required=True, help="lgg_flair folder")
+    parser.add_argument("--patients", default="val", help="val (the card's split) or ids,...")
+    parser.add_argument("--tta", action="store_true")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    path = resolve_model(args.model)
+    card = read_model_card(path)
+    patients = (card.training.get("split", {}).get("val", []) if args.patients == "val"
+                else args.patients.split(","))
+    work = Path(tempfile.mkdtemp(prefix="medseg-tumour-"))
+    masks, inputs = {}, []
+    for p in patients:
+        vol, mask = patient_volume(Path(args.data) / p)
+        masks[p] = mask
+        f = work / f"{p}_flair.nii.gz"
+        nib.save(nib.Nifti1Image(vol, np.eye(4)), str(f))
+        inputs.append(str(f))
+    out = work / "out"
+    cmd = [str(Path(sys.executable).with_name("medseg-predict")), "-m", str(path), "-o",
+           str(out), "-q", "--threads", str(args.threads), *(["--tta"] if args.tta else []),
+           *inputs]
+    rc = subprocess.run(cmd, check=False).returncode
+    print(f"model {card.name} ({path.name}), {len(patients)} patients, tta={args.tta}, "
+          f"medseg-predict rc={rc}")
+    print(f"machine: {cpu_name()}, {platform.machine()}")
+    scores, fp_slices, empty_slices = [], 0, 0
+    print("patient, slices, tumour slices, Dice, FP slices, infer s")
+    for p in patients:
+        pred = nib.load(str(out / f"{p}_flair.nii.gz")).get_fdata() > 0
+        truth = masks[p]
+        assert pred.shape == truth.shape, (p, pred.shape, truth.shape)
+        d = dice(pred, truth)
+        empty = ~truth.any(axis=(0, 1))
+        fp = int((pred.any(axis=(0, 1)) & empty).sum())
+        fp_slices += fp
+        empty_slices += int(empty.sum())
+        rec = json.loads((out / f"{p}_flair.json").read_text())
+        scores.append(d)
+        print(f"  {p} {truth.shape[2]} {int((~empty).sum())} {d:.4f} {fp} "
+              f"{rec['timings_s'].get('infer', float('nan')):.2f}")
+    print(f"per-patient Dice: mean {np.mean(scores):.4f}, median {np.median(scores):.4f}, "
+          f"min {np.min(scores):.4f}")
+    print(f"false-positive slices: {fp_slices} of {empty_slices} tumour-free slices")
+
+
+if __name__ == "__main__":
+    main()
