@@ -72,6 +72,6 @@ def test_unknown_model_or_format_gives_exit_2(inputs: Path, tmp_path: Path,
     assert result.exit_code == 2
     assert "error: unknown model name: 'no-such-model'" in result.stderr
     result = CliRunner().invoke(app, ["-m", str(model_file), "-o", str(tmp_path / "o"),
-                                      "-f", "png", str(inputs)])
+                                      "-f", "gif", str(inputs)])
     assert result.exit_code == 2
-    assert "unknown output format(s) ['png']; choose from nifti, dicom-seg" in result.stderr
+    assert "unknown output format(s) ['gif']; choose from nifti, dicom-seg" in result.stderr
