@@ -4,7 +4,9 @@ Each validation patient (by default the held-out split in the model card) is bui
 NIfTI volume exactly as the held-back patients are (SOURCE.txt): the FLAIR channel of its
 slices stacked in slice order, uint8, array axes (TIFF row, TIFF column, slice), identity
 affine; all volumes go through one ``medseg-predict -m MODEL`` call, and Dice is computed per
-patient on the whole volume. Also: false-positive slices (tumour predicted on a slice whose
+patient on the whole volume. A multi-channel model (the 3-channel comparison) is given the
+same volumes with all three channels through the Python API (``Segmenter.predict``), since the
+held-back NIfTI files hold FLAIR only. Also: false-positive slices (tumour predicted on a slice whose
 mask is empty) and the record's per-stage timings.
 
 Usage (repository root):
@@ -37,12 +39,14 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def patient_volume(folder: Path, channel: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """(image, mask) stacked as the held-back NIfTI files are."""
+def patient_volume(folder: Path, channel: int | None = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(image, mask) stacked as the held-back NIfTI files are (``channel=None``: all three
+    channels, ``(row, column, slice, channel)``)."""
     n = len([f for f in folder.glob("*.tif") if not f.name.endswith("_mask.tif")])
     name = folder.name
-    vol = np.stack([tifffile.imread(folder / f"{name}_{k}.tif")[:, :, channel]
-                    for k in range(1, n + 1)], axis=-1)
+    pick = slice(None) if channel is None else channel
+    vol = np.stack([tifffile.imread(folder / f"{name}_{k}.tif")[:, :, pick]
+                    for k in range(1, n + 1)], axis=2)
     mask = np.stack([tifffile.imread(folder / f"{name}_{k}_mask.tif") > 0
                      for k in range(1, n + 1)], axis=-1)
     return vol, mask
@@ -66,25 +70,48 @@ def main() -> None:
     patients = (card.training.get("split", {}).get("val", []) if args.patients == "val"
                 else args.patients.split(","))
     work = Path(tempfile.mkdtemp(prefix="medseg-tumour-"))
-    masks, inputs = {}, []
+    masks, inputs, preds = {}, [], {}
+    multi = card.network.in_channels > 1
     for p in patients:
-        vol, mask = patient_volume(Path(args.data) / p)
+        vol, mask = patient_volume(Path(args.data) / p, None if multi else 1)
         masks[p] = mask
+        if multi:
+            preds[p] = vol
+            continue
         f = work / f"{p}_flair.nii.gz"
         nib.save(nib.Nifti1Image(vol, np.eye(4)), str(f))
         inputs.append(str(f))
     out = work / "out"
-    cmd = [str(Path(sys.executable).with_name("medseg-predict")), "-m", str(path), "-o",
-           str(out), "-q", "--threads", str(args.threads), *(["--tta"] if args.tta else []),
-           *inputs]
-    rc = subprocess.run(cmd, check=False).returncode
+    rc = 0
+    if multi:
+        import torch
+
+        from medseg.inference import Segmenter
+        from medseg.io import ImageMeta, MedImage
+
+        torch.set_num_threads(args.threads)
+        seg = Segmenter.from_file(path, tta=args.tta)
+        for p, vol in preds.items():
+            image = MedImage(np.ascontiguousarray(vol.transpose(3, 0, 1, 2)),
+                             ImageMeta.identity(3))
+            result = seg.predict(image)
+            preds[p] = (result.labels.array[0] > 0, result.timings)
+    else:
+        cmd = [str(Path(sys.executable).with_name("medseg-predict")), "-m", str(path), "-o",
+               str(out), "-q", "--threads", str(args.threads),
+               *(["--tta"] if args.tta else []), *inputs]
+        rc = subprocess.run(cmd, check=False).returncode
     print(f"model {card.name} ({path.name}), {len(patients)} patients, tta={args.tta}, "
           f"medseg-predict rc={rc}")
     print(f"machine: {cpu_name()}, {platform.machine()}")
     scores, fp_slices, empty_slices = [], 0, 0
     print("patient, slices, tumour slices, Dice, FP slices, infer s")
     for p in patients:
-        pred = nib.load(str(out / f"{p}_flair.nii.gz")).get_fdata() > 0
+        if multi:
+            pred, timings = preds[p]
+        else:
+            pred = nib.load(str(out / f"{p}_flair.nii.gz")).get_fdata() > 0
+            timings = json.loads((out / f"{p}_flair.json").read_text())["timings_s"]
         truth = masks[p]
         assert pred.shape == truth.shape, (p, pred.shape, truth.shape)
         d = dice(pred, truth)
@@ -92,10 +119,9 @@ def main() -> None:
         fp = int((pred.any(axis=(0, 1)) & empty).sum())
         fp_slices += fp
         empty_slices += int(empty.sum())
-        rec = json.loads((out / f"{p}_flair.json").read_text())
         scores.append(d)
         print(f"  {p} {truth.shape[2]} {int((~empty).sum())} {d:.4f} {fp} "
-              f"{rec['timings_s'].get('infer', float('nan')):.2f}")
+              f"{timings.get('infer', float('nan')):.2f}")
     print(f"per-patient Dice: mean {np.mean(scores):.4f}, median {np.median(scores):.4f}, "
           f"min {np.min(scores):.4f}")
     print(f"false-positive slices: {fp_slices} of {empty_slices} tumour-free slices")
