@@ -21,6 +21,8 @@ LABEL_NAMES_KEY = "medseg_label_names"
 LABEL_COLORS_KEY = "medseg_label_colors"
 SOURCE_LAYER_KEY = "medseg_source_layer"
 MODEL_KEY = "medseg_model"
+#: True on a layer of object ids 1..N (an instance model's result), not of classes.
+INSTANCES_KEY = "medseg_instances"
 
 LayerData = tuple[Any, dict[str, Any], str]
 
@@ -49,6 +51,7 @@ def labels_layer_data(
     label_colors: Mapping[int, Sequence[int]] | None = None,
     source_layer: str | None = None,
     model: str | None = None,
+    instances: bool = False,
 ) -> LayerData:
     """``(data, kwargs, "labels")`` for a one-channel medseg label map.
 
@@ -59,9 +62,10 @@ def labels_layer_data(
         label_colors: ``{value: (r, g, b)}``; labels without one get a default colour.
         source_layer: Name of the image layer the labels belong to.
         model: Model that produced them (shipped name or checkpoint path).
+        instances: The map holds object ids 1..N (napari's own colours, no per-id names).
     """
     values = sorted({int(v) for v in label_names} | {int(v) for v in np.unique(labels.array)})
-    colors = label_colors_for(values, label_colors)
+    colors = {} if instances else label_colors_for(values, label_colors)
     names = {int(k): str(v) for k, v in label_names.items() if int(k) != 0}
     metadata = {
         **layer_metadata(labels.meta, labels.spatial_shape),
@@ -69,13 +73,14 @@ def labels_layer_data(
         LABEL_COLORS_KEY: {str(k): list(v) for k, v in colors.items()},
         SOURCE_LAYER_KEY: source_layer,
         MODEL_KEY: model,
+        INSTANCES_KEY: bool(instances),
     }
     kwargs = {
         **layer_transform(labels.meta),
         "name": name,
         "metadata": metadata,
-        "colormap": label_colormap(colors),
-        "features": label_features({0: "background", **names}),
+        **({} if instances else {"colormap": label_colormap(colors),
+                                  "features": label_features({0: "background", **names})}),
         "opacity": 0.6,
     }
     return to_layer_array(labels.array[0]), kwargs, "labels"

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import colorsys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -189,20 +191,74 @@ def label_centroid(labels: np.ndarray, label: int, *, axis: int = 0) -> np.ndarr
 
 
 def output_format(path: str | Path) -> str:
-    """``"nifti"`` or ``"dicom-seg"`` from a file name.
+    """``"nifti"``, ``"dicom-seg"`` or ``"image2d"`` (a 2D TIFF/PNG label image) from a name.
 
     Raises:
-        ImageWriteError: The extension is neither NIfTI (``.nii``/``.nii.gz``) nor DICOM (``.dcm``).
+        ImageWriteError: The extension is none of NIfTI (``.nii``/``.nii.gz``), DICOM (``.dcm``),
+            TIFF (``.tif``/``.tiff``) or PNG.
 
     Examples:
-        >>> output_format("mask.nii.gz"), output_format("SEG.dcm")
-        ('nifti', 'dicom-seg')
+        >>> output_format("mask.nii.gz"), output_format("SEG.dcm"), output_format("cells.tif")
+        ('nifti', 'dicom-seg', 'image2d')
     """
     name = Path(path).name.lower()
     if name.endswith((".nii", ".nii.gz")):
         return "nifti"
     if name.endswith(".dcm"):
         return "dicom-seg"
+    if name.endswith((".tif", ".tiff", ".png")):
+        return "image2d"
     raise ImageWriteError(
-        f"{path}: cannot tell the output format; use .nii.gz (NIfTI) or .dcm (DICOM SEG)"
+        f"{path}: cannot tell the output format; use .nii.gz (NIfTI), .dcm (DICOM SEG) or, "
+        "for a 2D image, .tif (TIFF label image)"
     )
+
+
+@dataclass
+class Measurements:
+    """What the review widget lists for a labels layer: one row per object or lesion.
+
+    Attributes:
+        title: One line (``"37 objects, 11853 px^2 in all"`` / ``"2 lesions, 14.2 mL"``).
+        columns: Table columns.
+        rows: Table rows (values in ``columns`` order).
+        points: For each row, the napari data coordinate to jump to (its centroid).
+    """
+
+    title: str
+    columns: list[str]
+    rows: list[list[Any]]
+    points: list[tuple[float, ...]]
+
+
+def layer_measurements(labels: Any, *, instances: bool) -> Measurements:
+    """Objects of a 2D result (each instance id, or each connected region of a class map) or
+    lesions of a 3D result (each connected region per label), from a medseg ``MedImage``.
+
+    2D areas are in the image's unit (px^2 without a pixel size); 3D volumes in mL.
+    """
+    from scipy import ndimage
+
+    from medseg.inference.measure import lesion_table, object_table_2d
+    from medseg.inference.postprocess import area_unit
+
+    array = np.asarray(labels.array[0])
+    if labels.meta.ndim == 2:
+        unit = area_unit(labels.meta)
+        ids = array if instances else ndimage.label(array > 0)[0]
+        table = object_table_2d(ids, None, spacing=labels.meta.spacing, unit=unit)
+        total = sum(r["area"] for r in table)
+        columns = ["id", "area", "centroid_row", "centroid_column", "eccentricity"]
+        return Measurements(
+            title=f"{len(table)} objects, {total:.6g} {unit} in all", columns=columns,
+            rows=[[r[c] for c in columns] for r in table],
+            points=[(r["centroid_row"], r["centroid_column"]) for r in table])
+    names = labels.meta.label_names or {int(v): f"label {v}" for v in np.unique(array) if v}
+    table = lesion_table(labels, names)
+    columns = ["lesion", "label", "volume_ml", "first_slice", "last_slice",
+               "max_inplane_diameter_mm"]
+    total = sum(r["volume_ml"] for r in table)
+    return Measurements(
+        title=f"{len(table)} lesions, {total:.2f} mL in all", columns=columns,
+        rows=[[r[c] for c in columns] for r in table],
+        points=[tuple(reversed(r["centroid_voxel"])) for r in table])

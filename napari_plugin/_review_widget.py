@@ -1,4 +1,5 @@
-"""Review widget: per-label volumes, show/hide, opacity, contours, jump-to-label and saving.
+"""Review widget: per-label volumes (areas for 2D), show/hide, opacity, contours, jump-to-label,
+the table of objects (2D) or lesions (3D) with a jump to each, and saving.
 
 The logic lives in :mod:`napari_plugin._logic` (volumes, slices, colours) and
 :mod:`napari_plugin._save` (writing); this module only wires napari events and widgets to it.
@@ -19,6 +20,7 @@ from magicgui.widgets import (
     Label,
     PushButton,
     SpinBox,
+    Table,
     create_widget,
 )
 from napari.layers import Labels
@@ -28,9 +30,20 @@ from qtpy.QtWidgets import QScrollArea
 
 from medseg.errors import MedsegError
 from napari_plugin._geometry import meta_from_layer
-from napari_plugin._layers import label_colormap, stored_label_colors, stored_label_names
-from napari_plugin._logic import label_centroid, label_colors_for, label_volumes_ml
-from napari_plugin._save import save_labels
+from napari_plugin._layers import (
+    INSTANCES_KEY,
+    label_colormap,
+    stored_label_colors,
+    stored_label_names,
+)
+from napari_plugin._logic import (
+    Measurements,
+    label_centroid,
+    label_colors_for,
+    label_volumes_ml,
+    layer_measurements,
+)
+from napari_plugin._save import labels_from_layer, save_labels
 
 if TYPE_CHECKING:
     import napari
@@ -84,11 +97,23 @@ class ReviewWidget(Container):
         self.contour = SpinBox(value=0, min=0, max=10, label="contour")
         self.contour.tooltip = "0 fills the labels; n > 0 draws n-pixel outlines"
         self.total = Label(value="")
-        self.save_path = FileEdit(mode="w", filter="*.nii.gz *.nii *.dcm", label="save as")
+        self.measures_title = Label(value="")
+        self.measures = Table(value=None)
+        self.measures.read_only = True
+        self.measures.min_height = 120
+        self.item = SpinBox(value=1, min=1, max=1, label="object / lesion")
+        self.item_go = PushButton(text="Go to it")
+        self.item_go.tooltip = "Move to the selected object or lesion (its centroid)"
+        self.save_path = FileEdit(mode="w", filter="*.nii.gz *.nii *.dcm *.tif",
+                                  label="save as")
         self.save_button = PushButton(text="Save labels")
         self.status = Label(value="")
-        self.extend([self.layer_box, self.contour, self.total,
+        self.status.native.setWordWrap(True)
+        self.extend([self.layer_box, self.contour, self.total, self.measures_title,
+                     self.measures, self.item, self.item_go,
                      self.save_path, self.save_button, self.status])
+        self._measurements: Measurements | None = None
+        self.item_go.changed.connect(lambda *_: self.jump_to_item(self.item.value))
         self.native.layout().insertWidget(2, _scroll_area(self.rows))
         self._layer: Labels | None = None
         self._history: tuple[int, int] | None = None
@@ -151,10 +176,16 @@ class ReviewWidget(Container):
         named = stored_label_names(self._layer.metadata)
         return sorted({int(v) for v in present if v != 0} | set(named))
 
+    def _is_instances(self) -> bool:
+        return bool(self._layer is not None and self._layer.metadata.get(INSTANCES_KEY))
+
     def _rebuild_rows(self) -> None:
         self.rows.clear()
         if self._layer is None:
             self.total.value = ""
+            return
+        if self._is_instances():  # hundreds of object ids: the table lists them instead
+            self.refresh_volumes()
             return
         names = stored_label_names(self._layer.metadata)
         for value in self._label_values():
@@ -166,19 +197,72 @@ class ReviewWidget(Container):
         self._apply_colormap()
         self.refresh_volumes()
 
+    def _area_unit(self) -> str | None:
+        """The unit of a 2D layer's areas (``px^2`` without a pixel size); ``None`` for 3D."""
+        from medseg.inference.postprocess import area_unit
+
+        assert self._layer is not None
+        try:
+            meta = meta_from_layer(self._layer.metadata, layer_name=self._layer.name)
+        except MedsegError:
+            return "px^2" if self._layer.ndim == 2 else None
+        return area_unit(meta) if meta.ndim == 2 else None
+
     def refresh_volumes(self) -> dict[int, float]:
-        """Recount every label's volume (mL) and show it; returns ``{label: mL}``."""
+        """Recount every label's volume (mL; for a 2D layer its area, in px^2 unless the
+        image has a pixel size) and the objects/lesions table; returns ``{label: amount}``."""
         if self._layer is None:
+            return {}
+        self._refresh_measurements()
+        if self._is_instances():
+            self.total.value = ""
             return {}
         shown = [row.value for row in self.rows]
         volumes = label_volumes_ml(np.asarray(self._layer.data), self._spacing(), label_ids=shown)
+        unit = self._area_unit()
+        if unit is not None:  # 2D: mL would be mm^2 / 1000; report areas in their own unit
+            volumes = {k: v * 1000.0 for k, v in volumes.items()}
         if set(volumes) != set(shown):  # a new label value was painted
             self._rebuild_rows()
             return volumes
         for row in self.rows:
-            row.volume.value = f"{volumes[row.value]:.2f} mL"
-        self.total.value = f"total {sum(volumes.values()):.2f} mL"
+            row.volume.value = (f"{volumes[row.value]:.6g} {unit}" if unit
+                                else f"{volumes[row.value]:.2f} mL")
+        total = sum(volumes.values())
+        self.total.value = f"total {total:.6g} {unit}" if unit else f"total {total:.2f} mL"
         return volumes
+
+    def _refresh_measurements(self) -> None:
+        """The objects (2D) or lesions (3D) table of the layer."""
+        self._measurements = None
+        if self._layer is not None:
+            try:
+                labels = labels_from_layer(self._layer.data, self._layer.metadata,
+                                           layer_name=self._layer.name)
+                self._measurements = layer_measurements(labels,
+                                                        instances=self._is_instances())
+            except MedsegError:  # not a medseg layer: no grid to measure on
+                self._measurements = None
+        m = self._measurements
+        self.measures_title.value = m.title if m else ""
+        self.measures.value = ({"data": m.rows, "columns": m.columns} if m and m.rows
+                               else None)
+        self.item.max = max(1, len(m.rows) if m else 1)
+        for w in (self.measures, self.item, self.item_go):
+            w.visible = bool(m and m.rows)
+
+    def jump_to_item(self, number: int) -> None:
+        """Centre the view on object/lesion ``number`` (1-based row of the table)."""
+        m, layer = self._measurements, self._layer
+        if m is None or layer is None or not 1 <= number <= len(m.points):
+            return
+        world = np.asarray(layer.data_to_world(m.points[number - 1]), dtype=float)
+        dims = self._viewer.dims
+        offset = dims.ndim - layer.ndim
+        for a in dims.not_displayed:
+            if a >= offset:
+                dims.set_point(a, world[a - offset])
+        self._viewer.camera.center = tuple(world[a - offset] for a in dims.displayed)
 
     def _apply_colormap(self, *_: Any) -> None:
         if self._layer is None:
@@ -215,7 +299,8 @@ class ReviewWidget(Container):
         layer.selected_label = value
 
     def save(self, *_: Any) -> None:
-        """Save the selected layer to the path in the file box (NIfTI or DICOM SEG)."""
+        """Save the selected layer to the path in the file box (NIfTI, DICOM SEG or, for a 2D
+        layer, a TIFF label image with the image's rows and columns)."""
         if self._layer is None:
             self.status.value = "no labels layer selected"
             return

@@ -169,7 +169,8 @@ def model_label_info(model: str) -> tuple[dict[int, str], dict[int, tuple[int, i
 def result_layer_data(request: SegmentRequest, prediction: Any) -> LayerData:
     """The labels layer of a finished run, placed on the *captured* grid of its image."""
     names, colors = model_label_info(request.options.model)
-    if getattr(prediction, "instances", False):  # object ids 1..N: napari's own colours
+    instances = bool(getattr(prediction, "instances", False))
+    if instances:  # object ids 1..N: napari's own colours, no class names
         names, colors = {}, {}
     labels = MedImage(prediction.labels.array, request.image.meta)
     return labels_layer_data(
@@ -179,4 +180,5 @@ def result_layer_data(request: SegmentRequest, prediction: Any) -> LayerData:
         label_colors=colors,
         source_layer=request.layer_name,
         model=request.options.model,
+        instances=instances,
     )

@@ -34,3 +34,15 @@ def make_sample_ct() -> list[tuple[Any, dict[str, Any], str]]:
         source_layer="synthetic CT",
     )
     return [(data, kwargs, layer_type), labels]
+
+
+def make_sample_nuclei() -> list[tuple[Any, dict[str, Any], str]]:
+    """A real fluorescence nuclei image (DSB2018, CC0, shipped in the package): one grey image
+    layer, rows x columns as the file stores them, ready for the ``nuclei`` model."""
+    from medseg.io import read_image
+    from medseg.samples import nuclei_samples
+    from napari_plugin._reader import grey_if_equal_channels
+
+    path, _ = nuclei_samples()[0]
+    image = grey_if_equal_channels(read_image(path))
+    return image_layer_data(image, name=f"nuclei {path.stem[:8]} (DSB2018, CC0)")

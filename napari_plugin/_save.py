@@ -1,4 +1,4 @@
-"""Save a (corrected) medseg labels layer as NIfTI or DICOM SEG on its source grid.
+"""Save a (corrected) medseg labels layer as NIfTI, DICOM SEG or (2D) TIFF on its source grid.
 
 The grid always comes from the ``ImageMeta`` stored on the layer, never from the layer's
 ``scale``/``translate``: a user who rescales a layer for display cannot change what is saved.
@@ -59,6 +59,13 @@ def save_labels(
         from medseg.io import write_nifti
 
         written = write_nifti(labels, path)
+    elif fmt == "image2d":
+        from medseg.io.image2d import write_label_image_2d
+
+        if labels.meta.ndim != 2:
+            raise ImageWriteError(f"{path}: layer {layer_name!r} is 3D; a TIFF/PNG label image "
+                                  "holds a 2D result (save it as .nii.gz or .dcm)")
+        written = write_label_image_2d(labels, path)
     else:
         written = _write_seg(labels, metadata, path, layer_name=layer_name)
     logger.info("saved labels layer %r to %s", layer_name, written)

@@ -72,6 +72,14 @@ def summary_text(result: DemoResult) -> str:
             f"  lesion {m.index} at {_mm(m.centre_mm)}: {m.true_ml:.2f} mL true, "
             f"{m.predicted_ml:.2f} mL predicted, Dice {m.dice:.3f}"
             + ("" if m.detected else "  [MISSED]"))
+    if result.nuclei:
+        n = result.nuclei
+        lines += ["", "Cells: a real fluorescence image (DSB2018, CC0) with the nuclei model:",
+                  f"  {n['objects']} nuclei found ({n['true_objects']} in its mask), "
+                  f"AP at IoU 0.5 {n['ap50']:.3f}, DSB score {n['dsb_score']:.3f}",
+                  f"  {rel(Path(n['labels']))}  label image (TIFF, the image's rows x columns)",
+                  f"  {rel(Path(n['objects_csv']))}  one row per nucleus (area px^2, centroid...)",
+                  f"  {n['predict_command']}"]
     lines += ["", "The same prediction on your own DICOM folders or NIfTI files:",
               f"  {result.predict_command}",
               "", "Open the result in napari:", f"  {result.napari_command}"]

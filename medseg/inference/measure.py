@@ -88,7 +88,8 @@ def lesion_table(labels: MedImage, label_names: dict[int, str]) -> list[dict[str
     Slices are numbered from 1 along the last array axis (the acquisition axis of a DICOM
     series or a stacked volume); the diameter is the largest in-plane extent over the
     lesion's slices; the centroid is the mean voxel position mapped through the image's
-    geometry (LPS millimetres, as DICOM).
+    geometry (LPS millimetres, as DICOM); ``centroid_voxel`` is the same point as array
+    indices (for viewers that jump to it).
     """
     from scipy import ndimage
 
@@ -117,6 +118,7 @@ def lesion_table(labels: MedImage, label_names: dict[int, str]) -> list[dict[str
                 "centroid_x_mm": round(float(world[0]), 2),
                 "centroid_y_mm": round(float(world[1]), 2),
                 "centroid_z_mm": round(float(world[2]), 2),
+                "centroid_voxel": [round(float(v), 2) for v in centre],
             })
     rows.sort(key=lambda r: -r["volume_ml"])
     for i, r in enumerate(rows, start=1):

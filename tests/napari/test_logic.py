@@ -74,5 +74,6 @@ def test_output_format() -> None:
     assert output_format("/x/Mask.NII.GZ") == "nifti"
     assert output_format("a.nii") == "nifti"
     assert output_format("seg.dcm") == "dicom-seg"
-    with pytest.raises(ImageWriteError, match=r"mask\.png: cannot tell the output format"):
-        output_format("mask.png")
+    with pytest.raises(ImageWriteError, match=r"mask\.jpg: cannot tell the output format"):
+        output_format("mask.jpg")
+    assert output_format("cells.TIF") == "image2d"

@@ -117,11 +117,11 @@ def test_save_dicom_seg_round_trip(make_napari_viewer, shared_data: Path, tmp_pa
 
 def test_save_refuses_an_unknown_format_and_names_it(review, tmp_path: Path) -> None:
     _, widget, _, _ = review
-    widget.save_path.value = tmp_path / "mask.png"
+    widget.save_path.value = tmp_path / "mask.jpg"
     widget.save_button.clicked.emit()
     assert widget.status.value.startswith("not saved: ")
-    assert "mask.png: cannot tell the output format" in widget.status.value
-    assert not (tmp_path / "mask.png").exists()
+    assert "mask.jpg: cannot tell the output format" in widget.status.value
+    assert not (tmp_path / "mask.jpg").exists()
 
 
 def test_reader_layer_keeps_meta_for_saving(review, shared_data: Path) -> None:
