@@ -5,9 +5,9 @@ NIfTI volume exactly as the held-back patients are (SOURCE.txt): the FLAIR chann
 slices stacked in slice order, uint8, array axes (TIFF row, TIFF column, slice), identity
 affine; all volumes go through one ``medseg-predict -m MODEL`` call, and Dice is computed per
 patient on the whole volume. A multi-channel model (the 3-channel comparison) is given the
-same volumes with all three channels through the Python API (``Segmenter.predict``), since the
-held-back NIfTI files hold FLAIR only. Also: false-positive slices (tumour predicted on a slice whose
-mask is empty) and the record's per-stage timings.
+same volumes with all three channels through the Python API (``Segmenter.predict``), since
+the held-back NIfTI files hold FLAIR only. Also: false-positive slices (tumour predicted on a
+slice whose mask is empty) and the record's per-stage timings.
 
 Usage (repository root):
     .venv/bin/python benchmarks/eval_tumour.py --model brain-flair-tumour \
