@@ -245,8 +245,8 @@ class ReviewWidget(Container):
                 self._measurements = None
         m = self._measurements
         self.measures_title.value = m.title if m else ""
-        self.measures.value = ({"data": m.rows, "columns": m.columns} if m and m.rows
-                               else None)
+        self.measures.value = ({"data": m.rows, "index": list(range(1, len(m.rows) + 1)),
+                                "columns": m.columns} if m and m.rows else None)
         self.item.max = max(1, len(m.rows) if m else 1)
         for w in (self.measures, self.item, self.item_go):
             w.visible = bool(m and m.rows)

@@ -16,7 +16,12 @@ import numpy as np
 from medseg.errors import ImageWriteError
 from medseg.io.image import MedImage
 from napari_plugin._geometry import SHAPE_KEY, labels_to_medimage, meta_from_layer
-from napari_plugin._layers import MODEL_KEY, stored_label_colors, stored_label_names
+from napari_plugin._layers import (
+    INSTANCES_KEY,
+    MODEL_KEY,
+    stored_label_colors,
+    stored_label_names,
+)
 from napari_plugin._logic import label_colors_for, output_format
 
 logger = logging.getLogger(__name__)
@@ -65,6 +70,9 @@ def save_labels(
         if labels.meta.ndim != 2:
             raise ImageWriteError(f"{path}: layer {layer_name!r} is 3D; a TIFF/PNG label image "
                                   "holds a 2D result (save it as .nii.gz or .dcm)")
+        if metadata.get(INSTANCES_KEY):  # object ids are uint16/uint32, whatever their count
+            labels = labels.with_array(labels.array.astype(np.uint32 if labels.array.max(
+                initial=0) > np.iinfo(np.uint16).max else np.uint16))
         written = write_label_image_2d(labels, path)
     else:
         written = _write_seg(labels, metadata, path, layer_name=layer_name)

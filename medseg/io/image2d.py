@@ -132,7 +132,7 @@ def write_label_image_2d(labels: MedImage, path: str | Path) -> Path:
     values = np.asarray(labels.array[0])
     top = int(values.max(initial=0))
     dtype = np.uint8 if top < 256 and values.dtype == np.uint8 else \
-        np.uint16 if top <= np.iinfo(np.uint16).max else np.uint32
+        np.uint16 if top <= np.iinfo(np.uint16).max else np.uint32  # ids keep 16/32 bits
     rows_cols = np.ascontiguousarray(values.T.astype(dtype, copy=False))
     with atomic_path(path) as tmp:
         if path.suffix.lower() in TIFF_SUFFIXES:

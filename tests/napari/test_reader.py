@@ -94,7 +94,7 @@ def test_reader_declines_what_it_cannot_read(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("not an image")
     assert get_reader(str(tmp_path)) is None
     assert get_reader(str(tmp_path / "notes.txt")) is None
-    assert get_reader(str(tmp_path / "image.png")) is None
+    assert get_reader(str(tmp_path / "image.gif")) is None
 
 
 def test_corrupt_nifti_raises_a_medseg_error_naming_the_file(tmp_path: Path) -> None:
