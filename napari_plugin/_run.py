@@ -9,6 +9,7 @@ result is placed. :func:`run_request` then runs in a worker thread, and
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable
@@ -43,12 +44,15 @@ class EngineOptions:
         device: ``None`` (engine picks), ``"cpu"`` or ``"cuda"``.
         overlap: Sliding-window overlap in ``[0, 1)``.
         tta: Mirror test-time augmentation.
+        uncertainty: Also return the per-voxel uncertainty (normalised entropy of the softmax,
+            averaged over the mirrorings with ``tta``), shown as its own image layer.
     """
 
     model: str
     device: str | None = None
     overlap: float = 0.5
     tta: bool = False
+    uncertainty: bool = False
 
 
 @dataclass(frozen=True)
@@ -146,8 +150,9 @@ def run_request(
         CancelledError: ``should_cancel()`` turned true.
         ModelError: The model cannot be loaded or applied.
     """
-    segmenter = cache.get(request.options)
-    prediction = segmenter.predict(request.image, progress=progress, should_cancel=should_cancel)
+    segmenter = cache.get(dataclasses.replace(request.options, uncertainty=False))
+    prediction = segmenter.predict(request.image, progress=progress, should_cancel=should_cancel,
+                                   return_probabilities=request.options.uncertainty)
     labels = prediction.labels
     if labels.spatial_shape != request.image.spatial_shape or not labels.meta.same_grid(
         request.image.meta
@@ -182,3 +187,31 @@ def result_layer_data(request: SegmentRequest, prediction: Any) -> LayerData:
         model=request.options.model,
         instances=instances,
     )
+
+
+def uncertainty_layer_data(request: SegmentRequest, prediction: Any) -> LayerData | None:
+    """An image layer of the prediction's uncertainty (0 = certain, 1 = all classes equally
+    likely) on the captured grid, or ``None`` when it was not asked for."""
+    if not request.options.uncertainty or prediction.probabilities is None:
+        return None
+    from napari_plugin._geometry import image_layer_data
+
+    u = prediction.uncertainty()
+    (data, kwargs, kind), = image_layer_data(
+        MedImage(u.array.astype("float32"), request.image.meta),
+        name=f"{request.result_name} uncertainty")
+    kwargs.update(colormap="magma", blending="additive", contrast_limits=(0.0, 1.0),
+                  opacity=0.7)
+    return data, kwargs, kind
+
+
+def result_summary(prediction: Any) -> str:
+    """One line for the user: objects for an instance model, areas for a 2D result (px^2
+    without a pixel size), volumes in mL for a 3D one."""
+    if getattr(prediction, "instances", False):
+        return f"{prediction.num_objects} objects"
+    if prediction.areas:
+        return ", ".join(f"{k}: {v:.6g} {prediction.area_unit}"
+                         for k, v in prediction.areas.items())
+    return ", ".join(f"{k}: {v:.2f} mL" for k, v in prediction.volumes_ml.items()) \
+        or "no foreground"

@@ -37,7 +37,9 @@ from napari_plugin._run import (
     SegmentRequest,
     capture_request,
     result_layer_data,
+    result_summary,
     run_request,
+    uncertainty_layer_data,
 )
 
 if TYPE_CHECKING:
@@ -87,13 +89,15 @@ class SegmentWidget(Container):
         self.device_box = ComboBox(label="device", choices=list(DEVICE_CHOICES), value=AUTO_DEVICE)
         self.overlap = FloatSpinBox(label="overlap", value=0.5, min=0.0, max=0.9, step=0.05)
         self.tta = CheckBox(text="test-time augmentation (mirroring)", value=False)
+        self.uncertainty = CheckBox(text="uncertainty layer (where to look)", value=False)
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
         self.status = Label(value="")
         self.extend([
             self.image_box, self.model_box, self.checkpoint, self.device_box, self.overlap,
-            self.tta, self.run_button, self.cancel_button, self.progress, self.status,
+            self.tta, self.uncertainty, self.run_button, self.cancel_button, self.progress,
+            self.status,
         ])
         self._cache = SegmenterCache()
         self._cancel_event = threading.Event()
@@ -116,7 +120,7 @@ class SegmentWidget(Container):
         device = resolve_device(str(self.device_box.value),
                                 cuda_available=torch.cuda.is_available())
         return EngineOptions(model=model, device=device, overlap=float(self.overlap.value),
-                             tta=bool(self.tta.value))
+                             tta=bool(self.tta.value), uncertainty=bool(self.uncertainty.value))
 
     def run(self, *_: Any) -> None:
         """Capture the selected image and start a worker (does nothing while one runs)."""
@@ -165,9 +169,11 @@ class SegmentWidget(Container):
             self._fail(str(exc))
             return
         self._viewer.add_labels(data, **kwargs)
-        volumes = ", ".join(f"{k}: {v:.2f} mL" for k, v in prediction.volumes_ml.items())
+        extra = uncertainty_layer_data(request, prediction)
+        if extra is not None:
+            self._viewer.add_image(extra[0], **extra[1])
         self.status.value = f"done: {request.result_name}"
-        show_info(f"{request.result_name}: {volumes or 'no foreground'}")
+        show_info(f"{request.result_name}: {result_summary(prediction)}")
 
     def _on_error(self, exc: BaseException) -> None:
         if isinstance(exc, CancelledError):

