@@ -13,7 +13,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,7 +82,8 @@ class Prediction:
 
     def uncertainty(self) -> MedImage:
         """Normalised entropy of the probabilities, in ``[0, 1]`` (float16, one channel):
-        0 where the model is certain, 1 where all classes are equally likely.
+        0 where the model is certain, 1 where all classes are equally likely (for a single
+        sigmoid output: the entropy of ``(p, 1 - p)`` over ``log 2``).
 
         Raises:
             ModelError: The prediction was made without ``return_probabilities=True``.
@@ -92,11 +93,22 @@ class Prediction:
                              "return_probabilities=True")
         p = self.probabilities.array
         entropy = np.zeros(p.shape[1:], dtype=np.float32)
-        for c in range(p.shape[0]):  # one class at a time: no (K, *spatial) float32 copy
-            pc = p[c].astype(np.float32)
+        for pc in _class_planes(p):  # one class at a time: no (K, *spatial) float32 copy
             entropy -= pc * np.log(np.clip(pc, 1e-12, None))
-        entropy /= max(np.log(p.shape[0]), 1e-12)
+        entropy /= np.log(max(p.shape[0], 2))
         return self.probabilities.with_array(np.clip(entropy, 0, 1).astype(np.float16)[None])
+
+
+def _class_planes(p: np.ndarray) -> Iterator[np.ndarray]:
+    """Each class's probability as float32, one at a time; a single sigmoid output ``p`` is
+    the two classes ``1 - p`` and ``p`` (so its entropy is the binary one, over log 2)."""
+    if p.shape[0] == 1:
+        q = p[0].astype(np.float32)
+        yield 1.0 - q
+        yield q
+        return
+    for c in range(p.shape[0]):
+        yield p[c].astype(np.float32)
 
 
 def cpu_has_native_bf16() -> bool:

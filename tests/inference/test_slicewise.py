@@ -100,3 +100,17 @@ def test_dicom_series_through_a_2d_model_gives_a_seg_frame_on_every_slice(tmp_pa
     assert referenced == set(source.meta.provenance.sop_instance_uids)
     assert record.lesions and record.lesions[0]["first_slice"] == 1
     assert record.lesions[0]["last_slice"] == shape[2]
+
+
+def test_uncertainty_of_a_single_sigmoid_output_is_the_binary_entropy() -> None:
+    from medseg.inference.engine import Prediction
+    from medseg.io import ImageMeta
+
+    meta = ImageMeta.identity(2)
+    p = np.array([[[0.5, 0.0], [1.0, 0.9]]], np.float16)
+    pred = Prediction(labels=MedImage(np.zeros((1, 2, 2), np.uint8), meta),
+                      probabilities=MedImage(p, meta))
+    u = pred.uncertainty().array[0].astype(np.float64)
+    q = 0.9
+    expected = -(q * np.log(q) + (1 - q) * np.log(1 - q)) / np.log(2)
+    np.testing.assert_allclose(u, [[1.0, 0.0], [0.0, expected]], atol=2e-3)
