@@ -92,6 +92,9 @@ class ModelCard:
             seeds are connected interiors grown over the foreground by a watershed) or
             ``{"method": "components"}`` (connected components of the foreground, grown back
             over the gaps the model draws between touching objects); ``None``: semantic only.
+        postprocess: The clean-up a run applies when it asks for none itself
+            (``{"min_size_ml": float, "keep_largest": bool}``, see
+            :class:`medseg.inference.postprocess.PostprocessConfig`); ``None``: none.
     """
 
     name: str
@@ -109,6 +112,7 @@ class ModelCard:
     input_channels: list[int] | None = None
     fov_pixels: list[int] | None = None
     instances: dict[str, Any] | None = None
+    postprocess: dict[str, Any] | None = None
     format_version: int = CARD_FORMAT_VERSION
 
     @property

@@ -64,10 +64,14 @@ def main() -> None:
     parser.add_argument("name", choices=sorted(CARDS))
     parser.add_argument("checkpoint")
     parser.add_argument("--evaluation", default=None, help="JSON file of measured figures")
+    parser.add_argument("--min-size-ml", type=float, default=None,
+                        help="default clean-up: drop components smaller than this")
     args = parser.parse_args()
     evaluation = json.loads(Path(args.evaluation).read_text()) if args.evaluation else None
     out = export_model(args.checkpoint, MODELS_DIR / f"{args.name}.safetensors",
-                       evaluation=evaluation, description=CARDS[args.name])
+                       evaluation=evaluation, description=CARDS[args.name],
+                       postprocess=({"min_size_ml": args.min_size_ml}
+                                    if args.min_size_ml else None))
     print(f"exported {args.checkpoint} -> {out} ({out.stat().st_size / 1e6:.1f} MB)")
 
 

@@ -215,7 +215,8 @@ class Segmenter:
         margin: Reflected context per side, in voxels (see
             :func:`medseg.inference.windows.plan_windows`); ``None`` for the default.
         blend: ``"gaussian"`` or ``"constant"`` window weighting.
-        postprocess: Optional label clean-up.
+        postprocess: Optional label clean-up; when none is active, the card's ``postprocess``
+            default (if it has one) applies.
         channels_last: Run 3D convolutions in channels-last memory layout (faster with oneDNN
             on CPU); ``None``: on for CPU.
         stitch_dtype: dtype of the stitching sums (see
@@ -256,7 +257,9 @@ class Segmenter:
         self.sw_batch_size = int(sw_batch_size)
         self.margin = margin
         self.blend = blend
-        self.postprocess = postprocess or PostprocessConfig()
+        if postprocess is None or not postprocess.active:  # the model's own default, if any
+            postprocess = PostprocessConfig(**(card.postprocess or {}))
+        self.postprocess = postprocess
         self.channels_last = (self.device.type == "cpu") if channels_last is None else channels_last
         if stitch_dtype is None:  # as precise as the windows: bf16/fp16 logits fit float16 sums
             stitch_dtype = torch.float16 if self.amp_dtype is not None else torch.float32

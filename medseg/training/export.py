@@ -21,7 +21,8 @@ logger = logging.getLogger(__name__)
 
 def export_model(checkpoint: str | Path, destination: str | Path, *,
                  evaluation: dict[str, Any] | None = None, description: str | None = None,
-                 weights_dtype: str | None = None, write_card_json: bool = True) -> Path:
+                 weights_dtype: str | None = None, write_card_json: bool = True,
+                 postprocess: dict[str, Any] | None = None) -> Path:
     """Copy ``checkpoint`` to ``destination`` (``.safetensors``), updating its card.
 
     Args:
@@ -32,6 +33,8 @@ def export_model(checkpoint: str | Path, destination: str | Path, *,
         weights_dtype: ``"float16"`` stores the weights at half precision (half the file; they
             are cast back to float32 on load). Evaluate the file so written, not the checkpoint.
         write_card_json: Also write the card as ``<destination stem>.json``.
+        postprocess: The model's default clean-up (card ``postprocess``), chosen after
+            training on the validation split.
 
     Returns:
         The destination path.
@@ -46,6 +49,8 @@ def export_model(checkpoint: str | Path, destination: str | Path, *,
         card.training["evaluation"] = evaluation
     if description is not None:
         card.description = description
+    if postprocess is not None:
+        card.postprocess = dict(postprocess)
     card.training["exported_from"] = {"path": str(checkpoint),
                                       "sha256": file_sha256(checkpoint)}
     destination = Path(destination)
