@@ -114,3 +114,21 @@ def test_uncertainty_of_a_single_sigmoid_output_is_the_binary_entropy() -> None:
     q = 0.9
     expected = -(q * np.log(q) + (1 - q) * np.log(1 - q)) / np.log(2)
     np.testing.assert_allclose(u, [[1.0, 0.0], [0.0, expected]], atol=2e-3)
+
+
+def test_card_postprocess_default_applies_unless_the_run_sets_its_own() -> None:
+    from medseg.inference import PostprocessConfig
+    from medseg.io import ImageMeta
+
+    meta = ImageMeta.identity(3)
+    values = np.zeros((1, 20, 20, 4), np.float32)
+    values[0, 2:12, 2:12, 1:3] = 1.0  # 200 voxels = 0.2 mL
+    values[0, 16, 16, 2] = 1.0  # one stray voxel
+    image = MedImage(values, meta)
+    default = _slicewise(postprocess={"min_size_ml": 0.01}).predict(image)
+    assert int(default.labels.array.sum()) == 200  # the stray voxel is gone
+    own = _slicewise(postprocess={"min_size_ml": 0.01})
+    own = Segmenter(own.model, own.card, device="cpu",
+                    postprocess=PostprocessConfig(keep_largest=True))
+    assert own.postprocess == PostprocessConfig(keep_largest=True)
+    assert int(_slicewise().predict(image).labels.array.sum()) == 201
