@@ -4,7 +4,10 @@ Two ways in:
 
 * ``medseg-evaluate folders PREDICTIONS LABELS``: same-named label files in two folders;
 * ``medseg-evaluate model MODEL --data PATH --source msd``: run a model on a labelled dataset
-  (by default the held-out cases its model card records) and score it.
+  (by default the held-out cases its model card records) and score it;
+* ``medseg-evaluate instances PREDICTIONS LABELS``: instance label images (cells): matching by
+  IoU, AP = TP / (TP + FP + FN) at IoU 0.5 (StarDist, Cellpose), the Data Science Bowl score,
+  F1 and pixel Dice, per image and pooled.
 """
 
 from __future__ import annotations
@@ -76,6 +79,39 @@ def folders_command(
         typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
         raise typer.Exit(code=2) from exc
     _report(summary, scores_to_csv(scores), json_out=json_out, csv_out=csv_out)
+
+
+@app.command("instances")
+def instances_command(
+    predictions: Path = typer.Argument(..., help="Folder of predicted instance label images."),
+    labels: Path = typer.Argument(..., help="Folder of reference instance label images "
+                                  "(same case ids)."),
+    json_out: Path | None = typer.Option(None, "--json", help="Write the summary as JSON."),
+    csv_out: Path | None = typer.Option(None, "--csv", help="Write per-image scores as CSV."),
+) -> None:
+    """Score instance label images: AP at IoU 0.5, DSB score (IoU 0.5..0.95), F1, Dice."""
+    from medseg.errors import MedsegError
+    from medseg.inference.measure import csv_text
+    from medseg.io.atomic import atomic_write_text
+    from medseg.metrics import evaluate_instance_folders
+
+    try:
+        summary, rows = evaluate_instance_folders(predictions, labels)
+    except MedsegError as exc:
+        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(code=2) from exc
+    typer.echo(f"{summary['n_images']} image(s), {summary['n_true']} true and "
+               f"{summary['n_pred']} predicted objects (match: IoU > t, one to one)\n"
+               f"AP@0.5 pooled {summary['ap50_pooled']:.4f}   DSB score pooled "
+               f"{summary['dsb_score_pooled']:.4f}   F1@0.5 pooled {summary['f1_50_pooled']:.4f}\n"
+               f"AP@0.5 mean per image {summary['ap50_mean_per_image']:.4f}   DSB score mean "
+               f"per image {summary['dsb_score_mean_per_image']:.4f}   pixel Dice mean "
+               f"{summary['pixel_dice_mean']:.4f}")
+    if json_out is not None:
+        atomic_write_text(json_out, json.dumps({"summary": summary, "per_image": rows},
+                                               indent=2, default=float))
+    if csv_out is not None:
+        atomic_write_text(csv_out, csv_text(rows, list(rows[0]) if rows else ["case_id"]))
 
 
 @app.command("model")

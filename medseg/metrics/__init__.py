@@ -10,6 +10,7 @@ from medseg.metrics.evaluate import (
 from medseg.metrics.instance import (
     DSB_THRESHOLDS,
     InstanceScores,
+    evaluate_instance_folders,
     instance_scores,
     match_instances,
     pooled_scores,
@@ -26,5 +27,6 @@ from medseg.metrics.overlap import (
 
 __all__ = ["CHALLENGE_THRESHOLDS", "DSB_THRESHOLDS", "CaseScores", "InstanceScores",
            "adapted_rand_error", "challenge_pixel_error", "dice_per_label", "evaluate_folders",
+           "evaluate_instance_folders",
            "hd95_per_label", "instance_scores", "interior_confusion", "match_instances",
            "pixel_error", "pooled_scores", "score_case", "scores_to_csv", "summarize"]

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -343,3 +344,35 @@ def pooled_scores(pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> dict[str, A
         "fp_pooled": {t: int(v) for t, v in zip(ts, fp, strict=True)},
         "fn_pooled": {t: int(v) for t, v in zip(ts, fn, strict=True)},
     }
+
+
+def evaluate_instance_folders(prediction_dir: str | Path, label_dir: str | Path
+                              ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Instance scores of every label image in ``label_dir`` against the same-named (by case
+    id) prediction in ``prediction_dir``: the pooled summary of :func:`pooled_scores` and one
+    row per image (id, objects, AP@0.5, DSB score, F1@0.5, pixel Dice).
+
+    Both are read with :func:`medseg.io.read_image`, so a TIFF prediction and a PNG mask are
+    compared in the same pixel order.
+
+    Raises:
+        DatasetError: Missing folders, a label without a prediction, or shapes that differ.
+    """
+    from medseg.io import read_image
+    from medseg.metrics.evaluate import LABEL_SUFFIXES, pair_by_case_id
+
+    pairs = pair_by_case_id(Path(label_dir), Path(prediction_dir), suffixes=LABEL_SUFFIXES,
+                            primary="label", other="prediction")
+    arrays, rows = [], []
+    for case_id, (label_path, pred_path) in sorted(pairs.items()):
+        truth = np.asarray(read_image(label_path).array[0])
+        pred = np.asarray(read_image(pred_path).array[0])
+        if truth.shape != pred.shape:
+            raise DatasetError(f"case {case_id}: prediction shape {pred.shape} differs from "
+                               f"the label's {truth.shape}")
+        s = instance_scores(truth, pred)
+        arrays.append((truth, pred))
+        rows.append({"case_id": case_id, "n_true": s.n_true, "n_pred": s.n_pred,
+                     "ap50": s.ap50, "dsb_score": s.dsb_score, "f1_50": s.f1_50,
+                     "pixel_dice": s.pixel_dice})
+    return pooled_scores(arrays), rows

@@ -240,3 +240,29 @@ def test_iou_matrix_agrees_with_a_direct_count() -> None:
     want = np.array([[np.sum((truth == i) & (pred == j)) / np.sum((truth == i) | (pred == j))
                       for j in p_ids] for i in t_ids])
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-15)
+
+
+def test_medseg_evaluate_instances_on_folders(tmp_path) -> None:
+    """Two truth squares (PNG), a TIFF prediction that finds one exactly: AP 1/2 everywhere."""
+    import tifffile
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from medseg.cli.evaluate import app
+
+    truth = np.zeros((20, 30), np.uint16)
+    truth[2:6, 3:9] = 1
+    truth[10:15, 20:28] = 2
+    pred = np.zeros_like(truth)
+    pred[10:15, 20:28] = 7  # the second square, exactly, under another id
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "pred").mkdir()
+    Image.fromarray(truth).save(tmp_path / "labels" / "img1.png")
+    tifffile.imwrite(tmp_path / "pred" / "img1.tif", pred)
+    result = CliRunner().invoke(app, ["instances", str(tmp_path / "pred"),
+                                      str(tmp_path / "labels"), "--csv",
+                                      str(tmp_path / "s.csv")])
+    assert result.exit_code == 0, result.output
+    assert "1 image(s), 2 true and 1 predicted objects" in result.output
+    assert "AP@0.5 pooled 0.5000   DSB score pooled 0.5000" in result.output
+    assert (tmp_path / "s.csv").read_text().splitlines()[1].startswith("img1,2,1,0.5,0.5,")
