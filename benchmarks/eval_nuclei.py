@@ -49,6 +49,8 @@ def main() -> None:
     parser.add_argument("--data", required=True, help="dsb2018_nuclei folder (images/, masks/)")
     parser.add_argument("--ids", default="val", help="val (the card's split) or a file of ids")
     parser.add_argument("--tta", action="store_true")
+    parser.add_argument("--extra", nargs="*", default=[],
+                        help="more medseg-predict options, e.g. --extra=--min-size-ml=0.5")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--keep", default=None, help="keep the predictions in this folder")
     args = parser.parse_args()
@@ -62,7 +64,7 @@ def main() -> None:
     log = out / "events.jsonl"
     cmd = [str(Path(sys.executable).with_name("medseg-predict")), "-m", str(path), "-o",
            str(out), "-q", "--threads", str(args.threads), "--log-json", str(log),
-           *(["--tta"] if args.tta else []), *map(str, images)]
+           *(["--tta"] if args.tta else []), *args.extra, *map(str, images)]
     t0 = time.perf_counter()
     rc = subprocess.run(cmd, check=False).returncode
     wall = time.perf_counter() - t0
@@ -81,6 +83,7 @@ def main() -> None:
         rows.append((i, truth.shape, s.n_true, s.n_pred, s.ap50, s.dsb_score))
     pooled = pooled_scores(pairs)
     print(f"model {card.name} ({path.name}), {len(ids)} images, tta={args.tta}, "
+          f"options {args.extra}, "
           f"medseg-predict rc={rc}, wall {wall:.1f} s, threads {args.threads}")
     print(f"machine: {cpu_name()}, {platform.machine()}")
     print(f"AP@0.5 pooled {pooled['ap50_pooled']:.4f} | DSB score pooled "

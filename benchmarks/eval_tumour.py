@@ -63,6 +63,8 @@ def main() -> None:
     parser.add_argument("--data", required=True, help="lgg_flair folder")
     parser.add_argument("--patients", default="val", help="val (the card's split) or ids,...")
     parser.add_argument("--tta", action="store_true")
+    parser.add_argument("--extra", nargs="*", default=[],
+                        help="more medseg-predict options, e.g. --extra=--min-size-ml=0.5")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     path = resolve_model(args.model)
@@ -99,10 +101,10 @@ def main() -> None:
     else:
         cmd = [str(Path(sys.executable).with_name("medseg-predict")), "-m", str(path), "-o",
                str(out), "-q", "--threads", str(args.threads),
-               *(["--tta"] if args.tta else []), *inputs]
+               *(["--tta"] if args.tta else []), *args.extra, *inputs]
         rc = subprocess.run(cmd, check=False).returncode
     print(f"model {card.name} ({path.name}), {len(patients)} patients, tta={args.tta}, "
-          f"medseg-predict rc={rc}")
+          f"options {args.extra}, medseg-predict rc={rc}")
     print(f"machine: {cpu_name()}, {platform.machine()}")
     scores, fp_slices, empty_slices = [], 0, 0
     print("patient, slices, tumour slices, Dice, FP slices, infer s")
