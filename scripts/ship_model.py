@@ -66,12 +66,18 @@ def main() -> None:
     parser.add_argument("--evaluation", default=None, help="JSON file of measured figures")
     parser.add_argument("--min-size-ml", type=float, default=None,
                         help="default clean-up: drop components smaller than this")
+    parser.add_argument("--keep-largest", action="store_true",
+                        help="default clean-up: keep the largest connected component per label")
+    parser.add_argument("--instances", default=None,
+                        help="JSON of the card's instance settings (seed_threshold, min_size)")
     args = parser.parse_args()
     evaluation = json.loads(Path(args.evaluation).read_text()) if args.evaluation else None
     out = export_model(args.checkpoint, MODELS_DIR / f"{args.name}.safetensors",
                        evaluation=evaluation, description=CARDS[args.name],
-                       postprocess=({"min_size_ml": args.min_size_ml}
-                                    if args.min_size_ml else None))
+                       postprocess=({"min_size_ml": args.min_size_ml or 0.0,
+                                     "keep_largest": bool(args.keep_largest)}
+                                    if args.min_size_ml or args.keep_largest else None),
+                       instances=json.loads(args.instances) if args.instances else None)
     print(f"exported {args.checkpoint} -> {out} ({out.stat().st_size / 1e6:.1f} MB)")
 
 

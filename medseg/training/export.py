@@ -22,7 +22,8 @@ logger = logging.getLogger(__name__)
 def export_model(checkpoint: str | Path, destination: str | Path, *,
                  evaluation: dict[str, Any] | None = None, description: str | None = None,
                  weights_dtype: str | None = None, write_card_json: bool = True,
-                 postprocess: dict[str, Any] | None = None) -> Path:
+                 postprocess: dict[str, Any] | None = None,
+                 instances: dict[str, Any] | None = None) -> Path:
     """Copy ``checkpoint`` to ``destination`` (``.safetensors``), updating its card.
 
     Args:
@@ -35,6 +36,8 @@ def export_model(checkpoint: str | Path, destination: str | Path, *,
         write_card_json: Also write the card as ``<destination stem>.json``.
         postprocess: The model's default clean-up (card ``postprocess``), chosen after
             training on the validation split.
+        instances: Settings merged into the card's ``instances`` entry (seed threshold,
+            smallest object), chosen the same way.
 
     Returns:
         The destination path.
@@ -51,6 +54,8 @@ def export_model(checkpoint: str | Path, destination: str | Path, *,
         card.description = description
     if postprocess is not None:
         card.postprocess = dict(postprocess)
+    if instances is not None:
+        card.instances = {**(card.instances or {}), **instances}
     card.training["exported_from"] = {"path": str(checkpoint),
                                       "sha256": file_sha256(checkpoint)}
     destination = Path(destination)
