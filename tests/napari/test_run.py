@@ -142,3 +142,35 @@ def test_instance_model_run_gives_object_ids_uncertainty_and_an_object_summary(
     assert kind == "image" and u_data.shape == (40, 50)
     assert float(u_data.min()) >= 0.0 and float(u_data.max()) <= 1.0
     assert result_summary(prediction) == f"{prediction.num_objects} objects"
+
+
+def test_2d_model_on_a_3d_layer_gives_a_volume_and_a_lesion_table(tmp_path: Path) -> None:
+    """The tumour model's path in napari: a 2D model on a volume layer runs slice by slice and
+    the result lands on the volume's grid; the review table lists its lesions."""
+    import torch
+
+    from medseg.model_card import ModelCard, save_model
+    from medseg.networks import build_network, plan_network
+    from napari_plugin._logic import layer_measurements
+
+    torch.manual_seed(3)
+    config = plan_network(spatial_dims=2, in_channels=1, out_channels=2, patch_size=[16, 16],
+                          base_filters=4, max_filters=8)
+    card = ModelCard(name="flair2d", network=config, roi_size=[16, 16],
+                     label_names={0: "background", 1: "lesion"})
+    path = save_model(tmp_path / "flair2d.safetensors", build_network(config), card)
+    image = _oblique_image()
+    (data, kwargs, _), = image_layer_data(image, name="flair")
+    request = capture_request(Image(data, **kwargs), EngineOptions(model=str(path),
+                                                                   device="cpu"))
+    prediction = run_request(request, SegmenterCache())
+    assert prediction.labels.spatial_shape == SHAPE and prediction.num_windows == SHAPE[2]
+    assert prediction.labels.meta.same_grid(image.meta, atol_mm=1e-6)
+    lesions = np.zeros((1, *SHAPE), np.uint8)
+    lesions[0, 2:6, 3:7, 4:6] = 1  # 32 voxels on slices 5-6
+    labels = image.with_array(lesions, label_names={1: "lesion"})
+    m = layer_measurements(labels, instances=False)
+    voxel_ml = float(np.prod(image.meta.spacing)) / 1000
+    assert m.title == f"1 lesions, {32 * voxel_ml:.2f} mL in all"
+    assert m.rows[0][:5] == [1, "lesion", round(32 * voxel_ml, 4), 5, 6]
+    np.testing.assert_allclose(m.points[0], (4.5, 4.5, 3.5))  # napari order (k, j, i)
