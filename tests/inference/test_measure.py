@@ -86,7 +86,7 @@ def _lesions() -> MedImage:
 def test_lesion_table() -> None:
     rows = lesion_table(_lesions(), {0: "background", 1: "tumour", 2: "satellite"})
     assert len(rows) == 2
-    assert all(tuple(r) == LESION_COLUMNS for r in rows)
+    assert all(tuple(r) == (*LESION_COLUMNS, "centroid_voxel") for r in rows)
     box, dot = rows  # sorted by volume, largest first
 
     assert box["lesion"] == 1 and box["label"] == "tumour"
@@ -98,6 +98,7 @@ def test_lesion_table() -> None:
     # centroid index (6.5, 5.5, 2): origin + spacing * index
     assert (box["centroid_x_mm"], box["centroid_y_mm"], box["centroid_z_mm"]) == (
         -10.0 + 0.5 * 6.5, 20.0 + 0.5 * 5.5, 30.0 + 2.0 * 2)
+    assert box["centroid_voxel"] == [6.5, 5.5, 2.0]
 
     assert dot["lesion"] == 2 and dot["label"] == "satellite"
     assert dot["voxels"] == 1
