@@ -21,8 +21,9 @@ def test_manifest_is_valid_and_discovered_through_the_entry_point() -> None:
 def test_sample_data_is_a_ct_with_labels_on_the_same_grid() -> None:
     pm = PluginManager.instance()
     pm.discover()
-    (sample,) = dict(pm.iter_sample_data())["medseg"]
-    layers = sample.open()
+    samples = {s.key: s for s in dict(pm.iter_sample_data())["medseg"]}
+    assert set(samples) == {"synthetic_ct", "nuclei"}
+    layers = samples["synthetic_ct"].open()
     (image, image_kwargs, image_type), (labels, labels_kwargs, labels_type) = layers
     assert (image_type, labels_type) == ("image", "labels")
     assert image.shape == labels.shape == (32, 128, 128)
@@ -57,3 +58,11 @@ def test_plugin_menu_widgets_sample_and_file_open_readers(make_napari_viewer, sh
     series = shared_data / "hippocrop_dicom" / "Study1" / "13_HCropVolume"
     for path in ("scan.nii.gz", "scan.nii", "scan.nrrd", "scan.mha", "slice.dcm", str(series)):
         assert "medseg" in _npe2.get_readers(path), path
+
+
+def test_nuclei_sample_opens_through_the_manifest() -> None:
+    pm = PluginManager.instance()
+    pm.discover()
+    samples = {s.key: s for s in dict(pm.iter_sample_data())["medseg"]}
+    ((data, kwargs, kind),) = samples["nuclei"].open()
+    assert kind == "image" and data.shape == (256, 256) and data.max() > 0
