@@ -23,12 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
+from medseg.training.runtime import cpu_name
 
 
 def main() -> None:

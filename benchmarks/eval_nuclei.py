@@ -31,16 +31,7 @@ from PIL import Image
 from medseg.metrics import instance_scores, pooled_scores
 from medseg.model_card import read_model_card
 from medseg.models import resolve_model
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+from medseg.training.runtime import cpu_name
 
 
 def main() -> None:

@@ -30,13 +30,7 @@ import tifffile
 
 from medseg.model_card import read_model_card
 from medseg.models import resolve_model
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
+from medseg.training.runtime import cpu_name
 
 
 def patient_volume(folder: Path, channel: int | None = 1) -> tuple[np.ndarray, np.ndarray]:

@@ -33,7 +33,10 @@ def instances_from_classes(labels: np.ndarray, probabilities: np.ndarray | None,
         probabilities: ``(K, *spatial)`` softmax (float16/float32), for the watershed's
             relief; without it the distance to the background is used.
         spec: The model card's ``instances`` entry: ``{"method": "boundary" | "components",
-            "min_size": int}``.
+            "min_size": int, "seed_threshold": float, "foreground_threshold": float}``; the
+            thresholds (``"boundary"`` with probabilities only) replace the argmax: seeds where
+            the interior probability exceeds ``seed_threshold``, objects where background's
+            is below ``1 - foreground_threshold``.
 
     Raises:
         ValueError: Unknown method.
@@ -45,8 +48,13 @@ def instances_from_classes(labels: np.ndarray, probabilities: np.ndarray | None,
     min_size = int(spec.get("min_size", DEFAULT_MIN_SIZE))
     structure = ndimage.generate_binary_structure(labels.ndim, 1)
     if method == "boundary":
-        interior = labels == 1
-        foreground = labels > 0
+        interior, foreground = labels == 1, labels > 0
+        if probabilities is not None and "seed_threshold" in spec:
+            interior = np.asarray(probabilities[1], np.float32) > float(spec["seed_threshold"])
+        if probabilities is not None and "foreground_threshold" in spec:
+            foreground = (1.0 - np.asarray(probabilities[0], np.float32)
+                          ) > float(spec["foreground_threshold"])
+            interior &= foreground
         seeds, _ = ndimage.label(interior, structure=structure)
         if probabilities is not None:
             relief = -np.asarray(probabilities[1], dtype=np.float32)
