@@ -29,8 +29,9 @@ def is_2d_path(path: str | Path) -> bool:
     return str(path).lower().endswith(PIL_SUFFIXES + TIFF_SUFFIXES)
 
 
-_MICRONS = {"micron": 1.0, "microns": 1.0, "um": 1.0, "\u00b5m": 1.0, "\\u00B5m": 1.0,
-            "nm": 1e-3, "mm": 1e3}
+#: Length units of ImageJ/OME metadata, in micrometres (micro sign, Greek mu, escaped form).
+_MICRONS = {"micron": 1.0, "microns": 1.0, "um": 1.0, "\u00b5m": 1.0, "\u03bcm": 1.0,
+            "\\u00B5m": 1.0, "nm": 1e-3, "mm": 1e3}
 
 
 def tiff_pixel_size_um(path: str | Path) -> tuple[float, float] | None:
