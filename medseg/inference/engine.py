@@ -419,11 +419,12 @@ class Segmenter:
             CancelledError: ``should_cancel()`` returned ``True``.
         """
         image = self._adapt_input(image)
+        # instance models separate objects on the softmax: they always need it
+        want_probabilities = return_probabilities or bool(self.card.instances)
         if self.card.spatial_dims == 2 and image.meta.ndim == 3:
             return self._finish(image, *self._predict_slices(
                 image, progress=progress, should_cancel=should_cancel,
-                probabilities=return_probabilities or bool(self.card.instances)),
-                return_probabilities=return_probabilities)
+                probabilities=want_probabilities), return_probabilities=return_probabilities)
         timings: dict[str, float] = {}
         t = time.perf_counter()
         work = image
@@ -447,22 +448,18 @@ class Segmenter:
                 stitch_device=self._stitch_device(grid.band_shape),
                 stitch_dtype=self.stitch_dtype, blend=self.blend,
                 sw_batch_size=self.sw_batch_size, labels=not resample,
-                probabilities=resample or return_probabilities or bool(self.card.instances),
-                labels_order=order,
+                probabilities=resample or want_probabilities, labels_order=order,
                 progress=progress,
                 should_cancel=should_cancel,
             )
         timings["infer"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        meta = image.meta.replace(
-            label_names={k: v for k, v in self.card.label_names.items() if k != 0})
         if resample:
             assert out.probabilities is not None
             labels, probabilities = _resample_back(
-                out.probabilities, work.meta, meta, image.spatial_shape,
-                keep_probabilities=return_probabilities or bool(self.card.instances),
-                order=order)
+                out.probabilities, work.meta, image.meta, image.spatial_shape,
+                keep_probabilities=want_probabilities, order=order)
         else:
             assert out.labels is not None
             labels, probabilities = out.labels, out.probabilities
@@ -530,7 +527,6 @@ class Segmenter:
         timings["preprocess"] = time.perf_counter() - t
         t = time.perf_counter()
         per_pass = max(1, self.sw_batch_size, _SLICE_BATCH_PIXELS // max(1, math.prod(fov)))
-        done = 0
         with torch.inference_mode():
             for z0 in range(0, shape[2], per_pass):
                 if should_cancel is not None and should_cancel():
@@ -560,9 +556,8 @@ class Segmenter:
                 if probs is not None:
                     p = logits.sigmoid() if k == 1 else logits.softmax(1)
                     probs[..., z0:z1] = p.permute(1, 2, 3, 0).numpy()
-                done = z1
                 if progress is not None:
-                    progress(done, shape[2])
+                    progress(z1, shape[2])
         timings["infer"] = time.perf_counter() - t
         timings["resample"] = 0.0
         return labels, probs, timings, shape[2]
