@@ -476,20 +476,23 @@ class Segmenter:
         meta = image.meta.replace(
             label_names={k: v for k, v in self.card.label_names.items() if k != 0})
         labels = clean_labels(labels, image.meta.spacing, self.postprocess)
+        instances = bool(self.card.instances)
         num_objects = None
-        if self.card.instances:
+        if instances:
             labels = instances_from_classes(labels, probabilities, self.card.instances)
             num_objects = int(labels.max())
             meta = meta.replace(label_names={})
-            measured = {"objects": float(num_objects)}
+        volumes: dict[str, float] = {}
+        areas: dict[str, float] = {}
+        unit = ""
+        if image.meta.ndim == 3:  # an instance map: the volume of all its objects together
+            volumes = label_volumes_ml((labels > 0).astype(np.uint8), image.meta.spacing,
+                                       {1: "objects"}) if instances else \
+                label_volumes_ml(labels, image.meta.spacing, meta.label_names)
         else:
-            measured = label_volumes_ml(labels, image.meta.spacing, meta.label_names) \
-                if image.meta.ndim == 3 else {}
-        areas, unit = ({}, "")
-        if image.meta.ndim == 2:
             unit = area_unit(image.meta)
             areas = label_areas(labels, image.meta.spacing, meta.label_names,
-                                instances=bool(self.card.instances))
+                                instances=instances)
         timings["postprocess"] = time.perf_counter() - t
         logger.info("predicted %s: %d windows, %s", image.meta.provenance.path or "image",
                     num_windows, {k: round(v, 3) for k, v in timings.items()})
@@ -497,9 +500,8 @@ class Segmenter:
             labels=MedImage(labels[None], meta),
             probabilities=(MedImage(probabilities, meta.replace(label_names={}))
                            if return_probabilities and probabilities is not None else None),
-            timings=timings, volumes_ml=measured if image.meta.ndim == 3 else {},
-            num_windows=num_windows, areas=areas, area_unit=unit,
-            instances=bool(self.card.instances), num_objects=num_objects,
+            timings=timings, volumes_ml=volumes, num_windows=num_windows, areas=areas,
+            area_unit=unit, instances=instances, num_objects=num_objects,
         )
 
     def _predict_slices(self, image: MedImage, *, progress: ProgressFn | None,

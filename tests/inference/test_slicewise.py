@@ -132,3 +132,20 @@ def test_card_postprocess_default_applies_unless_the_run_sets_its_own() -> None:
                     postprocess=PostprocessConfig(keep_largest=True))
     assert own.postprocess == PostprocessConfig(keep_largest=True)
     assert int(_slicewise().predict(image).labels.array.sum()) == 201
+
+
+def test_an_instance_model_over_a_volume_reports_objects_and_their_volume_in_ml() -> None:
+    meta = oblique_meta(3)
+    values = np.zeros((1, 20, 21, 6), np.float32)
+    values[0, 2:6, 3:8, 1:3] = 1.0  # 40 voxels
+    values[0, 12:15, 12:15, 2:5] = 1.0  # 27 voxels, apart from the first
+    segmenter = _slicewise(instances={"method": "components", "min_size": 1})
+    pred = segmenter.predict(MedImage(values, meta))
+    assert pred.instances and pred.num_objects == 2
+    ids = pred.labels.array[0]
+    # each block is one object ("components" grows objects by one voxel into the gaps)
+    assert len(np.unique(ids[2:6, 3:8, 1:3])) == 1 and len(np.unique(ids[12:15, 12:15, 2:5])) == 1
+    assert ids[2, 3, 1] != ids[12, 12, 2] and ids.min() == 0
+    voxel_ml = float(np.prod(meta.spacing)) / 1000
+    assert pred.volumes_ml == {"objects": pytest.approx((ids > 0).sum() * voxel_ml, abs=1e-6)}
+    assert pred.areas == {} and pred.area_unit == ""
