@@ -128,6 +128,28 @@ def voxel_volume_ml(spacing: Sequence[float]) -> float:
     return float(np.prod([float(s) for s in spacing])) / 1000.0
 
 
+def label_counts(labels: np.ndarray, *, label_ids: Sequence[int] = ()) -> dict[int, int]:
+    """Voxels of every foreground label present or listed (0 for a listed one that is absent),
+    background excluded, sorted.
+
+    Examples:
+        >>> label_counts(np.array([[0, 1], [1, 2]]), label_ids=(3,))
+        {1: 2, 2: 1, 3: 0}
+    """
+    flat = np.asarray(labels).ravel()
+    if flat.size and flat.min() >= 0 and flat.max() < 1 << 16:
+        counts = np.bincount(flat.astype(np.int64, copy=False))
+        values = np.flatnonzero(counts)
+        counts = counts[values]
+    else:  # sparse or negative label values (e.g. a layer napari made): count by sorting
+        values, counts = np.unique(flat, return_counts=True)
+    present = {int(v): int(c) for v, c in zip(values, counts, strict=True) if v != 0}
+    for v in label_ids:
+        if v != 0:
+            present.setdefault(int(v), 0)
+    return dict(sorted(present.items()))
+
+
 def label_volumes_ml(
     labels: np.ndarray, spacing: Sequence[float], *, label_ids: Sequence[int] = ()
 ) -> dict[int, float]:
@@ -145,19 +167,8 @@ def label_volumes_ml(
         >>> label_volumes_ml(np.array([[0, 1], [1, 2]]), (2.0, 5.0, 10.0), label_ids=(3,))
         {1: 0.2, 2: 0.1, 3: 0.0}
     """
-    flat = np.asarray(labels).ravel()
     unit = voxel_volume_ml(spacing)
-    if flat.size and flat.min() >= 0 and flat.max() < 1 << 16:
-        counts = np.bincount(flat.astype(np.int64, copy=False))
-        values = np.flatnonzero(counts)
-        counts = counts[values]
-    else:  # sparse or negative label values (e.g. a layer napari made): count by sorting
-        values, counts = np.unique(flat, return_counts=True)
-    present = {int(v): float(c) * unit for v, c in zip(values, counts, strict=True) if v != 0}
-    for v in label_ids:
-        if v != 0:
-            present.setdefault(int(v), 0.0)
-    return dict(sorted(present.items()))
+    return {v: float(c) * unit for v, c in label_counts(labels, label_ids=label_ids).items()}
 
 
 def slice_with_most(labels: np.ndarray, label: int, *, axis: int = 0) -> int | None:

@@ -40,6 +40,7 @@ from napari_plugin._logic import (
     Measurements,
     label_centroid,
     label_colors_for,
+    label_counts,
     label_volumes_ml,
     layer_measurements,
 )
@@ -218,10 +219,13 @@ class ReviewWidget(Container):
             self.total.value = ""
             return {}
         shown = [row.value for row in self.rows]
-        volumes = label_volumes_ml(np.asarray(self._layer.data), self._spacing(), label_ids=shown)
+        data = np.asarray(self._layer.data)
         unit = self._area_unit()
-        if unit is not None:  # 2D: mL would be mm^2 / 1000; report areas in their own unit
-            volumes = {k: v * 1000.0 for k, v in volumes.items()}
+        if unit is None:
+            volumes = label_volumes_ml(data, self._spacing(), label_ids=shown)
+        else:  # 2D: areas in the image's own unit (px^2 without a pixel size), never mL
+            pixel = float(np.prod(self._spacing()))
+            volumes = {k: c * pixel for k, c in label_counts(data, label_ids=shown).items()}
         if set(volumes) != set(shown):  # a new label value was painted
             self._rebuild_rows()
             return volumes

@@ -100,7 +100,9 @@ def resolve_formats(formats: Sequence[str], ndim: int) -> list[str]:
 
 
 def _write_output(fmt: str, prediction: Prediction, image: MedImage, path: Path,
-                  segmenter: Segmenter) -> None:
+                  segmenter: Segmenter, *, lesions: list[dict[str, Any]] | None = None) -> None:
+    """Write one output; ``lesions`` is the 3D result's lesion table, measured once per case
+    for the record and written here as the ``measurements`` CSV."""
     import numpy as np
 
     from medseg import __version__
@@ -116,7 +118,6 @@ def _write_output(fmt: str, prediction: Prediction, image: MedImage, path: Path,
         from medseg.inference.measure import (
             LESION_COLUMNS,
             OBJECT_COLUMNS_2D,
-            lesion_table,
             object_table_2d,
             write_csv,
         )
@@ -128,8 +129,7 @@ def _write_output(fmt: str, prediction: Prediction, image: MedImage, path: Path,
                 spacing=image.meta.spacing, unit=prediction.area_unit)
             write_csv(rows, OBJECT_COLUMNS_2D, path)
         else:
-            write_csv(lesion_table(prediction.labels, prediction.labels.meta.label_names),
-                      LESION_COLUMNS, path)
+            write_csv(lesions or [], LESION_COLUMNS, path)
     elif fmt == "probabilities":
         assert prediction.probabilities is not None
         write_nifti(prediction.probabilities, path, dtype=np.uint8)
@@ -206,7 +206,8 @@ def predict_case(case: CaseInput, segmenter: Segmenter, out_dir: str | Path,
                                                "is 3D: use -f nifti or -f dicom-seg")
                 continue
             name = output_name(case.case_id, fmt)
-            _write_output(fmt, prediction, image, out_dir / name, segmenter)
+            _write_output(fmt, prediction, image, out_dir / name, segmenter,
+                          lesions=record.lesions)
             record.outputs[fmt] = name
         timings["write"] = time.perf_counter() - t
         if not record.outputs:

@@ -70,18 +70,24 @@ def clean_labels(labels: np.ndarray, spacing: tuple[float, ...], config: Postpro
     return labels
 
 
-def label_volumes_ml(labels: np.ndarray, spacing: tuple[float, ...],
-                     label_names: dict[int, str]) -> dict[str, float]:
-    """Volume of every named foreground label in mL (0.0 for labels not present)."""
+def _named_amounts(labels: np.ndarray, label_names: dict[int, str], unit: float
+                   ) -> dict[str, float]:
+    """Voxel count of every named foreground label times ``unit`` (0.0 for labels not
+    present), counted in chunks of the map's memory order."""
     counts = np.zeros(max(int(labels.max(initial=0)), max(label_names, default=0)) + 1,
                       dtype=np.int64)
     flat = labels.reshape(-1, order="A")  # memory order: no copy of a first-axis-fastest map
     for start in range(0, flat.size, _COUNT_CHUNK):  # bincount copies to int64: bound it
         chunk = np.bincount(flat[start:start + _COUNT_CHUNK])
         counts[: chunk.size] += chunk
-    voxel_ml = math.prod(spacing) / 1000.0
-    return {name: round(float(counts[value]) * voxel_ml, 6)
+    return {name: round(float(counts[value]) * unit, 6)
             for value, name in sorted(label_names.items()) if value != 0}
+
+
+def label_volumes_ml(labels: np.ndarray, spacing: tuple[float, ...],
+                     label_names: dict[int, str]) -> dict[str, float]:
+    """Volume of every named foreground label in mL (0.0 for labels not present)."""
+    return _named_amounts(labels, label_names, math.prod(spacing) / 1000.0)
 
 
 def area_unit(meta: ImageMeta) -> str:
@@ -99,6 +105,4 @@ def label_areas(labels: np.ndarray, spacing: tuple[float, ...], label_names: dic
     pixel = math.prod(spacing)
     if instances:
         return {"objects": round(float(np.count_nonzero(labels)) * pixel, 6)}
-    counts = np.bincount(labels.reshape(-1), minlength=max(label_names, default=0) + 1)
-    return {name: round(float(counts[value]) * pixel, 6)
-            for value, name in sorted(label_names.items()) if value != 0}
+    return _named_amounts(labels, label_names, pixel)
