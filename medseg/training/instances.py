@@ -22,17 +22,12 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 
-def _neighbour_extremes(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per pixel, the largest and the smallest id in its 3x3 (or 3x3x3) neighbourhood, with
-    replicated borders (so the image edge does not count as a neighbour)."""
-    dims = ids.dim() - 2
-    x = ids.float()
-    pad = [1] * (2 * dims)
-    padded = F.pad(x, pad, mode="replicate")
+def _neighbourhood_max(x: torch.Tensor) -> torch.Tensor:
+    """Per pixel, the largest value in its 3x3 (or 3x3x3) neighbourhood of ``(B, 1, *S)``
+    float ``x``, with replicated borders (so the image edge does not count as a neighbour)."""
+    dims = x.dim() - 2
     pool = F.max_pool2d if dims == 2 else F.max_pool3d
-    high = pool(padded, 3, stride=1)
-    low = -pool(F.pad(-x, pad, mode="replicate"), 3, stride=1)
-    return high, low
+    return pool(F.pad(x, [1] * (2 * dims), mode="replicate"), 3, stride=1)
 
 
 def instance_targets(ids: torch.Tensor, mode: str) -> torch.Tensor:
@@ -46,20 +41,18 @@ def instance_targets(ids: torch.Tensor, mode: str) -> torch.Tensor:
         >>> instance_targets(ids, "boundary")[0, 0].tolist()[2]
         [0, 2, 2, 2, 2, 0]
     """
-    high, low = _neighbour_extremes(ids)
     x = ids.float()
     fg = ids > 0
+    high = _neighbourhood_max(x)
     if mode == "boundary":
+        low = -_neighbourhood_max(-x)
         edge = fg & ((high != x) | (low != x))
         return torch.where(edge, 2, fg.long()).long()
     if mode == "gap":
         # another object's id nearby: the neighbourhood's largest id differs, or its smallest
-        # non-background id does (a background pixel alone does not make a gap)
-        # (background counted as 1e9 so it never is the smallest), in 2D and in 3D alike
-        dims = ids.dim() - 2
-        pool = F.max_pool2d if dims == 2 else F.max_pool3d
-        other_low = -pool(F.pad(-torch.where(fg, x, torch.full_like(x, 1e9)),
-                                [1] * (2 * dims), mode="replicate"), 3, stride=1)
+        # non-background id does (background counted as 1e9, so a background pixel alone
+        # does not make a gap), in 2D and in 3D alike
+        other_low = -_neighbourhood_max(-torch.where(fg, x, torch.full_like(x, 1e9)))
         touching = fg & ((high != x) | ((other_low != x) & (other_low < 1e9)))
         return (fg & ~touching).long()
     raise ValueError(f"unknown instance target mode {mode!r}")
