@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import logging
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,10 +47,10 @@ def split_cases(case_ids: Sequence[str], *, val_cases: Sequence[str] | None,
             raise DatasetError(f"validation case(s) {unknown[:5]} are not in the dataset")
         val = [i for i in ids if i in set(val_cases)]
     elif groups is not None:
-        names = sorted(set(groups[i] for i in ids))
+        counts = Counter(groups[i] for i in ids)
+        names = sorted(counts)
         order = np.random.default_rng(seed).permutation(len(names))
         target, chosen = int(round(len(ids) * val_fraction)), set()
-        counts = {g: sum(1 for i in ids if groups[i] == g) for g in names}
         n = 0
         for k in order:
             if n >= target:
