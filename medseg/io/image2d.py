@@ -13,6 +13,7 @@ every other file has unit spacing marked ``"px"`` (unknown), so areas are report
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -34,48 +35,67 @@ _MICRONS = {"micron": 1.0, "microns": 1.0, "um": 1.0, "\u00b5m": 1.0, "\u03bcm":
             "\\u00B5m": 1.0, "nm": 1e-3, "mm": 1e3}
 
 
+def _pixel_size_um(tif: Any) -> tuple[float, float] | None:
+    """``(x, y)`` pixel size in micrometres from an open ``tifffile.TiffFile``'s OME-XML or
+    ImageJ metadata, else ``None`` (metadata is optional: one we cannot parse gives none)."""
+    try:
+        if tif.is_ome and tif.ome_metadata:
+            import re
+
+            def size(axis: str) -> float | None:
+                m = re.search(rf'PhysicalSize{axis}="([0-9.eE+-]+)"', tif.ome_metadata)
+                unit = re.search(rf'PhysicalSize{axis}Unit="([^"]+)"', tif.ome_metadata)
+                factor = _MICRONS.get(unit.group(1)) if unit else 1.0
+                return float(m.group(1)) * factor if m and factor else None
+
+            x, y = size("X"), size("Y")
+            if x and y and x > 0 and y > 0:
+                return x, y
+        meta = tif.imagej_metadata or {}
+        factor = _MICRONS.get(str(meta.get("unit", "")).strip())
+        page = tif.pages[0]
+        xres, yres = page.tags.get("XResolution"), page.tags.get("YResolution")
+        if factor and xres and yres:
+            (xn, xd), (yn, yd) = xres.value, yres.value
+            if xn > 0 and yn > 0:
+                return xd / xn * factor, yd / yn * factor
+    except Exception:  # metadata is optional: a file we cannot parse has no pixel size
+        return None
+    return None
+
+
 def tiff_pixel_size_um(path: str | Path) -> tuple[float, float] | None:
     """``(x, y)`` pixel size in micrometres from OME-XML or ImageJ metadata, else ``None``."""
     import tifffile
 
     try:
         with tifffile.TiffFile(path) as tif:
-            if tif.is_ome and tif.ome_metadata:
-                import re
-
-                def size(axis: str) -> float | None:
-                    m = re.search(rf'PhysicalSize{axis}="([0-9.eE+-]+)"', tif.ome_metadata)
-                    unit = re.search(rf'PhysicalSize{axis}Unit="([^"]+)"', tif.ome_metadata)
-                    factor = _MICRONS.get(unit.group(1)) if unit else 1.0
-                    return float(m.group(1)) * factor if m and factor else None
-
-                x, y = size("X"), size("Y")
-                if x and y and x > 0 and y > 0:
-                    return x, y
-            meta = tif.imagej_metadata or {}
-            factor = _MICRONS.get(str(meta.get("unit", "")).strip())
-            page = tif.pages[0]
-            xres, yres = page.tags.get("XResolution"), page.tags.get("YResolution")
-            if factor and xres and yres:
-                (xn, xd), (yn, yd) = xres.value, yres.value
-                if xn > 0 and yn > 0:
-                    return xd / xn * factor, yd / yn * factor
-    except Exception:  # metadata is optional: a file we cannot parse has no pixel size
+            return _pixel_size_um(tif)
+    except Exception:  # not a readable TIFF: no pixel size
         return None
-    return None
 
 
-def _load_pixels(path: Path) -> np.ndarray:
-    if path.suffix.lower() in TIFF_SUFFIXES:
-        import tifffile
+def _decode(path: Path) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """The pixels of an image file and, for a TIFF, its pixel size in micrometres (read from
+    the one open file).
 
-        return np.asarray(tifffile.imread(path))
-    from PIL import Image
+    Raises:
+        ImageReadError: The file cannot be decoded.
+    """
+    try:
+        if path.suffix.lower() in TIFF_SUFFIXES:
+            import tifffile
 
-    with Image.open(path) as im:
-        if im.mode in ("P", "PA"):  # palette images: decode to RGB(A) values
-            im = im.convert("RGBA" if im.mode == "PA" else "RGB")
-        return np.asarray(im)
+            with tifffile.TiffFile(path) as tif:
+                return np.asarray(tif.asarray()), _pixel_size_um(tif)
+        from PIL import Image
+
+        with Image.open(path) as im:
+            if im.mode in ("P", "PA"):  # palette images: decode to RGB(A) values
+                im = im.convert("RGBA" if im.mode == "PA" else "RGB")
+            return np.asarray(im), None
+    except Exception as exc:  # PIL/tifffile raise many types on damaged files
+        raise ImageReadError(f"{path} cannot be decoded as an image: {exc}") from exc
 
 
 def read_image_2d(path: str | Path) -> MedImage:
@@ -89,12 +109,8 @@ def read_image_2d(path: str | Path) -> MedImage:
         GeometryError: Shapes that are neither 2D (optionally with colour) nor a 3D stack.
     """
     path = require_nonempty_file(path)
-    try:
-        pixels = _load_pixels(path)
-    except Exception as exc:  # PIL/tifffile raise many types on damaged files
-        raise ImageReadError(f"{path} cannot be decoded as an image: {exc}") from exc
+    pixels, pixel = _decode(path)
     fmt = "tiff" if path.suffix.lower() in TIFF_SUFFIXES else path.suffix.lower().lstrip(".")
-    pixel = tiff_pixel_size_um(path) if fmt == "tiff" else None
     prov = Provenance(path=str(path), format=fmt, spacing_unit="um" if pixel else "px")
     if pixels.ndim == 2:  # (rows, cols) -> (1, x, y)
         arr, ndim = pixels.T[None], 2
@@ -172,10 +188,7 @@ def read_slice_stack(paths: list[Path] | tuple[Path, ...]) -> MedImage:
     planes = []
     for p in paths:
         path = require_nonempty_file(p)
-        try:
-            pixels = _load_pixels(path)
-        except Exception as exc:  # PIL/tifffile raise many types on damaged files
-            raise ImageReadError(f"{path} cannot be decoded as an image: {exc}") from exc
+        pixels, _ = _decode(path)
         if pixels.ndim == 2:
             pixels = pixels[..., None]
         if pixels.ndim != 3 or (planes and pixels.shape != planes[0].shape):
