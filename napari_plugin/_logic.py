@@ -248,16 +248,14 @@ def layer_measurements(labels: Any, *, instances: bool) -> Measurements:
 
     2D areas are in the image's unit (px^2 without a pixel size); 3D volumes in mL.
     """
-    from scipy import ndimage
-
     from medseg.inference.measure import lesion_table, object_table_2d
     from medseg.inference.postprocess import area_unit
 
     array = np.asarray(labels.array[0])
     if labels.meta.ndim == 2:
         unit = area_unit(labels.meta)
-        ids = array if instances else ndimage.label(array > 0)[0]
-        table = object_table_2d(ids, None, spacing=labels.meta.spacing, unit=unit)
+        table = object_table_2d(array, None, spacing=labels.meta.spacing, unit=unit,
+                                instances=instances)
         total = sum(r["area"] for r in table)
         columns = ["id", "area", "centroid_row", "centroid_column", "eccentricity"]
         return Measurements(

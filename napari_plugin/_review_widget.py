@@ -260,7 +260,12 @@ class ReviewWidget(Container):
         m, layer = self._measurements, self._layer
         if m is None or layer is None or not 1 <= number <= len(m.points):
             return
-        world = np.asarray(layer.data_to_world(m.points[number - 1]), dtype=float)
+        self._centre_on(layer, m.points[number - 1])
+
+    def _centre_on(self, layer: Labels, point: Any) -> None:
+        """Move the sliders to ``point`` (the layer's data coordinates) and centre the camera
+        on it."""
+        world = np.asarray(layer.data_to_world(point), dtype=float)
         dims = self._viewer.dims
         offset = dims.ndim - layer.ndim
         for a in dims.not_displayed:
@@ -295,11 +300,7 @@ class ReviewWidget(Container):
         if point is None:
             show_info(f"label {value} is not present in {layer.name!r}")
             return
-        world = np.asarray(layer.data_to_world(point), dtype=float)
-        for a in dims.not_displayed:
-            if a >= offset:
-                dims.set_point(a, world[a - offset])
-        self._viewer.camera.center = tuple(world[a - offset] for a in dims.displayed)
+        self._centre_on(layer, point)
         layer.selected_label = value
 
     def save(self, *_: Any) -> None:

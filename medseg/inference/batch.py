@@ -123,10 +123,9 @@ def _write_output(fmt: str, prediction: Prediction, image: MedImage, path: Path,
         )
 
         if prediction.labels.meta.ndim == 2:
-            rows = object_table_2d(
-                prediction.labels.array[0] if prediction.instances else
-                _components_2d(prediction.labels.array[0]), image.array[0],
-                spacing=image.meta.spacing, unit=prediction.area_unit)
+            rows = object_table_2d(prediction.labels.array[0], image.array[0],
+                                   spacing=image.meta.spacing, unit=prediction.area_unit,
+                                   instances=prediction.instances)
             write_csv(rows, OBJECT_COLUMNS_2D, path)
         else:
             write_csv(lesions or [], LESION_COLUMNS, path)
@@ -144,14 +143,6 @@ def _write_output(fmt: str, prediction: Prediction, image: MedImage, path: Path,
             algorithm_name=f"medseg {card.name}"[:64],
             algorithm_version=f"{__version__} card {card.hash()[:12]}",
         )
-
-
-def _components_2d(labels: Any) -> Any:
-    """Connected objects of a 2D class map (every foreground class), numbered 1..N."""
-    from scipy import ndimage
-
-    ids, _ = ndimage.label(labels > 0)
-    return ids
 
 
 def _input_info(case: CaseInput, image: MedImage | None) -> dict[str, Any]:

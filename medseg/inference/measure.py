@@ -31,9 +31,11 @@ LESION_COLUMNS = ("lesion", "label", "volume_ml", "voxels", "first_slice", "last
 
 
 def object_table_2d(ids: np.ndarray, intensity: np.ndarray | None, *,
-                    spacing: Sequence[float] = (1.0, 1.0), unit: str = "px^2"
-                    ) -> list[dict[str, Any]]:
-    """One row per object of a 2D instance map given as medseg arrays ``(x, y)``.
+                    spacing: Sequence[float] = (1.0, 1.0), unit: str = "px^2",
+                    instances: bool = True) -> list[dict[str, Any]]:
+    """One row per object of a 2D instance map given as medseg arrays ``(x, y)``; with
+    ``instances=False`` the map holds classes and each connected region of any foreground
+    class is an object.
 
     Rows and columns are the image's own (the arrays are transposed to ``(row, column)``
     first); bounding boxes are half-open (``max`` is one past the last pixel), as in
@@ -42,6 +44,10 @@ def object_table_2d(ids: np.ndarray, intensity: np.ndarray | None, *,
     """
     from skimage.measure import regionprops_table
 
+    if not instances:
+        from scipy import ndimage
+
+        ids = ndimage.label(np.asarray(ids) > 0)[0]
     rows_cols = np.ascontiguousarray(np.asarray(ids).T)
     props = ["label", "area", "centroid", "bbox", "eccentricity"]
     extra = {}
