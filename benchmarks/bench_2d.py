@@ -12,28 +12,23 @@ Usage (repository root):
 from __future__ import annotations
 
 import argparse
-import json
 import platform
-import subprocess
-import sys
 import tempfile
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from predict_runs import add_predict_options, finished_cases, run_predict
 
 from medseg.training.runtime import cpu_name
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True)
+    add_predict_options(parser)
     parser.add_argument("--images", required=True, help="folder of images")
     parser.add_argument("--shape", default=None, help="only images of this size, e.g. 256x256")
     parser.add_argument("--count", type=int, default=40)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--extra", nargs="*", default=[], help="more medseg-predict options")
     args = parser.parse_args()
     chosen = []
     for p in sorted(Path(args.images).iterdir()):
@@ -50,14 +45,8 @@ def main() -> None:
     for p in chosen:
         (folder / p.name).symlink_to(p.resolve())
     log = work / "events.jsonl"
-    cmd = [str(Path(sys.executable).with_name("medseg-predict")), "-m", args.model, "-o",
-           str(work / "out"), "-q", "--threads", str(args.threads), "--log-json", str(log),
-           *args.extra, str(folder)]
-    rc = subprocess.run(cmd, check=False).returncode
-    events = [json.loads(line) for line in log.read_text().splitlines()]
-    done = [e for e in events if e["event"] == "case_finished"]
-    times = [datetime.fromisoformat(e["time"]) for e in done]
-    per_s = (len(times) - 1) / (times[-1] - times[0]).total_seconds()
+    rc = run_predict(args, args.model, work / "out", [folder], log=log)
+    done, per_s = finished_cases(log)
     stages: dict[str, list[float]] = {}
     for e in done:
         for k, v in e["timings_s"].items():

@@ -15,18 +15,15 @@ Usage (repository root):
 from __future__ import annotations
 
 import argparse
-import json
 import platform
-import subprocess
-import sys
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import tifffile
 from PIL import Image
+from predict_runs import add_predict_options, finished_cases, run_predict
 
 from medseg.metrics import instance_scores, pooled_scores
 from medseg.model_card import read_model_card
@@ -36,13 +33,9 @@ from medseg.training.runtime import cpu_name
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True)
+    add_predict_options(parser)
     parser.add_argument("--data", required=True, help="dsb2018_nuclei folder (images/, masks/)")
     parser.add_argument("--ids", default="val", help="val (the card's split) or a file of ids")
-    parser.add_argument("--tta", action="store_true")
-    parser.add_argument("--extra", nargs="*", default=[],
-                        help="more medseg-predict options, e.g. --extra=--min-size-ml=0.5")
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--keep", default=None, help="keep the predictions in this folder")
     args = parser.parse_args()
     path = resolve_model(args.model)
@@ -53,17 +46,10 @@ def main() -> None:
     images = [data / "images" / f"{i}.png" for i in ids]
     out = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="medseg-nuclei-"))
     log = out / "events.jsonl"
-    cmd = [str(Path(sys.executable).with_name("medseg-predict")), "-m", str(path), "-o",
-           str(out), "-q", "--threads", str(args.threads), "--log-json", str(log),
-           *(["--tta"] if args.tta else []), *args.extra, *map(str, images)]
     t0 = time.perf_counter()
-    rc = subprocess.run(cmd, check=False).returncode
+    rc = run_predict(args, path, out, images, log=log)
     wall = time.perf_counter() - t0
-    events = [json.loads(line) for line in log.read_text().splitlines()]
-    finished = [datetime.fromisoformat(e["time"]) for e in events
-                if e["event"] == "case_finished"]
-    per_s = ((len(finished) - 1) / (finished[-1] - finished[0]).total_seconds()
-             if len(finished) > 1 else float("nan"))
+    _, per_s = finished_cases(log)
     pairs, rows = [], []
     for i in ids:
         truth = np.asarray(Image.open(data / "masks" / f"{i}.png"))

@@ -19,14 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import tifffile
+from predict_runs import add_predict_options, run_predict
 
 from medseg.model_card import read_model_card
 from medseg.models import resolve_model
@@ -53,13 +52,9 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True)
+    add_predict_options(parser)
     parser.add_argument("--data", required=True, help="lgg_flair folder")
     parser.add_argument("--patients", default="val", help="val (the card's split) or ids,...")
-    parser.add_argument("--tta", action="store_true")
-    parser.add_argument("--extra", nargs="*", default=[],
-                        help="more medseg-predict options, e.g. --extra=--min-size-ml=0.5")
-    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     path = resolve_model(args.model)
     card = read_model_card(path)
@@ -93,10 +88,7 @@ def main() -> None:
             result = seg.predict(image)
             preds[p] = (result.labels.array[0] > 0, result.timings)
     else:
-        cmd = [str(Path(sys.executable).with_name("medseg-predict")), "-m", str(path), "-o",
-               str(out), "-q", "--threads", str(args.threads),
-               *(["--tta"] if args.tta else []), *args.extra, *inputs]
-        rc = subprocess.run(cmd, check=False).returncode
+        rc = run_predict(args, path, out, inputs)
     print(f"model {card.name} ({path.name}), {len(patients)} patients, tta={args.tta}, "
           f"options {args.extra}, medseg-predict rc={rc}")
     print(f"machine: {cpu_name()}, {platform.machine()}")
