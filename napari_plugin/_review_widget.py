@@ -105,16 +105,21 @@ class ReviewWidget(Container):
         self.item = SpinBox(value=1, min=1, max=1, label="object / lesion")
         self.item_go = PushButton(text="Go to it")
         self.item_go.tooltip = "Move to the selected object or lesion (its centroid)"
+        self.measures_refresh = PushButton(text="Refresh lesion table")
+        self.measures_refresh.tooltip = ("Measure the lesions again after editing (a volume's "
+                                         "table is measured when the layer is chosen, not on "
+                                         "every brush stroke)")
         self.save_path = FileEdit(mode="w", filter="*.nii.gz *.nii *.dcm *.tif",
                                   label="save as")
         self.save_button = PushButton(text="Save labels")
         self.status = Label(value="")
         self.status.native.setWordWrap(True)
         self.extend([self.layer_box, self.contour, self.total, self.measures_title,
-                     self.measures, self.item, self.item_go,
+                     self.measures, self.item, self.item_go, self.measures_refresh,
                      self.save_path, self.save_button, self.status])
         self._measurements: Measurements | None = None
         self.item_go.changed.connect(lambda *_: self.jump_to_item(self.item.value))
+        self.measures_refresh.changed.connect(lambda *_: self._refresh_measurements())
         self.native.layout().insertWidget(2, _scroll_area(self.rows))
         self._layer: Labels | None = None
         self._history: tuple[int, int] | None = None
@@ -143,6 +148,9 @@ class ReviewWidget(Container):
             self.contour.value = int(layer.contour)
         self._history = self._history_lengths()
         self._rebuild_rows()
+        if layer is None or layer.ndim != 2:  # a 2D table follows every recount already
+            self._refresh_measurements()
+        self.measures_refresh.visible = layer is not None and layer.ndim != 2
 
     def _schedule_recount(self, event: Any = None) -> None:
         self._recount_timer.start()
@@ -211,10 +219,14 @@ class ReviewWidget(Container):
 
     def refresh_volumes(self) -> dict[int, float]:
         """Recount every label's volume (mL; for a 2D layer its area, in px^2 unless the
-        image has a pixel size) and the objects/lesions table; returns ``{label: amount}``."""
+        image has a pixel size) and, for a 2D layer, its objects table; returns
+        ``{label: amount}``. A volume's lesion table (connected components and diameters of
+        the whole volume: seconds on a large CT) is measured when the layer is chosen and on
+        "Refresh lesion table", never on the GUI thread after every brush stroke."""
         if self._layer is None:
             return {}
-        self._refresh_measurements()
+        if self._layer.ndim == 2:
+            self._refresh_measurements()
         if self._is_instances():
             self.total.value = ""
             return {}

@@ -128,3 +128,16 @@ def test_reader_layer_keeps_meta_for_saving(review, shared_data: Path) -> None:
     viewer, _, _, source = review
     image_layer = viewer.layers[0]
     assert ImageMeta.from_dict(image_layer.metadata[META_KEY]) == source.meta
+
+
+def test_lesion_table_is_measured_on_binding_and_on_refresh_not_per_stroke(review) -> None:
+    _, widget, layer, _ = review
+    assert widget.measures_title.value.startswith("2 lesions, ")
+    assert not widget.measures_refresh.native.isHidden()  # offered for a volume
+    data = np.array(layer.data)
+    data[25:27, 40:42, 2:4] = 1  # a third, separate lesion (napari order k, j, i)
+    layer.data = data
+    widget.refresh_volumes()  # what an edit triggers: volumes yes, lesion table no
+    assert widget.measures_title.value.startswith("2 lesions, ")
+    widget.measures_refresh.clicked.emit()
+    assert widget.measures_title.value.startswith("3 lesions, ")
