@@ -24,6 +24,8 @@ from medseg.networks.factory import NetworkConfig, build_network
 
 CARD_METADATA_KEY = "medseg.model_card"
 CARD_FORMAT_VERSION = 1
+#: How an instance model's classes become objects (:mod:`medseg.inference.instances`).
+INSTANCE_METHODS = ("boundary", "components")
 
 
 @dataclass
@@ -114,6 +116,17 @@ class ModelCard:
     instances: dict[str, Any] | None = None
     postprocess: dict[str, Any] | None = None
     format_version: int = CARD_FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        method = (self.instances or {}).get("method", "boundary")
+        if self.instances is not None and method not in INSTANCE_METHODS:
+            raise ModelError(f"model card {self.name!r}: instances.method must be one of "
+                             f"{INSTANCE_METHODS}, got {method!r}")
+        for name in ("input_channels", "fov_pixels"):
+            value = getattr(self, name)
+            if value is not None and (not value or any(int(v) < 0 for v in value)):
+                raise ModelError(f"model card {self.name!r}: {name} must list non-negative "
+                                 f"integers, got {value!r}")
 
     @property
     def spatial_dims(self) -> int:

@@ -88,3 +88,17 @@ def test_export_with_float16_weights_halves_the_file_and_loads_as_float32(tmp_pa
         torch.testing.assert_close(loaded(x), net(x), rtol=1e-2, atol=1e-2)
     with pytest.raises(ConfigError, match="weights_dtype"):
         export_model(ckpt, tmp_path / "bad.safetensors", weights_dtype="int8")
+
+
+def test_card_refuses_an_unknown_instance_method_or_negative_channels() -> None:
+    from medseg.networks import plan_network
+
+    net = plan_network(spatial_dims=2, in_channels=1, out_channels=3, patch_size=[16, 16])
+    base = {"name": "x", "network": net, "label_names": {0: "bg", 1: "a", 2: "b"},
+            "roi_size": [16, 16]}
+    assert ModelCard(**base, instances={"method": "components"}).instances == {
+        "method": "components"}
+    with pytest.raises(ModelError, match="instances.method must be one of"):
+        ModelCard(**base, instances={"method": "stardist"})
+    with pytest.raises(ModelError, match="input_channels must list non-negative"):
+        ModelCard(**base, input_channels=[-1])
