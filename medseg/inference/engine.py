@@ -44,6 +44,7 @@ from medseg.inference.windows import WindowReader, plan_windows
 from medseg.io.image import ImageMeta, MedImage
 from medseg.model_card import ModelCard, file_sha256, library_versions, load_model
 from medseg.transforms import resample_onto, resample_to_spacing, spacing_matches
+from medseg.transforms.onto_grid import argmax_onto, linear_onto
 
 logger = logging.getLogger(__name__)
 
@@ -92,11 +93,20 @@ class Prediction:
             raise ModelError("uncertainty needs the probabilities: predict with "
                              "return_probabilities=True")
         p = self.probabilities.array
-        entropy = np.zeros(p.shape[1:], dtype=np.float32)
-        for pc in _class_planes(p):  # one class at a time: no (K, *spatial) float32 copy
-            entropy -= pc * np.log(np.clip(pc, 1e-12, None))
-        entropy /= np.log(max(p.shape[0], 2))
-        return self.probabilities.with_array(np.clip(entropy, 0, 1).astype(np.float16)[None])
+        fortran = _fortran_spatial(p)
+        out = np.empty((1, *p.shape[1:]), dtype=np.float16, order="F" if fortran else "C")
+        axis = p.ndim - 1 if fortran else 1  # slabs along the slowest memory axis
+        step = max(1, (1 << 22) // max(1, int(np.prod(p.shape[1:])) // p.shape[axis]))
+        for a in range(0, p.shape[axis], step):  # a slab at a time: no full-size float32 volume
+            part = (slice(None),) * axis + (slice(a, a + step),)
+            entropy = None
+            for pc in _class_planes(p[part]):
+                term = pc * np.log(np.clip(pc, 1e-12, None))
+                entropy = -term if entropy is None else entropy - term
+            assert entropy is not None
+            entropy /= np.log(max(p.shape[0], 2))
+            out[part] = np.clip(entropy, 0, 1)[None]
+        return self.probabilities.with_array(out)
 
 
 def _class_planes(p: np.ndarray) -> Iterator[np.ndarray]:
@@ -575,10 +585,28 @@ def _resample_back(probabilities: np.ndarray, model_meta: ImageMeta, meta: Image
                    ) -> tuple[np.ndarray, np.ndarray | None]:
     """Labels (and probabilities) on the input grid from probabilities on the model grid.
 
-    Each class's probability is resampled linearly (``resample_onto``) and the labels are the
-    running argmax, one class at a time, so memory stays a few input-sized float32 volumes
-    whatever the number of classes.
+    The labels are the argmax of each class's linearly resampled probability. On the model
+    grids this engine makes (same origin and direction as the input, other spacing) they come
+    from :func:`medseg.transforms.onto_grid.argmax_onto`: the cell's label wherever the coarse
+    labels around a voxel agree, interpolation only in the mixed cells, slab by slab (about one
+    pass over the output); probabilities are interpolated slab by slab into float16. Any other
+    pair of grids takes the SimpleITK reference, :func:`_resample_back_sitk`.
     """
+    labels = argmax_onto(probabilities, model_meta, meta, shape, order=order)
+    if labels is None:
+        return _resample_back_sitk(probabilities, model_meta, meta, shape,
+                                   keep_probabilities=keep_probabilities, order=order)
+    kept = (linear_onto(probabilities, model_meta, meta, shape, order=order)
+            if keep_probabilities else None)
+    return labels, kept
+
+
+def _resample_back_sitk(probabilities: np.ndarray, model_meta: ImageMeta, meta: ImageMeta,
+                        shape: tuple[int, ...], *, keep_probabilities: bool, order: str = "C"
+                        ) -> tuple[np.ndarray, np.ndarray | None]:
+    """The reference: each class's probability resampled linearly by SimpleITK
+    (``resample_onto``) onto the whole input grid, with a running argmax, one class at a time
+    (a few input-sized float32 volumes whatever the number of classes)."""
     k = probabilities.shape[0]
     best = np.full(shape, -1.0, dtype=np.float32)
     labels = np.zeros(shape, dtype=np.uint8 if k <= 256 else np.uint16, order=order)
