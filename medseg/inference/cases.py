@@ -98,7 +98,8 @@ def _from_folder(folder: Path, root: Path) -> list[CaseInput]:
     from medseg.io import find_dicom_series, find_image_files
 
     cases = [CaseInput(_relative_id(f, root), f) for f in find_image_files(folder)]
-    series = find_dicom_series(folder)
+    damaged: list[tuple[Path, str]] = []  # a folder with an empty/damaged DICOM file fails alone
+    series = find_dicom_series(folder, errors=damaged)
     per_folder: dict[Path, int] = {}
     for info in series:
         per_folder[info.folder] = per_folder.get(info.folder, 0) + 1
@@ -107,6 +108,9 @@ def _from_folder(folder: Path, root: Path) -> list[CaseInput]:
         several = per_folder[info.folder] > 1
         case_id = safe_case_id(base, salt=info.series_uid if several else None)
         cases.append(CaseInput(case_id, info.folder, info.series_uid, "dicom"))
+    for bad, reason in damaged:
+        cases.append(CaseInput(safe_case_id(_relative_id(bad, root)), bad, None, "dicom",
+                               error=reason))
     if not cases:
         return [CaseInput(_relative_id(folder, root), folder,
                           error=f"{folder}: no DICOM series or image files found")]

@@ -8,12 +8,14 @@ classified so that bad files and non-image objects get a clear error instead.
 from __future__ import annotations
 
 import logging
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pydicom
 from pydicom.errors import InvalidDicomError
+from pydicom.tag import Tag
 from pydicom.uid import UID
 
 from medseg.errors import ImageReadError
@@ -108,6 +110,35 @@ def _floats(value: object) -> tuple[float, ...] | None:
         return (float(value),)  # type: ignore[arg-type]
 
 
+PIXEL_DATA_TAG = Tag(0x7FE0, 0x0010)
+#: Values longer than this are not read while scanning headers (PixelData above all).
+_DEFER_BYTES = 4096
+
+
+def _check_pixel_data_length(ds: pydicom.Dataset) -> None:
+    """Raise ``ValueError`` when native (uncompressed) PixelData does not hold exactly
+    Rows x Columns x frames x SamplesPerPixel x BitsAllocated bits (plus even padding): an
+    edited BitsAllocated, Rows or Columns would otherwise decode into a wrong image."""
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if syntax is not None and UID(str(syntax)).is_compressed:
+        return  # encapsulated frames: the decoder checks them
+    raw = ds._dict.get(PIXEL_DATA_TAG)  # the element's header only, its value is deferred
+    length = getattr(raw, "length", None)
+    if length is None or length == 0xFFFFFFFF:
+        return
+    bits = int(ds.get("BitsAllocated", 0) or 0)
+    if bits not in (1, 8, 16, 32, 64):
+        raise ValueError(f"BitsAllocated is {bits}")
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    values = int(ds.Rows) * int(ds.Columns) * frames * int(ds.get("SamplesPerPixel", 1) or 1)
+    expected = (values * bits + 7) // 8
+    if not expected <= length <= expected + 1:
+        raise ValueError(f"PixelData holds {length} bytes but Rows {int(ds.Rows)} x Columns "
+                         f"{int(ds.Columns)} x {frames} frame(s) x BitsAllocated {bits} needs "
+                         f"{expected}")
+
+
 def read_header(path: Path) -> DicomHeader | None:
     """Read one file's header; ``None`` if it is not DICOM at all.
 
@@ -121,7 +152,8 @@ def read_header(path: Path) -> DicomHeader | None:
         head = f.read(132)
     has_magic = len(head) == 132 and head[128:132] == b"DICM"
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, force=not has_magic)
+        # pixel data deferred (not read), but its element header is: its length is checked
+        ds = pydicom.dcmread(path, defer_size=_DEFER_BYTES, force=not has_magic)
         meta = getattr(ds, "file_meta", None) or {}
         # Some anonymisers blank the UIDs in the data set; the file meta header keeps a copy.
         sop_class = str(ds.get("SOPClassUID", "") or meta.get("MediaStorageSOPClassUID", ""))
@@ -138,15 +170,36 @@ def read_header(path: Path) -> DicomHeader | None:
         return None  # forced parsing of a non-DICOM file produced garbage
     if not series_uid:
         logger.debug("%s has no SeriesInstanceUID (anonymised?)", path)
-    # stop_before_pixels leaves PixelData out; an image pixel module always has Rows.
+    # an image pixel module always has Rows
     has_pixels = "Rows" in ds
     if not has_pixels and "Image Storage" in UID(sop_class).name:
         # pydicom stops quietly at the end of a truncated file: an image without Rows is one
         raise ImageReadError(f"{path} is a damaged DICOM file: its header ends before the image "
                              f"attributes of a {UID(sop_class).name} object (truncated copy?)")
+    try:  # text in a numeric tag, an unknown VR, a missing Columns: the file's own fault
+        return _header(path, ds, sop_class, sop_uid, series_uid, has_pixels)
+    except Exception as exc:  # pydicom converts values lazily and raises many types
+        raise ImageReadError(f"{path} is a damaged DICOM file: an unreadable header value "
+                             f"({type(exc).__name__}: {exc})") from exc
+
+
+def _header(path: Path, ds: pydicom.Dataset, sop_class: str, sop_uid: str, series_uid: str,
+            has_pixels: bool) -> DicomHeader:
     slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
     intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
     thickness = ds.get("SliceThickness")
+    position = _floats(ds.get("ImagePositionPatient"))
+    orientation = _floats(ds.get("ImageOrientationPatient"))
+    spacing = _floats(ds.get("PixelSpacing"))
+    for name, values in (("RescaleSlope/RescaleIntercept", (slope, intercept)),
+                         ("ImagePositionPatient", position),
+                         ("ImageOrientationPatient", orientation), ("PixelSpacing", spacing)):
+        if values is not None and not all(math.isfinite(v) for v in values):
+            raise ValueError(f"{name} is not finite: {values}")
+    if has_pixels and "Columns" not in ds:
+        raise ValueError("Rows without Columns")
+    if has_pixels:
+        _check_pixel_data_length(ds)
     return DicomHeader(
         path=path,
         sop_class_uid=sop_class,
@@ -157,14 +210,14 @@ def read_header(path: Path) -> DicomHeader | None:
         modality=str(ds.get("Modality", "")),
         description=str(ds.get("SeriesDescription", "")),
         patient_id=str(ds.get("PatientID", "")),
-        position=_floats(ds.get("ImagePositionPatient")),
-        orientation=_floats(ds.get("ImageOrientationPatient")),
-        pixel_spacing=_floats(ds.get("PixelSpacing")),
+        position=position,
+        orientation=orientation,
+        pixel_spacing=spacing,
         slice_thickness=float(thickness) if thickness not in (None, "") else None,
         rescale=(slope, intercept),
         number_of_frames=int(ds.get("NumberOfFrames", 1) or 1),
         has_pixels=has_pixels,
-        matrix=(int(ds.Rows), int(ds.Columns)) if has_pixels and "Columns" in ds else None,
+        matrix=(int(ds.Rows), int(ds.Columns)) if has_pixels else None,
     )
 
 

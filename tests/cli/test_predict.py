@@ -75,3 +75,45 @@ def test_unknown_model_or_format_gives_exit_2(inputs: Path, tmp_path: Path,
                                       "-f", "gif", str(inputs)])
     assert result.exit_code == 2
     assert "unknown output format(s) ['gif']; choose from nifti, dicom-seg" in result.stderr
+
+
+def _patch_ds_value(path: Path, tag: bytes, text: bytes) -> None:
+    """Overwrite a DS value in an explicit-VR little-endian file with ``text`` (padded to the
+    value's own length), as a damaged or hand-edited file would carry it."""
+    data = bytearray(path.read_bytes())
+    at = data.find(tag + b"DS")
+    assert at > 0, f"tag {tag!r} not found in {path}"
+    length = int.from_bytes(data[at + 6:at + 8], "little")
+    data[at + 8:at + 8 + length] = text.ljust(length)[:length]
+    path.write_bytes(bytes(data))
+
+
+def test_damaged_dicom_folders_fail_alone_with_one_line_reasons(model_file: Path, inputs: Path,
+                                                                tmp_path: Path) -> None:
+    from medseg.io import write_dicom_series
+
+    volume = MedImage(np.random.default_rng(5).normal(size=(1, 18, 17, 16)).astype("f4") * 100,
+                      ImageMeta.identity(3))
+    for name in ("good", "zero", "orientation", "position"):
+        files = write_dicom_series(volume, inputs / name, series_number=1)
+        if name == "zero":
+            (inputs / name / "zero.dcm").write_bytes(b"")
+        elif name == "orientation":  # ImageOrientationPatient 1\abc\0\0\1\0
+            _patch_ds_value(files[3], b"\x20\x00\x37\x00", b"1\\abc\\0\\0\\1\\0")
+        elif name == "position":
+            _patch_ds_value(files[0], b"\x20\x00\x32\x00", b"x\\0\\0")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["-m", str(model_file), "-o", str(out), "--device", "cpu",
+                                      "--quiet", str(inputs)])
+    assert result.exit_code == 1, result.output
+    summary = json.loads((out / "_summary.json").read_text())
+    assert summary["completed"] == 3  # c0, c1 and the good series
+    assert {r["case_id"] for r in summary["records"] if r["status"] == "ok"} == {"c0", "c1",
+                                                                                "good"}
+    assert set(summary["failed"]) == {"zero", "orientation", "position"}
+    for case, reason in summary["failed"].items():
+        assert "\n" not in reason and "Traceback" not in reason, (case, reason)
+    assert "empty (zero-byte)" in summary["failed"]["zero"]
+    assert "unreadable header value" in summary["failed"]["orientation"]
+    assert "unreadable header value" in summary["failed"]["position"]
+    assert "Traceback" not in result.output

@@ -102,3 +102,19 @@ def test_missing_input_becomes_a_failed_case(tmp_path: Path) -> None:
     assert case.case_id == "nope" and case.error == f"{tmp_path / 'nope.nii.gz'} does not exist"
     (empty,) = discover_cases([tmp_path])
     assert empty.error == f"{tmp_path}: no DICOM series or image files found"
+
+
+def test_a_damaged_dicom_folder_fails_alone_and_good_folders_stay_cases(
+        tmp_path: Path, shared_data: Path) -> None:
+    root = tmp_path / "in"
+    shutil.copytree(shared_data / "hippocrop_dicom" / "Study1", root / "good" / "Study1")
+    bad = root / "bad"
+    shutil.copytree(shared_data / "hippocrop_dicom" / "Study2", bad)
+    (bad / "14_HCropVolume" / "zero.dcm").write_bytes(b"")  # a zero-byte file among slices
+    cases = discover_cases([root])
+    good = [c for c in cases if c.error is None]
+    failed = [c for c in cases if c.error is not None]
+    assert [c.case_id for c in good] == ["good_Study1_13_HCropVolume"]
+    assert len(failed) == 1 and failed[0].path.is_relative_to(bad)
+    assert failed[0].kind == "dicom" and "\n" not in failed[0].error
+    assert "zero.dcm" in failed[0].error or "empty" in failed[0].error.lower()

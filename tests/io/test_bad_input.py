@@ -238,3 +238,20 @@ def test_not_an_image_file(tmp_path):
         f.write(b"junk" * 100)
     with pytest.raises(ImageReadError, match=r"junk\.nii\.gz cannot be read as NIfTI"):
         read_image(tmp_path / "junk.nii.gz")
+
+
+@pytest.mark.parametrize(("tag", "change"), [
+    ("BitsAllocated", lambda ds: 8),  # 16-bit pixels read as 8-bit: half the values
+    ("BitsAllocated", lambda ds: 32),
+    ("Rows", lambda ds: ds.Rows + 1),  # every slice claims one more row than it holds
+    ("Columns", lambda ds: ds.Columns - 1),
+])
+def test_pixel_data_that_does_not_fit_the_header_is_refused(tmp_path: Path, tag: str,
+                                                            change) -> None:
+    files = _series(tmp_path / "s")
+    for f in files:
+        ds = pydicom.dcmread(f)
+        setattr(ds, tag, change(ds))
+        ds.save_as(f)
+    with pytest.raises(ImageReadError, match=r"PixelData holds \d+ bytes but Rows"):
+        read_dicom_series(tmp_path / "s")
