@@ -35,7 +35,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from bench_inference import ct_like_volume
 
 from medseg.io import ImageMeta, MedImage, read_image, write_nifti
