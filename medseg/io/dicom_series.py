@@ -23,7 +23,7 @@ from medseg.io.dicom_scan import (
     scan_headers,
 )
 from medseg.io.image import ImageMeta, MedImage, Provenance
-from medseg.io.validation import check_finite, validate_slice_geometry
+from medseg.io.validation import check_finite, check_voxel_count, validate_slice_geometry
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +129,7 @@ def read_dicom_series(
         name=name, default_spacing=members[0].slice_thickness,
     )
     ordered = [members[i] for i in geom.order]
+    check_voxel_count((*members[0].matrix, len(ordered)), source=name)  # type: ignore[misc]
     array = _read_pixels(ordered)
     check_finite(array, source=name)
     row_spacing, col_spacing = members[0].pixel_spacing  # type: ignore[misc]

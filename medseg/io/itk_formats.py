@@ -15,7 +15,12 @@ import numpy as np
 from medseg.errors import GeometryError, ImageReadError, ImageWriteError
 from medseg.io.atomic import atomic_path
 from medseg.io.image import ImageMeta, MedImage, Provenance
-from medseg.io.validation import check_finite, require_nonempty_file
+from medseg.io.validation import (
+    check_finite,
+    check_voxel_count,
+    describe_exception,
+    require_nonempty_file,
+)
 
 if TYPE_CHECKING:  # SimpleITK (~130 MB resident) loads on first use, not at import
     import SimpleITK as sitk
@@ -62,10 +67,14 @@ def read_itk_image(path: str | Path) -> MedImage:
 
     path = require_nonempty_file(path)
     try:
-        img = sitk.ReadImage(str(path))
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()  # the header: refuse a decompression bomb before reading
+        check_voxel_count((*reader.GetSize(), reader.GetNumberOfComponents()), source=str(path))
+        img = reader.Execute()
     except RuntimeError as exc:
-        detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
-        raise ImageReadError(f"{path} cannot be read (truncated or corrupt?): {detail}") from exc
+        raise ImageReadError(f"{path} cannot be read (truncated or corrupt?): "
+                             f"{describe_exception(exc)}") from exc
     fmt = "nrrd" if path.name.lower().endswith((".nrrd", ".nhdr")) else "mha"
     return sitk_to_medimage(img, Provenance(path=str(path), format=fmt), source=str(path))
 

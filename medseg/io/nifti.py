@@ -15,7 +15,12 @@ import numpy as np
 from medseg.errors import GeometryError, ImageReadError, ImageWriteError
 from medseg.io.atomic import atomic_path
 from medseg.io.image import ImageMeta, MedImage, Provenance
-from medseg.io.validation import check_finite, require_nonempty_file
+from medseg.io.validation import (
+    check_finite,
+    check_voxel_count,
+    describe_exception,
+    require_nonempty_file,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +30,37 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 def is_nifti_path(path: str | Path) -> bool:
     """True for ``*.nii`` and ``*.nii.gz`` names (case-insensitive)."""
     return str(path).lower().endswith(NIFTI_SUFFIXES)
+
+
+def _check_header(path: Path, img: nib.Nifti1Image) -> None:
+    """Refuse, from the header alone (before any voxel is decompressed), what would otherwise
+    be read wrongly or at any cost: complex or RGB voxels, more voxels than
+    :func:`~medseg.io.validation.max_voxels`, a spacing of 0/NaN with no sform or qform to
+    replace it, and an affine that is singular or not finite."""
+    dtype = img.get_data_dtype()
+    if dtype.names is not None:
+        raise ImageReadError(f"{path} holds RGB/structured voxels ({dtype.names}); medseg reads "
+                             "grey-level NIfTI (split the colour channels into a 4D file)")
+    if dtype.kind == "c":
+        raise ImageReadError(f"{path} holds complex-valued voxels ({dtype}); medseg reads "
+                             "real-valued images (take the magnitude first)")
+    shape = tuple(int(n) for n in img.shape)
+    check_voxel_count(shape, source=str(path))
+    header = img.header
+    ndim = min(len(shape), 3)
+    if not int(header["sform_code"]) and not int(header["qform_code"]):
+        # nibabel's checked header has already turned a 0 voxel size into 1: read it as stored
+        with nib.openers.ImageOpener(str(path)) as f:
+            raw = type(header).from_fileobj(f, check=False)
+        zooms = np.asarray(raw["pixdim"][1:ndim + 1], dtype=np.float64)
+        if not (np.isfinite(zooms).all() and (zooms > 0).all()):
+            raise GeometryError(f"{path} has voxel sizes {zooms.tolist()} and no sform or qform: "
+                                "its geometry is unknown")
+    linear = np.asarray(img.affine, dtype=np.float64)[:3, :3]
+    if not np.isfinite(linear).all() or not np.linalg.norm(linear, axis=0).all() \
+            or abs(np.linalg.det(linear)) < 1e-12 * max(1.0, float(np.abs(linear).max())) ** 3:
+        raise GeometryError(f"{path} has a singular or non-finite affine "
+                            f"{np.round(linear, 4).tolist()}: its voxels have no place in space")
 
 
 def read_nifti(path: str | Path, *, allow_channels: bool = False) -> MedImage:
@@ -48,11 +84,16 @@ def read_nifti(path: str | Path, *, allow_channels: bool = False) -> MedImage:
     """
     path = require_nonempty_file(path)
     try:
-        img = nib.load(str(path))
-        data = np.asanyarray(img.dataobj)
+        img = nib.load(str(path))  # the header only; the voxels are read below
     except Exception as exc:  # nibabel/gzip/zlib raise many types on damaged files
         raise ImageReadError(f"{path} cannot be read as NIfTI (truncated or corrupt?): "
-                             f"{exc}") from exc
+                             f"{describe_exception(exc)}") from exc
+    _check_header(path, img)
+    try:
+        data = np.asanyarray(img.dataobj)
+    except Exception as exc:
+        raise ImageReadError(f"{path} cannot be read as NIfTI (truncated or corrupt?): "
+                             f"{describe_exception(exc)}") from exc
     shape = data.shape
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
@@ -68,8 +109,8 @@ def read_nifti(path: str | Path, *, allow_channels: bool = False) -> MedImage:
     elif data.ndim in (2, 3):
         data = data[None]
     else:
-        raise GeometryError(f"{path} has {len(shape)} axes (shape {shape}); medseg reads 2D, 3D "
-                            "or 4D (channels) NIfTI")
+        raise GeometryError(f"{path} has {len(shape)} axes (shape {shape}, {data.ndim} after "
+                            "dropping singleton axes); medseg reads 2D, 3D or 4D (channels) NIfTI")
     check_finite(data, source=str(path))
     meta = ImageMeta.from_affine(
         img.affine, ras=True,

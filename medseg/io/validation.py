@@ -8,13 +8,15 @@ ImagePositionPatient/ImageOrientationPatient before any pixel is trusted.
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from medseg.errors import GeometryError, ImageReadError
+from medseg.errors import ConfigError, GeometryError, ImageReadError
 
 #: Two orientations are "the same" if their direction cosines agree to this.
 ORIENTATION_TOL = 1e-4
@@ -161,3 +163,39 @@ def require_nonempty_file(path: str | Path) -> Path:
     if path.stat().st_size == 0:
         raise ImageReadError(f"{path} is an empty (zero-byte) file")
     return path
+
+
+#: Default largest image medseg reads (voxels x channels): 2^30, about eight 512x512x512 CTs,
+#: 2 GiB as int16. A small compressed file can claim far more ("decompression bomb").
+DEFAULT_MAX_VOXELS = 1 << 30
+
+
+def max_voxels() -> int:
+    """The voxel limit: ``MEDSEG_MAX_VOXELS`` when set (a positive integer), else
+    :data:`DEFAULT_MAX_VOXELS`."""
+    text = os.environ.get("MEDSEG_MAX_VOXELS", "").strip()
+    if not text:
+        return DEFAULT_MAX_VOXELS
+    try:
+        value = int(float(text))
+    except ValueError:
+        raise ConfigError(f"MEDSEG_MAX_VOXELS={text!r} is not a number of voxels") from None
+    if value <= 0:
+        raise ConfigError(f"MEDSEG_MAX_VOXELS={text!r} must be positive")
+    return value
+
+
+def check_voxel_count(shape: tuple[int, ...], *, source: str) -> None:
+    """Raise :class:`ImageReadError` when a header announces more voxels than
+    :func:`max_voxels`, before anything is decompressed or allocated."""
+    count = math.prod(int(n) for n in shape)
+    limit = max_voxels()
+    if count > limit:
+        raise ImageReadError(f"{source} announces {count:,} voxels (shape {tuple(shape)}), above "
+                             f"the limit of {limit:,}; raise MEDSEG_MAX_VOXELS to read it")
+
+
+def describe_exception(exc: BaseException) -> str:
+    """``str(exc)``, or the exception's type name when that is empty (no message ends ': ')."""
+    text = str(exc).strip()
+    return text.splitlines()[-1] if text else type(exc).__name__

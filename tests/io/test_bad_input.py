@@ -255,3 +255,63 @@ def test_pixel_data_that_does_not_fit_the_header_is_refused(tmp_path: Path, tag:
         ds.save_as(f)
     with pytest.raises(ImageReadError, match=r"PixelData holds \d+ bytes but Rows"):
         read_dicom_series(tmp_path / "s")
+
+
+def _nifti_file(path: Path, data: np.ndarray, affine: np.ndarray | None = None) -> Path:
+    nib.save(nib.Nifti1Image(data, np.eye(4) if affine is None else affine), str(path))
+    return path
+
+
+def test_complex_and_rgb_nifti_are_refused_by_name(tmp_path: Path) -> None:
+    z = np.ones((4, 4, 3), np.complex64)
+    with pytest.raises(ImageReadError, match=r"complex-valued voxels \(complex64\)"):
+        read_image(_nifti_file(tmp_path / "c.nii.gz", z))
+    rgb = np.zeros((4, 4, 3), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    with pytest.raises(ImageReadError, match="RGB/structured voxels"):
+        read_image(_nifti_file(tmp_path / "rgb.nii.gz", rgb))
+
+
+@pytest.mark.parametrize("pixdim", [[1, 0.0, 1, 1, 1, 0, 0, 0], [1, 1, np.nan, 1, 1, 0, 0, 0]])
+def test_zero_or_nan_voxel_size_without_sform_or_qform_is_refused(tmp_path: Path,
+                                                                   pixdim) -> None:
+    img = nib.Nifti1Image(np.ones((4, 4, 3), np.int16), None)  # sform and qform codes 0
+    path = tmp_path / "p.nii"
+    nib.save(img, str(path))
+    data = bytearray(path.read_bytes())  # pixdim as a damaged file stores it (offset 76)
+    data[76:108] = np.asarray(pixdim, "<f4").tobytes()
+    path.write_bytes(bytes(data))
+    with pytest.raises(GeometryError, match="no sform or qform: its geometry is unknown"):
+        read_image(path)
+
+
+def test_singular_sform_is_refused(tmp_path: Path) -> None:
+    img = nib.Nifti1Image(np.ones((4, 4, 3), np.int16), None)
+    img.set_sform(np.diag([1.0, 0.0, 1.0, 1.0]), code=1)  # a zero column: j has no direction
+    nib.save(img, str(tmp_path / "s.nii.gz"))
+    with pytest.raises(GeometryError, match="singular or non-finite affine"):
+        read_image(tmp_path / "s.nii.gz")
+
+
+def test_5d_nifti_names_its_axes(tmp_path: Path) -> None:
+    path = _nifti_file(tmp_path / "5d.nii.gz", np.ones((4, 4, 3, 2, 2), np.int16))
+    with pytest.raises(GeometryError, match=r"has 5 axes \(shape \(4, 4, 3, 2, 2\)"):
+        read_image(path)
+
+
+def test_decompression_bomb_is_refused_from_the_header(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _nifti_file(tmp_path / "big.nii.gz", np.zeros((64, 64, 64), np.uint8))
+    assert path.stat().st_size < 10_000  # tiny file, 262,144 voxels
+    monkeypatch.setenv("MEDSEG_MAX_VOXELS", "100000")
+    with pytest.raises(ImageReadError, match=r"announces 262,144 voxels .* above the limit of "
+                                             r"100,000; raise MEDSEG_MAX_VOXELS"):
+        read_image(path)
+    monkeypatch.setenv("MEDSEG_MAX_VOXELS", "300000")
+    assert read_image(path).spatial_shape == (64, 64, 64)
+
+
+def test_an_exception_without_message_still_gives_a_reason() -> None:
+    from medseg.io.validation import describe_exception
+
+    assert describe_exception(ValueError("")) == "ValueError"
+    assert describe_exception(OSError("line 1\nlast line")) == "last line"
