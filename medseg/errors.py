@@ -38,3 +38,10 @@ class ConfigError(MedsegError):
 
 class CancelledError(MedsegError):
     """Long-running work was cancelled by the caller (e.g. the napari cancel button)."""
+
+
+def describe_exception(exc: BaseException) -> str:
+    """The last line of ``str(exc)``, or the exception's type name when that is empty (so no
+    one-line reason ends in an empty string)."""
+    text = str(exc).strip()
+    return text.splitlines()[-1] if text else type(exc).__name__

@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import numbers
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,13 +21,15 @@ from typing import Any
 
 import torch
 
-from medseg.errors import ModelError
+from medseg.errors import ConfigError, ModelError, describe_exception
 from medseg.networks.factory import NetworkConfig, build_network
 
 CARD_METADATA_KEY = "medseg.model_card"
 CARD_FORMAT_VERSION = 1
 #: How an instance model's classes become objects (:mod:`medseg.inference.instances`).
 INSTANCE_METHODS = ("boundary", "components")
+#: Largest window side a card may ask for (a damaged card asking for 10^5 fails at load).
+MAX_ROI = 4096
 
 
 @dataclass
@@ -122,11 +126,32 @@ class ModelCard:
         if self.instances is not None and method not in INSTANCE_METHODS:
             raise ModelError(f"model card {self.name!r}: instances.method must be one of "
                              f"{INSTANCE_METHODS}, got {method!r}")
+        self._check_geometry()
         for name in ("input_channels", "fov_pixels"):
             value = getattr(self, name)
             if value is not None and (not value or any(int(v) < 0 for v in value)):
                 raise ModelError(f"model card {self.name!r}: {name} must list non-negative "
                                  f"integers, got {value!r}")
+
+    def _check_geometry(self) -> None:
+        """roi_size, target_spacing and labels in range: a damaged card fails at load, with
+        its name, not case after case with an unexpected error."""
+        dims = self.network.spatial_dims
+        roi = list(self.roi_size)
+        if len(roi) != dims or any(isinstance(v, bool) or not isinstance(v, numbers.Integral)
+                                   or not 1 <= v <= MAX_ROI for v in roi):
+            raise ModelError(f"model card {self.name!r}: roi_size must be {dims} integers in "
+                             f"[1, {MAX_ROI}], got {roi!r}")
+        if self.target_spacing is not None:
+            spacing = list(self.target_spacing)
+            if len(spacing) != dims or not all(
+                    isinstance(v, numbers.Real) and math.isfinite(v) and v > 0 for v in spacing):
+                raise ModelError(f"model card {self.name!r}: target_spacing must be {dims} "
+                                 f"finite positive numbers (mm), got {spacing!r}")
+        highest = max(self.network.out_channels - 1, 1)  # a sigmoid output labels 0 and 1
+        if any(not 0 <= k <= highest for k in self.label_names):
+            raise ModelError(f"model card {self.name!r}: label values {sorted(self.label_names)} "
+                             f"do not fit {self.network.out_channels} output channel(s)")
 
     @property
     def spatial_dims(self) -> int:
@@ -178,8 +203,8 @@ class ModelCard:
             return cls(**{k: v for k, v in d.items() if k in known})
         except ModelError:
             raise
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ModelError(f"invalid model card: {exc}") from exc
+        except (KeyError, TypeError, ValueError, AttributeError, ConfigError) as exc:
+            raise ModelError(f"invalid model card: {describe_exception(exc)}") from exc
 
     def hash(self) -> str:
         """SHA-256 of the canonical card JSON (identifies preprocessing + labels + training)."""
@@ -231,7 +256,13 @@ def read_model_card(path: str | Path) -> ModelCard:
         raise ModelError(f"{path}: not a readable .safetensors model file ({exc})") from exc
     if CARD_METADATA_KEY not in meta:
         raise ModelError(f"{path}: no medseg model card in the file's metadata")
-    return ModelCard.from_dict(json.loads(meta[CARD_METADATA_KEY]))
+    try:
+        card = json.loads(meta[CARD_METADATA_KEY])
+    except ValueError as exc:
+        raise ModelError(f"{path}: the model card is not valid JSON ({exc})") from exc
+    if not isinstance(card, dict):
+        raise ModelError(f"{path}: the model card is not a JSON object")
+    return ModelCard.from_dict(card)
 
 
 def load_model(
@@ -245,7 +276,14 @@ def load_model(
     try:
         load_safetensors_model(net, str(path), strict=True, device="cpu")
     except RuntimeError as exc:
-        raise ModelError(f"{path}: weights do not match the card's network: {exc}") from exc
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelError(f"{path}: weights do not match the card's network: "
+                         f"{first[:300]}") from exc
+    bad = [name for name, t in (*net.named_parameters(), *net.named_buffers())
+           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise ModelError(f"{path}: {len(bad)} weight tensor(s) hold NaN or infinite values "
+                         f"(first: {bad[0]}); the file is damaged")
     return net.to(device).eval(), card
 
 

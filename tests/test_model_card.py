@@ -102,3 +102,68 @@ def test_card_refuses_an_unknown_instance_method_or_negative_channels() -> None:
         ModelCard(**base, instances={"method": "stardist"})
     with pytest.raises(ModelError, match="input_channels must list non-negative"):
         ModelCard(**base, input_channels=[-1])
+
+
+def _with_card_text(tmp_path, text: str):
+    """A model file whose card metadata is ``text`` (weights of the tiny network)."""
+    from safetensors.torch import save_model as save_safetensors_model
+
+    path = tmp_path / "hostile.safetensors"
+    save_safetensors_model(build_network(_card().network), str(path),
+                           metadata={CARD_METADATA_KEY: text})
+    return path
+
+
+def _edited(**changes) -> str:
+    d = json.loads(_card().to_json())
+    for key, value in changes.items():
+        target, *rest = key.split(".")
+        if rest:
+            d[target][rest[0]] = value
+        else:
+            d[key] = value
+    return json.dumps(d)
+
+
+@pytest.mark.parametrize(("text", "reason"), [
+    ("{not json", "not valid JSON"),
+    ("[1, 2]", "not a JSON object"),
+    (_edited(**{"network.filters": [16, 32, 10**6]}), r"filters must be integers in \[1, 4096\]"),
+    (_edited(**{"network.in_channels": 10**6}), r"in_channels must be integers"),
+    (_edited(**{"network.out_channels": 10**6}), r"out_channels must be integers"),
+    (_edited(roi_size=[10**5, 16, 16]), r"roi_size must be 3 integers in \[1, 4096\]"),
+    (_edited(roi_size=[16, 16]), r"roi_size must be 3 integers"),
+    (_edited(target_spacing=[0, 1, 1]), "target_spacing must be 3 finite positive numbers"),
+    (_edited(target_spacing=[1, "x", 1]), "target_spacing must be 3 finite positive numbers"),
+    (_edited(label_names={"0": "bg", "7": "x"}), r"label values \[0, 7\] do not fit 3"),
+])
+def test_damaged_or_hostile_cards_are_refused_in_one_line(tmp_path, text, reason) -> None:
+    with pytest.raises(ModelError, match=reason) as info:
+        load_model(_with_card_text(tmp_path, text))
+    assert "\n" not in str(info.value)
+
+
+def test_non_finite_weights_are_refused(tmp_path) -> None:
+    card = _card()
+    net = build_network(card.network)
+    with torch.no_grad():
+        next(net.parameters()).view(-1)[0] = float("nan")
+    path = save_model(tmp_path / "nan.safetensors", net, card)
+    with pytest.raises(ModelError, match=r"1 weight tensor\(s\) hold NaN or infinite values"):
+        load_model(path)
+
+
+def test_a_tiny_target_spacing_is_refused_before_resampling(monkeypatch) -> None:
+    import numpy as np
+
+    from medseg.errors import ImageReadError
+    from medseg.inference import Segmenter
+    from medseg.io import ImageMeta, MedImage
+
+    card = ModelCard.from_dict({**_card().to_dict(), "target_spacing": [1e-4, 1e-4, 1e-4],
+                                "normalization": {"scheme": "zscore"}})
+    segmenter = Segmenter(build_network(card.network), card, device="cpu")
+    image = MedImage(np.zeros((1, 20, 20, 10), np.float32), ImageMeta.identity(3))
+    with pytest.raises(ImageReadError, match=r"model 'tiny' at spacing .* announces "
+                                             r"4,000,000,000,000,000 voxels"):
+        segmenter.predict(image)

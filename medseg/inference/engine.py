@@ -42,6 +42,7 @@ from medseg.inference.sliding_window import (
 )
 from medseg.inference.windows import WindowReader, plan_windows
 from medseg.io.image import ImageMeta, MedImage
+from medseg.io.validation import check_voxel_count
 from medseg.model_card import ModelCard, file_sha256, library_versions, load_model
 from medseg.transforms import resample_onto, resample_to_spacing, spacing_matches
 from medseg.transforms.onto_grid import argmax_onto, linear_onto
@@ -441,6 +442,10 @@ class Segmenter:
         target = self.card.target_spacing
         resample = bool(target) and not spacing_matches(image.meta.spacing, target)
         if resample:
+            shape = [round(n * a / b) for n, a, b in zip(image.spatial_shape, image.meta.spacing,
+                                                          target, strict=True)]
+            check_voxel_count((image.num_channels, *shape),
+                              source=f"model {self.card.name!r} at spacing {list(target)} mm")
             work = resample_to_spacing(image, target, order=1)
         # Outputs take the input's memory layout: a NIfTI volume (first axis fastest) gets its
         # labels back in that order, and writing them is a plain copy, not a transpose.

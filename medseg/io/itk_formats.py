@@ -12,13 +12,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from medseg.errors import GeometryError, ImageReadError, ImageWriteError
+from medseg.errors import GeometryError, ImageReadError, ImageWriteError, describe_exception
 from medseg.io.atomic import atomic_path
 from medseg.io.image import ImageMeta, MedImage, Provenance
 from medseg.io.validation import (
     check_finite,
     check_voxel_count,
-    describe_exception,
     require_nonempty_file,
 )
 

@@ -194,8 +194,3 @@ def check_voxel_count(shape: tuple[int, ...], *, source: str) -> None:
         raise ImageReadError(f"{source} announces {count:,} voxels (shape {tuple(shape)}), above "
                              f"the limit of {limit:,}; raise MEDSEG_MAX_VOXELS to read it")
 
-
-def describe_exception(exc: BaseException) -> str:
-    """``str(exc)``, or the exception's type name when that is empty (no message ends ': ')."""
-    text = str(exc).strip()
-    return text.splitlines()[-1] if text else type(exc).__name__

@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from medseg.errors import ConfigError
+
+#: Bounds on a network's size (a card asking for more is damaged or hostile: the largest
+#: networks medseg builds use 320 filters per level and a few dozen classes).
+MAX_FILTERS = 4096
+MAX_CHANNELS = 1024
+
+
+def _check_ints(name: str, values: list[Any], low: int, high: int) -> None:
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or not low <= v <= high:
+            raise ConfigError(f"{name} must be integers in [{low}, {high}], got {values!r}")
 
 
 @dataclass
@@ -55,6 +67,16 @@ class NetworkConfig:
             raise ConfigError("filters, kernel_size and strides must have one entry per level")
         if self.norm not in ("instance", "batch"):
             raise ConfigError(f"norm must be 'instance' or 'batch', got {self.norm!r}")
+        _check_ints("in_channels", [self.in_channels], 1, MAX_CHANNELS)
+        _check_ints("out_channels", [self.out_channels], 1, MAX_CHANNELS)
+        _check_ints("filters", self.filters, 1, MAX_FILTERS)
+        for k, s in zip(self.kernel_size, self.strides, strict=True):
+            if len(k) != self.spatial_dims or len(s) != self.spatial_dims:
+                raise ConfigError(f"kernel_size and strides need {self.spatial_dims} values per "
+                                  f"level, got {k} and {s}")
+            _check_ints("kernel_size", k, 1, 15)
+            _check_ints("strides", s, 1, 8)
+        _check_ints("deep_supr_num", [self.deep_supr_num], 1, max(1, n - 1))
 
     @property
     def divisor(self) -> list[int]:

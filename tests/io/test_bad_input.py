@@ -311,7 +311,7 @@ def test_decompression_bomb_is_refused_from_the_header(tmp_path: Path,
 
 
 def test_an_exception_without_message_still_gives_a_reason() -> None:
-    from medseg.io.validation import describe_exception
+    from medseg.errors import describe_exception
 
     assert describe_exception(ValueError("")) == "ValueError"
     assert describe_exception(OSError("line 1\nlast line")) == "last line"
