@@ -98,6 +98,7 @@ def _from_folder(folder: Path, root: Path) -> list[CaseInput]:
     from medseg.io import find_dicom_series, find_image_files
 
     cases = [CaseInput(_relative_id(f, root), f) for f in find_image_files(folder)]
+    _warn_hidden(folder)
     damaged: list[tuple[Path, str]] = []  # a folder with an empty/damaged DICOM file fails alone
     series = find_dicom_series(folder, errors=damaged)
     per_folder: dict[Path, int] = {}
@@ -115,6 +116,22 @@ def _from_folder(folder: Path, root: Path) -> list[CaseInput]:
         return [CaseInput(_relative_id(folder, root), folder,
                           error=f"{folder}: no DICOM series or image files found")]
     return cases
+
+
+def _warn_hidden(folder: Path) -> None:
+    """Hidden files (names starting with '.', such as '.scan.nii.gz' or '..nii.gz') are left
+    out of a folder search, as the OS hides them; say so when they look like images."""
+    from medseg.io.image2d import is_2d_path
+    from medseg.io.itk_formats import is_itk_path
+    from medseg.io.nifti import is_nifti_path
+
+    hidden = sorted(p for p in folder.rglob(".*") if p.is_file()
+                    and (is_nifti_path(p) or is_itk_path(p) or is_2d_path(p)))
+    if hidden:
+        names = ", ".join(str(p.relative_to(folder)) for p in hidden[:5])
+        more = f" and {len(hidden) - 5} more" if len(hidden) > 5 else ""
+        logger.warning("%s: skipped %d hidden image file(s) (name starts with '.'): %s%s; name "
+                       "them explicitly to segment them", folder, len(hidden), names, more)
 
 
 def _expand(path: Path, root: Path, *, case_id: str | None = None,
@@ -198,11 +215,16 @@ def discover_cases(inputs: Iterable[str | Path]) -> list[CaseInput]:
 def _unique(cases: Sequence[CaseInput]) -> list[CaseInput]:
     seen: set[tuple[str, str | None]] = set()
     unique: list[CaseInput] = []
+    first_id: dict[tuple[str, str | None], str] = {}
     for c in cases:
         key = (str(c.path.resolve()), c.series_uid)
         if key not in seen:
             seen.add(key)
+            first_id[key] = c.case_id
             unique.append(c)
+        elif c.case_id != first_id[key]:
+            logger.warning("%s is listed twice, as %r and %r; it is segmented once, as %r",
+                           c.path, first_id[key], c.case_id, first_id[key])
     unique = [CaseInput(safe_case_id(c.case_id), c.path, c.series_uid, c.kind, c.error)
               for c in unique]
     counts: dict[str, int] = {}

@@ -398,6 +398,13 @@ class Segmenter:
             raise ModelError(f"{source}: model {self.card.name!r} is {dims}D but the image is "
                              f"{image.meta.ndim}D (shape {image.spatial_shape}); a 3D model "
                              "needs a volume")
+        if dims == 3 and min(image.spatial_shape) == 1:
+            files = len(image.meta.provenance.files or ())
+            hint = (" (a one-file DICOM series is often a slice split off a larger series by a "
+                    "damaged SeriesInstanceUID)" if files == 1 else "")
+            raise ModelError(f"{source}: model {self.card.name!r} is 3D but the image is a "
+                             f"single slice (shape {image.spatial_shape}){hint}; a 3D model "
+                             "needs a volume")
         expected = self.card.network.in_channels
         picks = self.card.input_channels
         if image.num_channels != expected and picks and len(picks) == expected \

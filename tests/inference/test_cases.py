@@ -118,3 +118,32 @@ def test_a_damaged_dicom_folder_fails_alone_and_good_folders_stay_cases(
     assert len(failed) == 1 and failed[0].path.is_relative_to(bad)
     assert failed[0].kind == "dicom" and "\n" not in failed[0].error
     assert "zero.dcm" in failed[0].error or "empty" in failed[0].error.lower()
+
+
+def test_hidden_image_files_are_skipped_with_a_warning(tmp_path: Path,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    root = tmp_path / "in"
+    _nifti(root / "case.nii.gz")
+    for name in (".hidden.nii.gz", "..nii.gz", "...nii.gz"):
+        _nifti(root / name)
+    (root / ".notes.txt").write_text("not an image")
+    with caplog.at_level("WARNING", logger="medseg.inference.cases"):
+        cases = discover_cases([root])
+    assert [c.case_id for c in cases] == ["case"]
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "skipped 3 hidden image file(s)" in warning
+    assert ".hidden.nii.gz" in warning and "..nii.gz" in warning and "...nii.gz" in warning
+    named = discover_cases([root / ".hidden.nii.gz", root / "..nii.gz", root / "...nii.gz"])
+    assert len(named) == 3 and all(c.error is None for c in named)  # named: segmented
+    assert all(SAFE.match(c.case_id) for c in named)
+
+
+def test_one_file_under_two_case_ids_in_a_manifest_warns(tmp_path: Path,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    _nifti(tmp_path / "a.nii.gz")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,case_id\na.nii.gz,first\na.nii.gz,second\n")
+    with caplog.at_level("WARNING", logger="medseg.inference.cases"):
+        cases = discover_cases([manifest])
+    assert [c.case_id for c in cases] == ["first"]
+    assert any("listed twice, as 'first' and 'second'" in r.getMessage() for r in caplog.records)

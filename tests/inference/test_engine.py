@@ -20,7 +20,7 @@ from inference_helpers import (
 from medseg.errors import CancelledError, ModelError
 from medseg.inference import PostprocessConfig, Segmenter, engine
 from medseg.inference.preprocess import window_normalizer
-from medseg.io import MedImage
+from medseg.io import MedImage, Provenance
 from medseg.model_card import NormalizationConfig
 from medseg.transforms import normalize_intensity
 
@@ -125,6 +125,11 @@ def test_wrong_input_raises_model_error_naming_the_file(tiny_model_file: Path) -
     flat = MedImage(np.zeros((1, 20, 20), "f4"), oblique_meta(2, path="/d/x.png"))
     with pytest.raises(ModelError, match="model 'tiny' is 3D but the image is 2D"):
         segmenter.predict(flat)
+    fragment = MedImage(np.zeros((1, 20, 20, 1), "f4"), oblique_meta().replace(
+        provenance=Provenance(path="/d/series", format="dicom", files=("/d/series/7.dcm",))))
+    with pytest.raises(ModelError, match=r"is 3D but the image is a single slice \(shape "
+                                         r"\(20, 20, 1\)\) \(a one-file DICOM series"):
+        segmenter.predict(fragment)
     with pytest.raises(CancelledError):
         segmenter.predict(MedImage(np.zeros((1, 20, 20, 20), "f4"), oblique_meta()),
                           should_cancel=lambda: True)
