@@ -32,7 +32,7 @@ from medseg.inference.records import (
     read_record,
     write_record,
 )
-from medseg.io.atomic import remove_stale_temporaries
+from medseg.io.atomic import exclusive_output, remove_stale_temporaries
 
 if TYPE_CHECKING:
     from medseg.inference.engine import Prediction, Segmenter
@@ -294,6 +294,7 @@ def run_batch(
         ModelError: The model cannot be found or loaded (no case can run).
         ConfigError: Unknown output format.
         MedsegError: An unreadable manifest.
+        ImageWriteError: Another run is writing to ``out_dir`` (one run per output folder).
     """
     from medseg.inference.engine import Segmenter
     from medseg.model_card import file_sha256
@@ -302,55 +303,57 @@ def run_batch(
     options = BatchOptions(formats=tuple(dict.fromkeys(formats)), overwrite=overwrite)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    emit = on_event or (lambda event: None)
-    summary = BatchSummary(out_dir=str(out_dir), started_at=now_iso())
-    start = time.perf_counter()
-    removed = remove_stale_temporaries(out_dir)
-    if removed:
-        logger.info("removed %d temporary file(s) left by an interrupted run", removed)
-    items = list(inputs)
-    cases = (items if items and all(isinstance(c, CaseInput) for c in items)
-             else discover_cases(items))  # type: ignore[arg-type]
-    cases = _outside(cases, out_dir)
-    summary.total = len(cases)
-    model_path = (segmenter.model_path if segmenter is not None and runner is None
-                  else resolve_model(model))
-    weights = file_sha256(model_path) if model_path is not None else None
-    emit({"event": "run_started", "time": now_iso(), "cases": len(cases), "out_dir": str(out_dir),
-          "model": str(model_path or model), "formats": list(options.formats)})
+    with exclusive_output(out_dir):  # one run per output folder: no lost records
+        emit = on_event or (lambda event: None)
+        summary = BatchSummary(out_dir=str(out_dir), started_at=now_iso())
+        start = time.perf_counter()
+        removed = remove_stale_temporaries(out_dir)
+        if removed:
+            logger.info("removed %d temporary file(s) left by an interrupted run", removed)
+        items = list(inputs)
+        cases = (items if items and all(isinstance(c, CaseInput) for c in items)
+                 else discover_cases(items))  # type: ignore[arg-type]
+        cases = _outside(cases, out_dir)
+        summary.total = len(cases)
+        model_path = (segmenter.model_path if segmenter is not None and runner is None
+                      else resolve_model(model))
+        weights = file_sha256(model_path) if model_path is not None else None
+        emit({"event": "run_started", "time": now_iso(), "cases": len(cases),
+              "out_dir": str(out_dir), "model": str(model_path or model),
+              "formats": list(options.formats)})
 
-    pending = []
-    for case in cases:
-        if not options.overwrite and is_finished(out_dir, case, options, weights):
-            summary.already_done += 1
-            emit({"event": "case_skipped", "time": now_iso(), "case_id": case.case_id,
-                  "reason": "already finished"})
-        else:
-            pending.append(case)
-    if progress is not None:
-        progress(summary.already_done, len(cases))
-    if segmenter is not None and runner is None:
-        load: Callable[[], Segmenter] = lambda: segmenter  # noqa: E731
-    else:  # picklable, so a distributed runner can ship it to its workers
-        load = functools.partial(Segmenter.from_file, model_path, device=device,
-                                 overlap=overlap, tta=tta, amp=amp, postprocess=postprocess)
-    for record in (runner or _local_runner)(pending, options, out_dir, load):
-        summary.records.append(record)
-        if record.ok:
-            summary.completed += 1
-            emit({"event": "case_finished", "time": now_iso(), **_brief(record)})
-        else:
-            summary.failed[record.case_id] = record.error or "unknown error"
-            emit({"event": "case_failed", "time": now_iso(), **_brief(record)})
+        pending = []
+        for case in cases:
+            if not options.overwrite and is_finished(out_dir, case, options, weights):
+                summary.already_done += 1
+                emit({"event": "case_skipped", "time": now_iso(), "case_id": case.case_id,
+                      "reason": "already finished"})
+            else:
+                pending.append(case)
         if progress is not None:
-            progress(summary.already_done + len(summary.records), len(cases))
-    summary.provenance = summary.records[0].provenance if summary.records else {}
-    summary.wall_s = round(time.perf_counter() - start, 3)
-    summary.write()
-    emit({"event": "run_finished", "time": now_iso(), "total": summary.total,
-          "completed": summary.completed, "already_done": summary.already_done,
-          "failed": len(summary.failed), "wall_s": summary.wall_s})
-    return summary
+            progress(summary.already_done, len(cases))
+        if segmenter is not None and runner is None:
+            load: Callable[[], Segmenter] = lambda: segmenter  # noqa: E731
+        else:  # picklable, so a distributed runner can ship it to its workers
+            load = functools.partial(Segmenter.from_file, model_path, device=device,
+                                     overlap=overlap, tta=tta, amp=amp, postprocess=postprocess)
+        for record in (runner or _local_runner)(pending, options, out_dir, load):
+            summary.records.append(record)
+            if record.ok:
+                summary.completed += 1
+                emit({"event": "case_finished", "time": now_iso(), **_brief(record)})
+            else:
+                summary.failed[record.case_id] = record.error or "unknown error"
+                emit({"event": "case_failed", "time": now_iso(), **_brief(record)})
+            if progress is not None:
+                progress(summary.already_done + len(summary.records), len(cases))
+        summary.provenance = summary.records[0].provenance if summary.records else {}
+        summary.wall_s = round(time.perf_counter() - start, 3)
+        summary.write()
+        emit({"event": "run_finished", "time": now_iso(), "total": summary.total,
+              "completed": summary.completed, "already_done": summary.already_done,
+              "failed": len(summary.failed), "wall_s": summary.wall_s})
+        return summary
 
 
 def _outside(cases: list[CaseInput], out_dir: Path) -> list[CaseInput]:

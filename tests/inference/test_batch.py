@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import nibabel as nib
@@ -12,9 +16,16 @@ import pydicom
 import pytest
 from inference_helpers import oblique_meta, tiny_card
 
+from medseg.errors import ImageWriteError
 from medseg.inference.batch import run_batch
 from medseg.io import MedImage, read_dicom_seg, read_image, write_nifti
-from medseg.io.atomic import TMP_PREFIX
+from medseg.io.atomic import (
+    _HOST,
+    LOCK_NAME,
+    TMP_PREFIX,
+    exclusive_output,
+    remove_stale_temporaries,
+)
 from medseg.model_card import save_model
 
 STAGES = {"read", "preprocess", "infer", "resample", "postprocess", "write", "total"}
@@ -79,7 +90,8 @@ def test_batch_writes_readable_outputs_records_and_resumes(
     assert not [p for p in _visible(out) if TMP_PREFIX in p]
 
     # resume: nothing redone, files untouched; --overwrite redoes everything
-    mtimes = {p: (out / p).stat().st_mtime_ns for p in _visible(out) if p != "_summary.json"}
+    mtimes = {p: (out / p).stat().st_mtime_ns for p in _visible(out)
+              if p not in ("_summary.json", LOCK_NAME)}  # the lock names each run's pid
     again = run_batch([root], tiny_model_file, out, formats=["nifti", "dicom-seg"],
                       device="cpu")
     assert (again.already_done, again.completed) == (3, 0)
@@ -95,7 +107,8 @@ def test_a_failing_case_is_recorded_and_the_run_goes_on(tmp_path: Path,
     good = (root / "case0.nii.gz").read_bytes()
     (root / "broken.nii.gz").write_bytes(good[: len(good) // 2])  # truncated download
     (out / "stale").mkdir(parents=True)
-    (out / "stale" / f"{TMP_PREFIX}0123-x.nii.gz").write_bytes(b"half")  # from a killed run
+    stale = out / "stale" / f"{TMP_PREFIX}{_HOST}-{_dead_pid()}-0123-x.nii.gz"
+    stale.write_bytes(b"half")  # left by a killed run
     summary = run_batch([root], tiny_model_file, out, device="cpu")
     assert not summary.ok and summary.completed == 2
     assert list(summary.failed) == ["broken"]
@@ -103,7 +116,7 @@ def test_a_failing_case_is_recorded_and_the_run_goes_on(tmp_path: Path,
     failed = json.loads((out / "_failed" / "broken.json").read_text())
     assert failed["status"] == "failed" and failed["error_type"] == "ImageReadError"
     assert not (out / "broken.json").exists() and not (out / "broken.nii.gz").exists()
-    assert not (out / "stale" / f"{TMP_PREFIX}0123-x.nii.gz").exists()
+    assert not stale.exists()
     # a re-run retries the failed case only; once fixed, it succeeds and the failure goes
     (root / "broken.nii.gz").write_bytes(good)
     again = run_batch([root], tiny_model_file, out, device="cpu")
@@ -175,3 +188,46 @@ def test_probability_and_uncertainty_outputs_match_the_engine(tmp_path: Path,
     assert np.all(top2[differ][:, 1] - top2[differ][:, 0] < 2e-3)
     np.testing.assert_allclose(unc.get_fdata(), expected.uncertainty().array[0].astype(np.float32),
                                atol=1 / 255 + 1e-3)
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has ended."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_only_stale_temporaries_are_removed(tmp_path: Path) -> None:
+    live = tmp_path / f"{TMP_PREFIX}{_HOST}-{os.getpid()}-aaaa-x.nii.gz"  # this process's
+    dead = tmp_path / f"{TMP_PREFIX}{_HOST}-{_dead_pid()}-bbbb-x.nii.gz"
+    foreign_new = tmp_path / f"{TMP_PREFIX}otherhost-12-cccc-x.nii.gz"
+    foreign_old = tmp_path / f"{TMP_PREFIX}otherhost-13-dddd-x.nii.gz"
+    for p in (live, dead, foreign_new, foreign_old):
+        p.write_bytes(b"partial")
+    old = time.time() - 7 * 3600
+    os.utime(foreign_old, (old, old))
+    assert remove_stale_temporaries(tmp_path) == 2
+    assert live.exists() and foreign_new.exists()
+    assert not dead.exists() and not foreign_old.exists()
+
+
+def test_a_second_run_on_the_same_output_folder_is_refused(tmp_path: Path,
+                                                            tiny_model_file: Path) -> None:
+    root, out = _inputs(tmp_path), tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from medseg.io.atomic import exclusive_output\n"
+        f"with exclusive_output({str(out)!r}):\n"
+        "    print('held', flush=True); time.sleep(60)")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(ImageWriteError, match=rf"is in use by another medseg run \(pid "
+                                                  rf"{holder.pid} on "):
+            run_batch([root], tiny_model_file, out, device="cpu")
+        assert not (out / "_summary.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    summary = run_batch([root], tiny_model_file, out, device="cpu")  # the lock died with it
+    assert summary.ok and summary.completed == 2
+    with exclusive_output(out):  # and this run released its own
+        pass
