@@ -111,11 +111,24 @@ def _floats(value: object) -> tuple[float, ...] | None:
 
 
 PIXEL_DATA_TAG = Tag(0x7FE0, 0x0010)
+#: File endings that say "this is DICOM".
+DICOM_SUFFIXES = (".dcm", ".dicom", ".dic", ".ima")
 #: Values longer than this are not read while scanning headers (PixelData above all).
 _DEFER_BYTES = 4096
 
 
-def _check_pixel_data_length(ds: pydicom.Dataset) -> None:
+def _check_not_cut_short(ds: pydicom.Dataset, size: int) -> None:
+    """pydicom stops quietly at the end of a file: raise when an element (still raw, just after
+    reading) announces more bytes than the file holds, e.g. a copy cut inside a UID."""
+    for raw in ds._dict.values():
+        tell, length = getattr(raw, "value_tell", None), getattr(raw, "length", None)
+        if tell is not None and length is not None and length != 0xFFFFFFFF \
+                and tell + length > size:
+            raise ValueError(f"element {raw.tag} needs {length} bytes at offset {tell} but the "
+                             f"file ends at {size}")
+
+
+def _check_pixel_data_length(ds: pydicom.Dataset, size: int | None = None) -> None:
     """Raise ``ValueError`` when native (uncompressed) PixelData does not hold exactly
     Rows x Columns x frames x SamplesPerPixel x BitsAllocated bits (plus even padding): an
     edited BitsAllocated, Rows or Columns would otherwise decode into a wrong image."""
@@ -124,9 +137,15 @@ def _check_pixel_data_length(ds: pydicom.Dataset) -> None:
     if syntax is not None and UID(str(syntax)).is_compressed:
         return  # encapsulated frames: the decoder checks them
     raw = ds._dict.get(PIXEL_DATA_TAG)  # the element's header only, its value is deferred
+    if raw is None:
+        raise ValueError("an image without PixelData (truncated copy?)")
     length = getattr(raw, "length", None)
     if length is None or length == 0xFFFFFFFF:
         return
+    tell = getattr(raw, "value_tell", None)
+    if tell is not None and size is not None and tell + length > size:
+        raise ValueError(f"PixelData is cut short: {size - tell} of its {length} bytes are in "
+                         "the file (truncated copy?)")
     bits = int(ds.get("BitsAllocated", 0) or 0)
     if bits not in (1, 8, 16, 32, 64):
         raise ValueError(f"BitsAllocated is {bits}")
@@ -151,9 +170,22 @@ def read_header(path: Path) -> DicomHeader | None:
     with open(path, "rb") as f:
         head = f.read(132)
     has_magic = len(head) == 132 and head[128:132] == b"DICM"
+    # a file named as DICOM, or a cut-off preamble (nothing but zero bytes), that is not
+    # readable DICOM is a damaged slice: skipping it would silently shorten its series
+    claims_dicom = has_magic or path.suffix.lower() in DICOM_SUFFIXES or (
+        len(head) < 132 and not any(head))
+    header = _read_header(path, head, has_magic)
+    if header is None and claims_dicom:
+        raise ImageReadError(f"{path} is a damaged DICOM file: no readable DICOM header "
+                             f"({size} bytes; truncated copy?)")
+    return header
+
+
+def _read_header(path: Path, head: bytes, has_magic: bool) -> DicomHeader | None:
     try:
         # pixel data deferred (not read), but its element header is: its length is checked
         ds = pydicom.dcmread(path, defer_size=_DEFER_BYTES, force=not has_magic)
+        _check_not_cut_short(ds, path.stat().st_size)
         meta = getattr(ds, "file_meta", None) or {}
         # Some anonymisers blank the UIDs in the data set; the file meta header keeps a copy.
         sop_class = str(ds.get("SOPClassUID", "") or meta.get("MediaStorageSOPClassUID", ""))
@@ -199,7 +231,7 @@ def _header(path: Path, ds: pydicom.Dataset, sop_class: str, sop_uid: str, serie
     if has_pixels and "Columns" not in ds:
         raise ValueError("Rows without Columns")
     if has_pixels:
-        _check_pixel_data_length(ds)
+        _check_pixel_data_length(ds, path.stat().st_size)
     return DicomHeader(
         path=path,
         sop_class_uid=sop_class,
