@@ -222,14 +222,48 @@ def predict_case(case: CaseInput, segmenter: Segmenter, out_dir: str | Path,
     return record
 
 
+def requested_options(model_path: Path | None, *, overlap: float, tta: bool, amp: bool | None,
+                      postprocess: PostprocessConfig | None,
+                      segmenter: Segmenter | None = None) -> dict[str, Any]:
+    """The engine options a run asks for, in the form its records keep them
+    (``provenance.options``), to tell on resume whether a finished case was made with them.
+
+    With a ``segmenter`` they are its own; otherwise they are worked out from the arguments
+    and the model card (its default clean-up applies when the run asks for none). ``amp`` is
+    compared only when given (``None`` is "as the machine prefers")."""
+    if segmenter is not None:
+        opts = segmenter.options()
+        return {"overlap": opts["overlap"], "tta": opts["tta"],
+                "keep_largest": opts["keep_largest"], "min_size_ml": opts["min_size_ml"],
+                "amp": opts["amp_dtype"] is not None}
+    from medseg.inference.postprocess import PostprocessConfig
+
+    post = postprocess
+    if (post is None or not post.active) and model_path is not None:
+        from medseg.model_card import read_model_card
+
+        post = PostprocessConfig(**(read_model_card(model_path).postprocess or {}))
+    post = post or PostprocessConfig()
+    wanted: dict[str, Any] = {"overlap": overlap, "tta": tta, "keep_largest": post.keep_largest,
+                              "min_size_ml": post.min_size_ml}
+    if amp is not None:
+        wanted["amp"] = bool(amp)
+    return wanted
+
+
 def is_finished(out_dir: Path, case: CaseInput, options: BatchOptions,
-                weights_sha256: str | None) -> bool:
-    """True if the case has a finished record, made by these weights, covering every requested
-    format, whose output files all exist."""
+                weights_sha256: str | None, wanted: dict[str, Any] | None = None) -> bool:
+    """True if the case has a finished record, made by these weights with the ``wanted``
+    options (see :func:`requested_options`), covering every requested format, whose output
+    files all exist."""
     record = read_record(out_dir, case.case_id)
     if record is None or not record.ok:
         return False
     if weights_sha256 and record.provenance.get("weights_sha256") != weights_sha256:
+        return False
+    made = dict(record.provenance.get("options") or {})
+    made["amp"] = made.get("amp_dtype") is not None
+    if wanted and any(made.get(k) != v for k, v in wanted.items()):
         return False
     ndim = len(record.geometry.get("shape") or ()) or 3
     for fmt in resolve_formats(options.formats, ndim):
@@ -318,13 +352,16 @@ def run_batch(
         model_path = (segmenter.model_path if segmenter is not None and runner is None
                       else resolve_model(model))
         weights = file_sha256(model_path) if model_path is not None else None
+        wanted = requested_options(model_path, overlap=overlap, tta=tta, amp=amp,
+                                   postprocess=postprocess,
+                                   segmenter=segmenter if runner is None else None)
         emit({"event": "run_started", "time": now_iso(), "cases": len(cases),
               "out_dir": str(out_dir), "model": str(model_path or model),
               "formats": list(options.formats)})
 
         pending = []
         for case in cases:
-            if not options.overwrite and is_finished(out_dir, case, options, weights):
+            if not options.overwrite and is_finished(out_dir, case, options, weights, wanted):
                 summary.already_done += 1
                 emit({"event": "case_skipped", "time": now_iso(), "case_id": case.case_id,
                       "reason": "already finished"})

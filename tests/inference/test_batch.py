@@ -231,3 +231,26 @@ def test_a_second_run_on_the_same_output_folder_is_refused(tmp_path: Path,
     assert summary.ok and summary.completed == 2
     with exclusive_output(out):  # and this run released its own
         pass
+
+
+def test_resume_redoes_cases_made_with_other_options(tmp_path: Path,
+                                                    tiny_model_file: Path) -> None:
+    from medseg.inference.postprocess import PostprocessConfig
+
+    root, out = _inputs(tmp_path), tmp_path / "out"
+    first = run_batch([root], tiny_model_file, out, device="cpu")
+    assert first.completed == 2
+    same = run_batch([root], tiny_model_file, out, device="cpu")
+    assert (same.already_done, same.completed) == (2, 0)
+    tta = run_batch([root], tiny_model_file, out, device="cpu", tta=True)
+    assert (tta.already_done, tta.completed) == (0, 2)  # made without TTA: redone
+    record = json.loads((out / f"{tta.records[0].case_id}.json").read_text())
+    assert record["provenance"]["options"]["tta"] is True
+    overlap = run_batch([root], tiny_model_file, out, device="cpu", tta=True, overlap=0.25)
+    assert overlap.completed == 2
+    keep = run_batch([root], tiny_model_file, out, device="cpu", tta=True, overlap=0.25,
+                     postprocess=PostprocessConfig(keep_largest=True))
+    assert keep.completed == 2
+    again = run_batch([root], tiny_model_file, out, device="cpu", tta=True, overlap=0.25,
+                      postprocess=PostprocessConfig(keep_largest=True))
+    assert (again.already_done, again.completed) == (2, 0)
