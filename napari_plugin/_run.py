@@ -13,12 +13,13 @@ import dataclasses
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from medseg.errors import GeometryError, ModelError
+from medseg.inference.options import InferenceOptions
 from medseg.io.image import ImageMeta, MedImage
 from napari_plugin._geometry import (
     META_KEY,
@@ -37,21 +38,18 @@ Progress = Callable[[int, int], None]
 
 @dataclass(frozen=True)
 class EngineOptions:
-    """How to run the engine: the model and its inference settings.
+    """What to run: the model, the inference settings, and the extra layers to show.
 
     Attributes:
         model: Shipped model name or path of a ``.safetensors`` model file.
-        device: ``None`` (engine picks), ``"cpu"`` or ``"cuda"``.
-        overlap: Sliding-window overlap in ``[0, 1)``.
-        tta: Mirror test-time augmentation.
+        inference: The engine settings (the same typed object the CLI and the batch runner
+            pass on): device, overlap, TTA, precision, clean-up.
         uncertainty: Also return the per-voxel uncertainty (normalised entropy of the softmax,
-            averaged over the mirrorings with ``tta``), shown as its own image layer.
+            averaged over the mirrorings with TTA), shown as its own image layer.
     """
 
     model: str
-    device: str | None = None
-    overlap: float = 0.5
-    tta: bool = False
+    inference: InferenceOptions = field(default_factory=InferenceOptions)
     uncertainty: bool = False
 
 
@@ -129,10 +127,7 @@ class SegmenterCache:
         with self._lock:
             if self._key != options:
                 self._segmenter = None  # free the previous model before loading the next
-                self._segmenter = Segmenter.from_file(
-                    options.model, device=options.device, overlap=options.overlap,
-                    tta=options.tta,
-                )
+                self._segmenter = Segmenter.from_file(options.model, options.inference)
                 self._key = options
             return self._segmenter
 

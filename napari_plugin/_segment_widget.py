@@ -30,6 +30,7 @@ from qtpy.QtCore import QObject, Signal
 from superqt.utils import create_worker
 
 from medseg.errors import CancelledError, MedsegError, ModelError
+from medseg.inference.options import InferenceOptions
 from napari_plugin._logic import AUTO_DEVICE, DEVICE_CHOICES, resolve_device
 from napari_plugin._run import (
     EngineOptions,
@@ -119,8 +120,10 @@ class SegmentWidget(Container):
         model = chosen_model(str(self.model_box.value), str(self.checkpoint.value or ""))
         device = resolve_device(str(self.device_box.value),
                                 cuda_available=torch.cuda.is_available())
-        return EngineOptions(model=model, device=device, overlap=float(self.overlap.value),
-                             tta=bool(self.tta.value), uncertainty=bool(self.uncertainty.value))
+        inference = InferenceOptions(device=device, overlap=float(self.overlap.value),
+                                     tta=bool(self.tta.value))
+        return EngineOptions(model=model, inference=inference,
+                             uncertainty=bool(self.uncertainty.value))
 
     def run(self, *_: Any) -> None:
         """Capture the selected image and start a worker (does nothing while one runs)."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import IO, Any
@@ -68,7 +67,7 @@ def predict_command(
     amp: bool | None = typer.Option(None, "--amp/--no-amp", help="Mixed precision (default: "
                                     "on for CUDA and for CPUs with native bf16)."),
     low_memory: bool = typer.Option(False, "--low-memory", help="Smaller peak memory, slower "
-                                    "forward passes (sets MEDSEG_LOW_MEMORY=1; see README)."),
+                                    "forward passes (see README); Ray workers get it too."),
     keep_largest: bool = typer.Option(False, "--keep-largest", help="Keep only the largest "
                                       "connected component of each label."),
     min_size_ml: float = typer.Option(0.0, "--min-size-ml", help="Remove components smaller "
@@ -93,7 +92,7 @@ def predict_command(
 
     from medseg.errors import MedsegError
     from medseg.inference.batch import run_batch
-    from medseg.inference.postprocess import PostprocessConfig
+    from medseg.inference.options import InferenceOptions
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -120,16 +119,12 @@ def predict_command(
             import torch
 
             torch.set_num_threads(threads)
-        if low_memory:
-            # read by every Segmenter in this process; Segmenter.from_file then also asks for
-            # huge pages before it loads the weights (medseg.inference.heap)
-            os.environ["MEDSEG_LOW_MEMORY"] = "1"
-        summary = run_batch(
-            inputs, model, output, formats=formats, overwrite=overwrite, device=device,
-            overlap=overlap, tta=tta, amp=amp,
-            postprocess=PostprocessConfig(keep_largest=keep_largest, min_size_ml=min_size_ml),
-            progress=progress, on_event=log, runner=runner,
-        )
+        # the settings, built once here, go whole to every engine (local or Ray workers)
+        inference = InferenceOptions(device=device, overlap=overlap, tta=tta, amp=amp,
+                                     keep_largest=keep_largest, min_size_ml=min_size_ml,
+                                     low_memory=low_memory)
+        summary = run_batch(inputs, model, output, formats=formats, overwrite=overwrite,
+                            inference=inference, progress=progress, on_event=log, runner=runner)
     except MedsegError as exc:
         log({"event": "run_error", "error": str(exc), "error_type": type(exc).__name__})
         typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)

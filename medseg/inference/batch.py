@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from medseg.errors import ConfigError, MedsegError
 from medseg.inference.cases import CaseInput, discover_cases
+from medseg.inference.options import InferenceOptions, merge_options
 from medseg.inference.records import (
     BatchSummary,
     CaseRecord,
@@ -222,15 +223,14 @@ def predict_case(case: CaseInput, segmenter: Segmenter, out_dir: str | Path,
     return record
 
 
-def requested_options(model_path: Path | None, *, overlap: float, tta: bool, amp: bool | None,
-                      postprocess: PostprocessConfig | None,
+def requested_options(model_path: Path | None, options: InferenceOptions,
                       segmenter: Segmenter | None = None) -> dict[str, Any]:
-    """The engine options a run asks for, in the form its records keep them
+    """The settings that shape the outputs a run asks for, in the form its records keep them
     (``provenance.options``), to tell on resume whether a finished case was made with them.
 
-    With a ``segmenter`` they are its own; otherwise they are worked out from the arguments
-    and the model card (its default clean-up applies when the run asks for none). ``amp`` is
-    compared only when given (``None`` is "as the machine prefers")."""
+    With a ``segmenter`` they are its own; otherwise they come from ``options`` and the model
+    card (its default clean-up applies when the run asks for none). ``amp`` is compared only
+    when set (``None`` is "as the machine prefers")."""
     if segmenter is not None:
         opts = segmenter.options()
         return {"overlap": opts["overlap"], "tta": opts["tta"],
@@ -238,16 +238,15 @@ def requested_options(model_path: Path | None, *, overlap: float, tta: bool, amp
                 "amp": opts["amp_dtype"] is not None}
     from medseg.inference.postprocess import PostprocessConfig
 
-    post = postprocess
-    if (post is None or not post.active) and model_path is not None:
+    post = options.postprocess
+    if not post.active and model_path is not None:
         from medseg.model_card import read_model_card
 
         post = PostprocessConfig(**(read_model_card(model_path).postprocess or {}))
-    post = post or PostprocessConfig()
-    wanted: dict[str, Any] = {"overlap": overlap, "tta": tta, "keep_largest": post.keep_largest,
-                              "min_size_ml": post.min_size_ml}
-    if amp is not None:
-        wanted["amp"] = bool(amp)
+    wanted: dict[str, Any] = {"overlap": options.overlap, "tta": options.tta,
+                              "keep_largest": post.keep_largest, "min_size_ml": post.min_size_ml}
+    if options.amp is not None:
+        wanted["amp"] = bool(options.amp)
     return wanted
 
 
@@ -292,9 +291,10 @@ def run_batch(
     *,
     formats: Sequence[str] = (AUTO,),
     overwrite: bool = False,
+    inference: InferenceOptions | None = None,
     device: str | None = None,
-    overlap: float = 0.5,
-    tta: bool = False,
+    overlap: float | None = None,
+    tta: bool | None = None,
     amp: bool | None = None,
     postprocess: PostprocessConfig | None = None,
     segmenter: Segmenter | None = None,
@@ -312,7 +312,10 @@ def run_batch(
             ``"dicom-seg"``, ``"probabilities"``, ``"uncertainty"``, ``"tiff"``/``"png"``
             (2D label images), ``"measurements"`` (CSV of objects or lesions).
         overwrite: Redo finished cases.
-        device, overlap, tta, amp, postprocess: Engine options (see :class:`Segmenter`).
+        inference: The inference settings (:class:`InferenceOptions`), built once by the caller
+            and handed whole to every engine this run loads, local or on Ray workers.
+        device, overlap, tta, amp, postprocess: Single settings over ``inference`` (``None``:
+            not given).
         segmenter: An already loaded engine for the local runner (then ``model`` is only used
             to name it).
         runner: Where the cases that need predicting run (e.g.
@@ -335,6 +338,10 @@ def run_batch(
     from medseg.models import resolve_model
 
     options = BatchOptions(formats=tuple(dict.fromkeys(formats)), overwrite=overwrite)
+    given = {"device": device, "overlap": overlap, "tta": tta, "amp": amp,
+             "postprocess": postprocess}
+    engine_options = merge_options(inference, **{k: v for k, v in given.items()
+                                                         if v is not None})
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with exclusive_output(out_dir):  # one run per output folder: no lost records
@@ -352,9 +359,8 @@ def run_batch(
         model_path = (segmenter.model_path if segmenter is not None and runner is None
                       else resolve_model(model))
         weights = file_sha256(model_path) if model_path is not None else None
-        wanted = requested_options(model_path, overlap=overlap, tta=tta, amp=amp,
-                                   postprocess=postprocess,
-                                   segmenter=segmenter if runner is None else None)
+        wanted = requested_options(model_path, engine_options,
+                                   segmenter if runner is None else None)
         emit({"event": "run_started", "time": now_iso(), "cases": len(cases),
               "out_dir": str(out_dir), "model": str(model_path or model),
               "formats": list(options.formats)})
@@ -372,8 +378,7 @@ def run_batch(
         if segmenter is not None and runner is None:
             load: Callable[[], Segmenter] = lambda: segmenter  # noqa: E731
         else:  # picklable, so a distributed runner can ship it to its workers
-            load = functools.partial(Segmenter.from_file, model_path, device=device,
-                                     overlap=overlap, tta=tta, amp=amp, postprocess=postprocess)
+            load = functools.partial(Segmenter.from_file, model_path, engine_options)
         for record in (runner or _local_runner)(pending, options, out_dir, load):
             summary.records.append(record)
             if record.ok:

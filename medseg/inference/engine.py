@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ import torch
 from medseg.errors import CancelledError, ModelError
 from medseg.inference.heap import release_freed_memory, request_huge_pages
 from medseg.inference.instances import instances_from_classes
+from medseg.inference.options import InferenceOptions, merge_options
 from medseg.inference.postprocess import (
     PostprocessConfig,
     area_unit,
@@ -131,12 +131,6 @@ def cpu_has_native_bf16() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
-def _low_memory_wanted(low_memory: bool | None) -> bool:
-    """``low_memory``, or when ``None`` whether ``MEDSEG_LOW_MEMORY=1`` asks for it."""
-    return bool(low_memory) or (low_memory is None
-                                and os.environ.get("MEDSEG_LOW_MEMORY") == "1")
-
-
 def _amp_dtype(amp: bool | None, device: torch.device) -> torch.dtype | None:
     """Autocast dtype: float16 on CUDA, bfloat16 on CPU.
 
@@ -216,68 +210,55 @@ class Segmenter:
     Args:
         model: The network (eval mode is set here).
         card: Its model card (preprocessing, window size, labels).
-        device: Compute device; ``None``: CUDA if available, else CPU.
-        overlap: Sliding-window overlap in ``[0, 1)``.
-        tta: Average over all mirrorings of each window (test-time augmentation, 2^d passes);
-            with a card's ``label_offset``, each mirrored prediction is moved back by twice it.
-        amp: Autocast (float16 on CUDA, bfloat16 on CPU); ``None``: on for CUDA and for CPUs
-            with native bf16 (AMX/AVX512-BF16), off otherwise.
-        sw_batch_size: Windows per forward pass.
-        margin: Reflected context per side, in voxels (see
-            :func:`medseg.inference.windows.plan_windows`); ``None`` for the default.
-        blend: ``"gaussian"`` or ``"constant"`` window weighting.
-        postprocess: Optional label clean-up; when none is active, the card's ``postprocess``
-            default (if it has one) applies.
-        channels_last: Run 3D convolutions in channels-last memory layout (faster with oneDNN
-            on CPU); ``None``: on for CPU.
+        options: The inference settings (:class:`~medseg.inference.options.InferenceOptions`:
+            device, overlap, TTA, precision, windows, clean-up, memory mode). With TTA every
+            mirroring of each window is averaged (2^d passes); with a card's ``label_offset``
+            each mirrored prediction is moved back by twice it. With no clean-up asked for, the
+            card's ``postprocess`` default (if it has one) applies.
         stitch_dtype: dtype of the stitching sums (see
             :func:`medseg.inference.sliding_window.run_window_grid`); ``None``: float16 when
-            ``amp`` is on (the sums are then more precise than the bf16/fp16 logits summed:
-            hippocampus labels agreed with float32 sums on >= 99.998% of voxels per case),
+            autocast is on (the sums are then more precise than the bf16/fp16 logits summed),
             float32 otherwise.
         model_path: The file the model came from (for provenance).
-        low_memory: Trade speed for peak memory process-wide (:mod:`medseg.inference.heap`);
-            ``None``: on when ``MEDSEG_LOW_MEMORY=1``.
+        **settings: Single settings of ``InferenceOptions`` (``device=``, ``overlap=``,
+            ``tta=``, ... and ``postprocess=PostprocessConfig``) applied over ``options``.
     """
 
     def __init__(
         self,
         model: torch.nn.Module,
         card: ModelCard,
+        options: InferenceOptions | None = None,
         *,
-        device: torch.device | str | None = None,
-        overlap: float = 0.5,
-        tta: bool = False,
-        amp: bool | None = None,
-        sw_batch_size: int = 1,
-        margin: Sequence[int] | int | None = None,
-        blend: str = "gaussian",
-        postprocess: PostprocessConfig | None = None,
-        channels_last: bool | None = None,
         stitch_dtype: torch.dtype | None = None,
         model_path: str | Path | None = None,
-        low_memory: bool | None = None,
+        **settings: Any,
     ) -> None:
-        if _low_memory_wanted(low_memory):
+        options = merge_options(options, **settings)
+        self.inference_options = options
+        if options.low_memory:
             release_freed_memory()  # smaller peak, slower forward passes (see inference.heap)
-        self.device = resolve_device(device)
+        self.device = resolve_device(options.device)
         self.card = card
-        self.overlap = float(overlap)
-        self.tta = bool(tta)
-        self.amp_dtype = _amp_dtype(amp, self.device)
-        self.sw_batch_size = int(sw_batch_size)
-        self.margin = margin
-        self.blend = blend
-        if postprocess is None or not postprocess.active:  # the model's own default, if any
+        self.overlap = float(options.overlap)
+        self.tta = bool(options.tta)
+        self.amp_dtype = _amp_dtype(options.amp, self.device)
+        self.sw_batch_size = int(options.sw_batch_size)
+        self.margin = options.margin
+        self.blend = options.blend
+        postprocess = options.postprocess
+        if not postprocess.active:  # the model's own default, if any
             postprocess = PostprocessConfig(**(card.postprocess or {}))
         self.postprocess = postprocess
-        self.channels_last = (self.device.type == "cpu") if channels_last is None else channels_last
+        self.channels_last = (self.device.type == "cpu") if options.channels_last is None \
+            else options.channels_last
         if stitch_dtype is None:  # as precise as the windows: bf16/fp16 logits fit float16 sums
             stitch_dtype = torch.float16 if self.amp_dtype is not None else torch.float32
         self.stitch_dtype = stitch_dtype
         self.model_path = Path(model_path) if model_path is not None else None
         self._weights_sha256: str | None = None
-        plan_windows(card.roi_size, card.roi_size, overlap=self.overlap, margin=margin)  # validate
+        plan_windows(card.roi_size, card.roi_size, overlap=self.overlap,  # validate
+                     margin=self.margin)
         self.model = model.to(self.device).eval()
         if self.channels_last:
             self.model = self.model.to(memory_format=self._memory_format)
@@ -285,29 +266,21 @@ class Segmenter:
         self._label_offset = card.label_offset
 
     @classmethod
-    def from_file(
-        cls,
-        name_or_path: str | Path,
-        *,
-        device: torch.device | str | None = None,
-        overlap: float = 0.5,
-        tta: bool = False,
-        amp: bool | None = None,
-        **options: Any,
-    ) -> Segmenter:
+    def from_file(cls, name_or_path: str | Path, options: InferenceOptions | None = None,
+                  **settings: Any) -> Segmenter:
         """Load a shipped model by name or a ``.safetensors`` model file (see ``__init__``)."""
         from medseg.models import resolve_model
 
+        options = merge_options(options, **settings)
         path = resolve_model(name_or_path)
-        device = resolve_device(device)
-        if _low_memory_wanted(options.get("low_memory")):
+        device = resolve_device(options.device)
+        if options.low_memory:
             request_huge_pages()  # torch reads it at its first large buffer: before the weights
         model, card = load_model(path, device=device)
         if device.type == "cpu":  # the model is ours: swap in the faster CPU normalisation
             instance_norm_as_group_norm(model)
         logger.info("loaded model %s (%s) on %s", card.name, path, device)
-        return cls(model, card, device=device, overlap=overlap, tta=tta, amp=amp,
-                   model_path=path, **options)
+        return cls(model, card, options.replace(device=str(device)), model_path=path)
 
     # -- provenance ----------------------------------------------------------------------------
     @property
@@ -324,6 +297,7 @@ class Segmenter:
             "keep_largest": self.postprocess.keep_largest,
             "min_size_ml": self.postprocess.min_size_ml, "roi_size": list(self.card.roi_size),
             "target_spacing": self.card.target_spacing,
+            "low_memory": self.inference_options.low_memory,
         }
 
     def provenance(self) -> dict[str, Any]:
@@ -338,6 +312,7 @@ class Segmenter:
             "weights_sha256": self._weights_sha256,
             "device": str(self.device),
             "options": self.options(),
+            "inference_options": self.inference_options.to_dict(),
         }
 
     # -- prediction ------------------------------------------------------------------------------

@@ -5,8 +5,8 @@ The threshold is dynamic: each freed mapping raises it (up to 32 MB on 64-bit), 
 first few windows the window-sized tensors (activations, logits) come from the heap, where
 freed memory is kept for reuse and fragments. Fixing the threshold at 1 MB turns that off.
 
-It is a trade, so it is opt-in (``Segmenter(low_memory=True)``, ``medseg-predict
---low-memory``, or ``MEDSEG_LOW_MEMORY=1``). Measured on the 512x512x200 CT benchmark
+It is a trade, so it is opt-in (``InferenceOptions(low_memory=True)``, ``medseg-predict
+--low-memory``). Measured on the 512x512x200 CT benchmark
 (``benchmarks/results/inference_large.txt``, one run): peak RSS 906 -> 806 MB (bf16), but
 every layer's output is then a fresh mapping whose pages fault in, and the 50 forward passes
 took 36.1 s instead of 19.8 s. Thresholds of 16-32 MB keep the speed and save nothing.

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from medseg.errors import CancelledError
+from medseg.errors import CancelledError, ConfigError
 from medseg.inference.windows import WindowGrid, WindowReader, plan_windows
 
 logger = logging.getLogger(__name__)
@@ -388,4 +388,15 @@ def resolve_device(device: torch.device | str | None) -> torch.device:
     """The compute device: as given, or CUDA when available, else CPU (chosen here, at the edge)."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from exc
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"device {device!r}: no CUDA device is available here (torch "
+                              f"{torch.__version__}); use cpu")
+        if resolved.index is not None and resolved.index >= count:
+            raise ConfigError(f"device {device!r}: only {count} CUDA device(s) here")
+    return resolved

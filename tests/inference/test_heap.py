@@ -50,18 +50,18 @@ def test_fixed_threshold_returns_freed_buffers() -> None:
 def test_low_memory_mode_is_opt_in(monkeypatch: pytest.MonkeyPatch) -> None:
     from inference_helpers import ThresholdNet, threshold_card
 
-    from medseg.inference import Segmenter, engine
+    from medseg.inference import InferenceOptions, Segmenter, engine
 
     calls: list[int] = []
     monkeypatch.setattr(engine, "release_freed_memory", lambda: calls.append(1) or True)
-    monkeypatch.delenv("MEDSEG_LOW_MEMORY", raising=False)
     Segmenter(ThresholdNet(), threshold_card(roi=[8, 8]), device="cpu")
     assert calls == []  # default: speed (the fixed threshold slows forward passes)
     Segmenter(ThresholdNet(), threshold_card(roi=[8, 8]), device="cpu", low_memory=True)
     assert calls == [1]
-    monkeypatch.setenv("MEDSEG_LOW_MEMORY", "1")  # what medseg-predict --low-memory sets
-    Segmenter(ThresholdNet(), threshold_card(roi=[8, 8]), device="cpu")
-    assert calls == [1, 1]
+    options = InferenceOptions(device="cpu", low_memory=True)  # what --low-memory builds
+    segmenter = Segmenter(ThresholdNet(), threshold_card(roi=[8, 8]), options)
+    assert calls == [1, 1] and segmenter.options()["low_memory"] is True
+    assert segmenter.provenance()["inference_options"]["low_memory"] is True
 
 
 _THP_SCRIPT = """

@@ -11,6 +11,7 @@ from scipy.spatial.transform import Rotation
 
 from medseg.errors import GeometryError, ModelError
 from medseg.inference import Segmenter
+from medseg.inference.options import InferenceOptions
 from medseg.io.image import ImageMeta, MedImage
 from napari_plugin._geometry import META_KEY, image_layer_data
 from napari_plugin._run import (
@@ -37,7 +38,8 @@ def test_run_places_labels_on_the_captured_grid(tiny_model: Path) -> None:
     image = _oblique_image()
     (data, kwargs, _), = image_layer_data(image, name="mr")
     layer = Image(data, **kwargs)
-    options = EngineOptions(model=str(tiny_model), device="cpu", overlap=0.25)
+    options = EngineOptions(model=str(tiny_model),
+                            inference=InferenceOptions(device="cpu", overlap=0.25))
     request = capture_request(layer, options)
     layer.data[:] = 0  # edits after capture must not change what is segmented
     done: list[tuple[int, int]] = []
@@ -75,10 +77,11 @@ def test_capture_refuses_rgb_and_4d_layers() -> None:
 
 def test_segmenter_cache_loads_once_per_options(tiny_model: Path) -> None:
     cache = SegmenterCache()
-    options = EngineOptions(model=str(tiny_model), device="cpu")
+    options = EngineOptions(model=str(tiny_model), inference=InferenceOptions(device="cpu"))
     first = cache.get(options)
     assert cache.get(options) is first
-    assert cache.get(EngineOptions(model=str(tiny_model), device="cpu", tta=True)) is not first
+    assert cache.get(EngineOptions(
+        model=str(tiny_model), inference=InferenceOptions(device="cpu", tta=True))) is not first
 
 
 def test_chosen_model() -> None:
@@ -103,7 +106,8 @@ def test_2d_image_layer_with_a_2d_model(tmp_path: Path) -> None:
     path = save_model(tmp_path / "em.safetensors", build_network(config), card)
     layer = Image(np.random.default_rng(0).normal(size=(40, 50)).astype(np.float32), name="em",
                   scale=(0.5, 0.25))
-    request = capture_request(layer, EngineOptions(model=str(path), device="cpu"))
+    request = capture_request(layer, EngineOptions(
+        model=str(path), inference=InferenceOptions(device="cpu")))
     prediction = run_request(request, SegmenterCache())
     data, kwargs, _ = result_layer_data(request, prediction)
     assert data.shape == (40, 50)
@@ -130,7 +134,8 @@ def test_instance_model_run_gives_object_ids_uncertainty_and_an_object_summary(
     path = save_model(tmp_path / "cells.safetensors", build_network(config), card)
     layer = Image(np.random.default_rng(0).normal(size=(40, 50)).astype(np.float32),
                   name="cells")
-    request = capture_request(layer, EngineOptions(model=str(path), device="cpu",
+    request = capture_request(layer, EngineOptions(
+        model=str(path), inference=InferenceOptions(device="cpu"),
                                                    uncertainty=True))
     prediction = run_request(request, SegmenterCache())
     assert prediction.instances and prediction.num_objects == int(prediction.labels.array.max())

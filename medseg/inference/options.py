@@ -1,0 +1,92 @@
+"""One typed set of inference settings, built once at the edge and carried whole.
+
+The CLI (``medseg-predict``), the Python API (:class:`~medseg.inference.engine.Segmenter`,
+:func:`~medseg.inference.batch.run_batch`), the Ray runner and the napari plugin all build an
+:class:`InferenceOptions` and hand the same object on; every record keeps it
+(``provenance.inference_options``), and a resumed batch compares it with the record's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from medseg.errors import ConfigError
+from medseg.inference.postprocess import PostprocessConfig
+
+BLENDS = ("gaussian", "constant")
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    """How to run a model.
+
+    Attributes:
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; ``None``: CUDA if available, else CPU.
+        overlap: Sliding-window overlap in ``[0, 1)``.
+        tta: Mirror test-time augmentation (logits averaged per window).
+        amp: Mixed precision; ``None``: on for CUDA (float16) and for CPUs with native bf16.
+        sw_batch_size: Windows per forward pass.
+        margin: Reflected context per side in voxels; ``None``: the engine's default.
+        blend: ``"gaussian"`` or ``"constant"`` window weighting.
+        keep_largest: Keep only the largest connected component of each label.
+        min_size_ml: Remove components smaller than this (mL; mm^2 / 1000 in 2D).
+        channels_last: Channels-last convolutions; ``None``: on for CPU.
+        low_memory: Smaller peak memory, slower forward passes (:mod:`medseg.inference.heap`).
+    """
+
+    device: str | None = None
+    overlap: float = 0.5
+    tta: bool = False
+    amp: bool | None = None
+    sw_batch_size: int = 1
+    margin: int | tuple[int, ...] | None = None
+    blend: str = "gaussian"
+    keep_largest: bool = False
+    min_size_ml: float = 0.0
+    channels_last: bool | None = None
+    low_memory: bool = False
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.overlap, (int, float)) and 0 <= self.overlap < 1):
+            raise ConfigError(f"overlap must be in [0, 1), got {self.overlap!r}")
+        if not isinstance(self.sw_batch_size, int) or self.sw_batch_size < 1:
+            raise ConfigError(f"sw_batch_size must be a positive integer, got "
+                              f"{self.sw_batch_size!r}")
+        if self.blend not in BLENDS:
+            raise ConfigError(f"blend must be one of {BLENDS}, got {self.blend!r}")
+        if not (math.isfinite(self.min_size_ml) and self.min_size_ml >= 0):
+            raise ConfigError(f"min_size_ml must be >= 0, got {self.min_size_ml!r}")
+        if isinstance(self.margin, list):
+            object.__setattr__(self, "margin", tuple(self.margin))
+
+    @property
+    def postprocess(self) -> PostprocessConfig:
+        return PostprocessConfig(keep_largest=self.keep_largest, min_size_ml=self.min_size_ml)
+
+    def replace(self, **changes: Any) -> InferenceOptions:
+        """A copy with ``changes`` (unknown names raise ``ConfigError``)."""
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ConfigError(f"unknown inference options: {sorted(unknown)}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        if isinstance(d["margin"], tuple):
+            d["margin"] = list(d["margin"])
+        return d
+
+
+def merge_options(options: InferenceOptions | None, **legacy: Any) -> InferenceOptions:
+    """``options`` (or the defaults) with the keyword settings given one by one; a
+    ``postprocess=PostprocessConfig`` keyword becomes ``keep_largest`` / ``min_size_ml``."""
+    base = options or InferenceOptions()
+    post = legacy.pop("postprocess", None)
+    if post is not None:
+        legacy.update(keep_largest=post.keep_largest, min_size_ml=post.min_size_ml)
+    if "device" in legacy and legacy["device"] is not None:
+        legacy["device"] = str(legacy["device"])
+    return base.replace(**legacy) if legacy else base
