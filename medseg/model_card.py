@@ -101,6 +101,11 @@ class ModelCard:
         postprocess: The clean-up a run applies when it asks for none itself
             (``{"min_size_ml": float, "keep_largest": bool}``, see
             :class:`medseg.inference.postprocess.PostprocessConfig`); ``None``: none.
+        label_offset: Voxels (array axes) by which the model draws labels off the image
+            structures, as trained with ``augment.label_offset``; empty when none. Mirror TTA
+            moves each flipped-back prediction by twice it
+            (:func:`medseg.inference.engine.unmirror`). Older cards kept it only in the
+            training record; it is read from there.
     """
 
     name: str
@@ -119,6 +124,7 @@ class ModelCard:
     fov_pixels: list[int] | None = None
     instances: dict[str, Any] | None = None
     postprocess: dict[str, Any] | None = None
+    label_offset: list[float] = field(default_factory=list)
     format_version: int = CARD_FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -127,6 +133,13 @@ class ModelCard:
             raise ModelError(f"model card {self.name!r}: instances.method must be one of "
                              f"{INSTANCE_METHODS}, got {method!r}")
         self._check_geometry()
+        offset = [float(v) for v in self.label_offset]
+        if offset and (len(offset) != self.network.spatial_dims
+                       or not all(math.isfinite(v) and abs(v) < 16 for v in offset)):
+            raise ModelError(f"model card {self.name!r}: label_offset must be "
+                             f"{self.network.spatial_dims} finite voxel offsets, got "
+                             f"{self.label_offset!r}")
+        self.label_offset = offset
         for name in ("input_channels", "fov_pixels"):
             value = getattr(self, name)
             if value is not None and (not value or any(int(v) < 0 for v in value)):
@@ -161,14 +174,6 @@ class ModelCard:
     def num_classes(self) -> int:
         return self.network.out_channels
 
-    @property
-    def label_offset(self) -> list[float]:
-        """Voxels (array axes) by which the model draws labels off the image structures, as
-        trained with ``augment.label_offset``; empty when none. Mirror TTA undoes the flip of
-        this offset (see :meth:`medseg.inference.engine.Segmenter.predict`)."""
-        augment = (self.training.get("config") or {}).get("augment") or {}
-        return [float(v) for v in augment.get("label_offset") or []]
-
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["label_names"] = {str(k): v for k, v in self.label_names.items()}
@@ -199,6 +204,9 @@ class ModelCard:
             d["label_colors"] = {
                 int(k): tuple(int(c) for c in v) for k, v in (d.get("label_colors") or {}).items()
             }
+            if "label_offset" not in d:  # cards before format 1.1 kept it in the training record
+                augment = ((d.get("training") or {}).get("config") or {}).get("augment") or {}
+                d["label_offset"] = list(augment.get("label_offset") or [])
             known = {f.name for f in dataclasses.fields(cls)}
             return cls(**{k: v for k, v in d.items() if k in known})
         except ModelError:

@@ -167,3 +167,12 @@ def test_a_tiny_target_spacing_is_refused_before_resampling(monkeypatch) -> None
     with pytest.raises(ImageReadError, match=r"model 'tiny' at spacing .* announces "
                                              r"4,000,000,000,000,000 voxels"):
         segmenter.predict(image)
+
+
+def test_label_offset_is_a_typed_card_field_read_from_older_cards() -> None:
+    d = _card().to_dict()
+    del d["label_offset"]
+    d["training"] = {"config": {"augment": {"label_offset": [0.5, -0.5, 0]}}}
+    assert ModelCard.from_dict(d).label_offset == [0.5, -0.5, 0.0]  # a card from before
+    with pytest.raises(ModelError, match="label_offset must be 3 finite voxel offsets"):
+        ModelCard.from_dict({**_card().to_dict(), "label_offset": [1.0, 2.0]})

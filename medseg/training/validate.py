@@ -24,7 +24,14 @@ logger = logging.getLogger(__name__)
 def predict_case_logits(model: torch.nn.Module, image: torch.Tensor, *, roi_size: Sequence[int],
                         overlap: float, device: torch.device, amp_dtype: torch.dtype | None,
                         tta: bool = False, label_offset: Sequence[float] = ()) -> torch.Tensor:
-    """Logits ``(K, *S)`` of one image; with ``tta``, mean softmax over all mirrorings.
+    """Logits ``(K, *S)`` of one image; with ``tta``, the mean logits over all mirrorings.
+
+    How this differs from the engine's TTA (:meth:`medseg.inference.engine.Segmenter._forward`):
+    both average logits over the 2^d mirrorings and undo ``label_offset`` the same way, but
+    here the whole image is mirrored and then cut into windows (MONAI's grid, flush with the
+    far border), whereas the engine mirrors each window of its own reflection-padded grid. So
+    windows sit at mirrored places and labels near window seams can differ. Model selection
+    uses this; reported figures come from the engine (``benchmarks/eval_*.py``).
 
     A volume given to a 2D model (``roi_size`` one axis shorter than the image) is predicted
     slice by slice along its last axis, as the engine does.
@@ -54,7 +61,7 @@ def predict_case_logits(model: torch.nn.Module, image: torch.Tensor, *, roi_size
     for axes in flips:
         x = image.flip(axes) if axes else image
         out = unmirror(run(x), axes, label_offset, first_spatial=1)
-        total = out.softmax(0) if total.numel() == 0 else total + out.softmax(0)
+        total = out if total.numel() == 0 else total + out
     return total / len(flips)
 
 

@@ -250,7 +250,7 @@ def test_tta_keeps_a_trained_label_offset(batch_limit: int,
 
     def probabilities(card_offset: list[float], tta: bool) -> np.ndarray:
         card = threshold_card(roi=[48, 48])
-        card.training = {"config": {"augment": {"label_offset": card_offset}}}
+        card.label_offset = card_offset
         pred = Segmenter(net, card, device="cpu", tta=tta, amp=False).predict(
             image, return_probabilities=True)
         assert pred.probabilities is not None

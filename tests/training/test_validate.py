@@ -27,8 +27,9 @@ def test_validation_tta_moves_mirrored_predictions_back_by_the_label_offset() ->
     kwargs = dict(roi_size=[8, 8], overlap=0.5, device=torch.device("cpu"), amp_dtype=None)
     with torch.no_grad():
         plain = predict_case_logits(net, image, **kwargs).softmax(0)
-        corrected = predict_case_logits(net, image, tta=True, label_offset=[1.0, 0.0], **kwargs)
-        ignored = predict_case_logits(net, image, tta=True, **kwargs)
+        corrected = predict_case_logits(net, image, tta=True, label_offset=[1.0, 0.0],
+                                        **kwargs).softmax(0)  # mean logits, as the engine
+        ignored = predict_case_logits(net, image, tta=True, **kwargs).softmax(0)
     inner = (slice(None), slice(3, -3), slice(3, -3))  # away from the mirrored borders
     # corrected: every mirroring agrees with the unmirrored prediction (up to the zero padding
     # at window edges, which mirrored grids place differently)
