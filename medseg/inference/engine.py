@@ -150,8 +150,7 @@ def instance_norm_as_group_norm(model: torch.nn.Module) -> torch.nn.Module:
 
     The same normalisation (per sample and channel, over space) and the same parameters, but
     torch's CPU GroupNorm kernel works on channels-last bf16 tensors directly, where
-    InstanceNorm reshapes, copies and runs in float32: the hippocampus DynUNet ran a window in
-    0.12-0.22 s instead of 0.23-0.33 s (labels agreed on 99.99% of voxels).
+    InstanceNorm reshapes, copies and runs in float32.
     """
     for name, child in model.named_children():
         if isinstance(child, torch.nn.modules.instancenorm._InstanceNorm) \

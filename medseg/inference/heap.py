@@ -6,11 +6,9 @@ first few windows the window-sized tensors (activations, logits) come from the h
 freed memory is kept for reuse and fragments. Fixing the threshold at 1 MB turns that off.
 
 It is a trade, so it is opt-in (``InferenceOptions(low_memory=True)``, ``medseg-predict
---low-memory``). Measured on the 512x512x200 CT benchmark
-(``benchmarks/results/inference_large.txt``, one run): peak RSS 906 -> 806 MB (bf16), but
-every layer's output is then a fresh mapping whose pages fault in, and the 50 forward passes
-took 36.1 s instead of 19.8 s. Thresholds of 16-32 MB keep the speed and save nothing.
-Process-wide, applied once.
+--low-memory``): the peak falls, but every layer's output is then a fresh mapping whose pages
+fault in, so forward passes are slower (figures: ``benchmarks/results/inference_large.txt``).
+Thresholds of 16-32 MB keep the speed and save nothing. Process-wide, applied once.
 
 Most of that cost is page faults, one per 4 KB page. The mode therefore also asks torch's CPU
 allocator for transparent huge pages (``THP_MEM_ALLOC_ENABLE=1``: buffers of 2 MB and more are
@@ -19,10 +17,8 @@ it (``/sys/kernel/mm/transparent_hugepage/enabled`` not ``never``). torch reads 
 at its first such buffer, so it must be set before the model is loaded:
 ``Segmenter.from_file`` does so in low-memory mode (``medseg-predict --low-memory`` loads
 through it); a process that built its network itself should export the variable (a log line
-says when it came too late).
-With them the same benchmark's forward passes took 22.4 s against 18.5 s by default (peak
-809 vs 914 MB, session 4) and 20.5 s against 16.0 s (peak 748 vs 834 MB, session 5, after the
-stitching changes), ``benchmarks/results/inference_large.txt``.
+says when it came too late). Huge pages recover most of the lost speed
+(``benchmarks/results/inference_large.txt``).
 """
 
 from __future__ import annotations

@@ -8,11 +8,10 @@ run in row-major order, the grid's ``slab_axis`` outermost and the shortest axis
 the blocks alive at any time are the overlap of the current row with the next one plus the
 current window's neighbourhood. Unless logits are asked for, the sums are kept relative to
 class 0 (``K - 1`` channels; labels and softmax probabilities are unchanged by a common shift of
-a voxel's logits). On a 512x512x200 volume with 128^3 windows at overlap 0.25 and 3 classes,
-that is at most 21 MB of float16 sums (32 MB with all 3 channels; a one-window-deep band took
-79 MB), where MONAI's whole-volume float32 output and count map take 840 MB. Finished label
-blocks are kept bit-packed (2 bits a voxel for 3-4 classes) and the uint8 label map is assembled
-after the last window, so that it is not resident while the network runs (13 instead of 52 MB).
+a voxel's logits). So the sums stay a small fraction of MONAI's whole-volume float32 output
+and count map (``benchmarks/results/inference_large.txt``). Finished label blocks are kept
+bit-packed (2 bits a voxel for 3-4 classes) and the uint8 label map is assembled after the
+last window, so that it is not resident while the network runs.
 
 The window positions, Gaussian importance map (``monai.data.utils.compute_importance_map``) and
 averaging are MONAI's, so on a volume that the grid tiles exactly the result equals
@@ -156,8 +155,7 @@ def _stitch_terms(pred: torch.Tensor, *, relative: bool, device: torch.device,
     """A fresh ``dtype`` copy on ``device`` of one window's logits ``(K, *roi)`` to be weighted
     and summed: as they are, or relative to channel 0 (``logit_c - logit_0``, ``K - 1``
     channels)."""
-    # Channels first: a channels-last network output made every later step strided (the
-    # subtraction alone took 14 ms a window, all of this now 8 ms on the 3 x 128^3 benchmark).
+    # Channels first: a channels-last network output would make every later step strided.
     terms = pred.to(device, dtype, copy=True, memory_format=torch.contiguous_format)
     if not relative:
         return terms
@@ -173,8 +171,8 @@ def argmax_channels(scores: torch.Tensor, *, dtype: torch.dtype = torch.uint8,
     (``c >= 1``) and class 0 scores an implicit zero: the same labels without building the
     zero channel.
 
-    Hand-written: ``torch.argmax(dim=0)`` on 3 x 1.7 M voxels took 0.5-0.7 s
-    on this CPU, this running maximum 0.04 s (and it returns the small dtype directly).
+    Hand-written: a running maximum over a few classes is much faster on CPU than
+    ``torch.argmax(dim=0)`` and returns the small dtype directly.
     """
     if scores.shape[0] == 1:  # sigmoid logit, or s_1 - s_0 of two classes: the same rule
         return (scores[0] > 0).to(dtype)
@@ -227,8 +225,7 @@ def run_window_grid(
         labels_order: Memory layout of the label map, ``"C"`` or ``"F"`` (match the input's, so
             that writing it, e.g. as NIfTI, which stores the first axis fastest, is one copy).
         pack_labels: Keep finished label blocks bit-packed (up to 16 classes) and assemble the
-            label map after the last window, so that it is not resident while the network runs
-            (packing and unpacking a 512x512x200 3-class map took 0.04 s each).
+            label map after the last window, so that it is not resident while the network runs.
         progress: Called as ``progress(windows_done, windows_total)``.
         should_cancel: Polled before every batch; ``True`` raises :class:`CancelledError`.
 

@@ -75,7 +75,7 @@ def read_nifti(path: str | Path, *, allow_channels: bool = False) -> MedImage:
         ``(C, i, j, k)`` image (``(C, i, j)`` for a 2D file) in the file's stored dtype with
         scl_slope/scl_inter applied; geometry from nibabel's affine (sform if set, else qform).
         The array keeps the file's memory layout (first axis fastest, as NIfTI stores it):
-        reordering a 512x512x200 volume to C order took 1.4 s, longer than decompressing it.
+        reordering a large volume to C order costs more than decompressing it.
 
     Raises:
         ImageReadError: Missing, empty, truncated or unreadable file; NaN/inf voxels.
