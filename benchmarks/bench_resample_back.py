@@ -41,7 +41,7 @@ from medseg.io import ImageMeta, MedImage, read_image, write_nifti
 from medseg.training.runtime import cpu_name
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-STAGES = ("read", "preprocess", "infer", "resample", "postprocess", "write", "total")
+STAGES = ("read", "preprocess", "infer", "resample", "postprocess", "fit", "write", "total")
 
 
 def _ct_input(tmp: Path) -> list[Path]:

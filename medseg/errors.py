@@ -32,6 +32,10 @@ class ModelError(MedsegError):
     """A model or checkpoint cannot be found, loaded or applied to the given input."""
 
 
+class DomainError(MedsegError):
+    """The image does not fit the model's training domain (a strict run refuses it)."""
+
+
 class ConfigError(MedsegError):
     """A configuration file or option is invalid."""
 

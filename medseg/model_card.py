@@ -106,6 +106,11 @@ class ModelCard:
             moves each flipped-back prediction by twice it
             (:func:`medseg.inference.engine.unmirror`). Older cards kept it only in the
             training record; it is read from there.
+        domain: What the model was trained on, measured on the training cases (modality, field
+            of view, spacing, normalised intensities, label sizes, synthetic or real data,
+            intended use; see :func:`medseg.training.domain.compute_domain`); every
+            prediction's fit report checks the input against it (:mod:`medseg.inference.fit`).
+            ``None``: unknown, nothing is checked.
     """
 
     name: str
@@ -125,6 +130,7 @@ class ModelCard:
     instances: dict[str, Any] | None = None
     postprocess: dict[str, Any] | None = None
     label_offset: list[float] = field(default_factory=list)
+    domain: dict[str, Any] | None = None
     format_version: int = CARD_FORMAT_VERSION
 
     def __post_init__(self) -> None:

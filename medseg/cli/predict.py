@@ -68,6 +68,9 @@ def predict_command(
                                     "on for CUDA and for CPUs with native bf16)."),
     low_memory: bool = typer.Option(False, "--low-memory", help="Smaller peak memory, slower "
                                     "forward passes (see README); Ray workers get it too."),
+    strict: bool = typer.Option(False, "--strict", help="Fail a case whose image does not "
+                                "fit the model's training domain (modality, field of view, "
+                                "intensities, label sizes) instead of only warning."),
     keep_largest: bool = typer.Option(False, "--keep-largest", help="Keep only the largest "
                                       "connected component of each label."),
     min_size_ml: float = typer.Option(0.0, "--min-size-ml", help="Remove components smaller "
@@ -122,7 +125,7 @@ def predict_command(
         # the settings, built once here, go whole to every engine (local or Ray workers)
         inference = InferenceOptions(device=device, overlap=overlap, tta=tta, amp=amp,
                                      keep_largest=keep_largest, min_size_ml=min_size_ml,
-                                     low_memory=low_memory)
+                                     low_memory=low_memory, strict=strict)
         summary = run_batch(inputs, model, output, formats=formats, overwrite=overwrite,
                             inference=inference, progress=progress, on_event=log, runner=runner)
     except MedsegError as exc:
@@ -139,6 +142,11 @@ def predict_command(
         typer.echo(f"{summary.total} case(s): {summary.completed} done, {summary.already_done} "
                    f"already done, {len(summary.failed)} failed ({summary.wall_s:.1f} s); "
                    f"records in {output}", err=True)
+        for record in summary.records:
+            for check in record.fit.get("checks", []):
+                if record.ok and check["level"] == "warn":
+                    typer.secho(f"warning {record.case_id}: {check['message']}", err=True,
+                                fg=typer.colors.YELLOW)
         for case_id, reason in summary.failed.items():
             typer.secho(f"failed {case_id}: {reason}", err=True, fg=typer.colors.RED)
     if summary.failed:

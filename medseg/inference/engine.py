@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from medseg.errors import CancelledError, ModelError
+from medseg.errors import CancelledError, DomainError, ModelError
+from medseg.inference.fit import FitReport, check_input, check_output
 from medseg.inference.heap import release_freed_memory, request_huge_pages
 from medseg.inference.instances import instances_from_classes
 from medseg.inference.options import InferenceOptions, merge_options
@@ -70,6 +71,8 @@ class Prediction:
         num_windows: Sliding windows run (slices for a 2D model over a volume).
         instances: True when ``labels`` holds object ids 1..N (an instance model), not classes.
         num_objects: Objects in an instance result.
+        fit: How well the image fits the model's training domain, input and predicted sizes
+            (:mod:`medseg.inference.fit`); its warnings are also logged.
     """
 
     labels: MedImage
@@ -81,6 +84,7 @@ class Prediction:
     area_unit: str = ""
     instances: bool = False
     num_objects: int | None = None
+    fit: FitReport = field(default_factory=FitReport)
 
     def uncertainty(self) -> MedImage:
         """Normalised entropy of the probabilities, in ``[0, 1]`` (float16, one channel):
@@ -408,9 +412,33 @@ class Segmenter:
 
         Raises:
             ModelError: Wrong dimensionality or number of channels for this model.
+            DomainError: With ``strict`` options, the image does not fit the model's training
+                domain (checked before the network runs).
             CancelledError: ``should_cancel()`` returned ``True``.
         """
         image = self._adapt_input(image)
+        t = time.perf_counter()
+        fit = check_input(image, self.card)
+        fit_s = time.perf_counter() - t
+        if self.inference_options.strict and fit.warnings:  # refuse before the network runs
+            raise DomainError(f"{image.meta.provenance.path or 'the image'}: strict run, and the "
+                              f"image does not fit model {self.card.name!r}: "
+                              + "; ".join(c.message for c in fit.warnings))
+        prediction = self._predict(image, progress=progress, should_cancel=should_cancel,
+                                   return_probabilities=return_probabilities)
+        t = time.perf_counter()
+        sizes, unit = ((prediction.volumes_ml, "mL") if image.meta.ndim == 3
+                       else (prediction.areas, prediction.area_unit))
+        fit.checks += check_output(sizes, unit, self.card)
+        prediction.fit = fit
+        prediction.timings["fit"] = fit_s + time.perf_counter() - t
+        for check in fit.warnings:
+            logger.info("%s: %s", image.meta.provenance.path or "image", check.message)
+        return prediction
+
+    def _predict(self, image: MedImage, *, progress: ProgressFn | None,
+                 should_cancel: CancelFn | None, return_probabilities: bool) -> Prediction:
+        """:meth:`predict` after the input is adapted and checked."""
         # instance models separate objects on the softmax: they always need it
         want_probabilities = return_probabilities or bool(self.card.instances)
         if self.card.spatial_dims == 2 and image.meta.ndim == 3:

@@ -35,6 +35,8 @@ class InferenceOptions:
         min_size_ml: Remove components smaller than this (mL; mm^2 / 1000 in 2D).
         channels_last: Channels-last convolutions; ``None``: on for CPU.
         low_memory: Smaller peak memory, slower forward passes (:mod:`medseg.inference.heap`).
+        strict: A batch fails a case whose image does not fit the model's training domain
+            (any fit-report warning, :mod:`medseg.inference.fit`) instead of only warning.
     """
 
     device: str | None = None
@@ -48,6 +50,7 @@ class InferenceOptions:
     min_size_ml: float = 0.0
     channels_last: bool | None = None
     low_memory: bool = False
+    strict: bool = False
 
     def __post_init__(self) -> None:
         if not (isinstance(self.overlap, (int, float)) and 0 <= self.overlap < 1):

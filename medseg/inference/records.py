@@ -49,6 +49,9 @@ class CaseRecord:
             largest in-plane diameter in mm, centroid in patient LPS mm); see
             :func:`medseg.inference.measure.lesion_table`.
         geometry: Shape and spacing of the input grid.
+        fit: The fit report (:mod:`medseg.inference.fit`): ``{"level", "checks"}``, each check
+            ``{"check", "level", "message"}``; ``level`` ``"warn"`` when the image does not
+            look like the model's training images.
         error: Why the case failed (a message a user can act on), else ``None``.
         error_type: Exception class name of the failure.
         provenance: medseg version, model name, model card hash, weights sha256, device,
@@ -69,6 +72,7 @@ class CaseRecord:
     num_objects: int | None = None
     lesions: list[dict[str, Any]] = field(default_factory=list)
     geometry: dict[str, Any] = field(default_factory=dict)
+    fit: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     error_type: str | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
@@ -150,7 +154,10 @@ class BatchSummary:
         d["records"] = [
             {"case_id": r.case_id, "status": r.status, "outputs": r.outputs, "error": r.error,
              "timings_s": r.timings_s, "volumes_ml": r.volumes_ml, "areas": r.areas,
-             "area_unit": r.area_unit, "num_objects": r.num_objects}
+             "area_unit": r.area_unit, "num_objects": r.num_objects,
+             "fit_level": r.fit.get("level"),
+             "fit_warnings": [c["message"] for c in r.fit.get("checks", [])
+                              if c["level"] in ("warn", "refuse")]}
             for r in self.records
         ]
         return d

@@ -111,9 +111,12 @@ def read_nifti(path: str | Path, *, allow_channels: bool = False) -> MedImage:
         raise GeometryError(f"{path} has {len(shape)} axes (shape {shape}, {data.ndim} after "
                             "dropping singleton axes); medseg reads 2D, 3D or 4D (channels) NIfTI")
     check_finite(data, source=str(path))
+    descrip = bytes(np.asarray(img.header["descrip"]).tobytes()).split(b"\0")[0]
     meta = ImageMeta.from_affine(
         img.affine, ras=True,
-        provenance=Provenance(path=str(path), format="nifti"),
+        provenance=Provenance(path=str(path), format="nifti",
+                              series_description=descrip.decode("ascii", "replace").strip()
+                              or None),
     )
     if data.ndim == 3:  # a 2D file still has a 3D affine: keep the in-plane part
         meta = ImageMeta(spacing=meta.spacing[:2], origin=meta.origin[:2],
@@ -180,6 +183,9 @@ def write_nifti(image: MedImage, path: str | Path, *, dtype: str | np.dtype | No
     nii.header.set_sform(affine, code=1)
     nii.header.set_qform(affine, code=1)
     nii.header.set_xyzt_units("mm", "sec")
+    description = image.meta.provenance.series_description
+    if description:  # NIfTI's 80-byte "descrip": what the volume is (e.g. synthetic)
+        nii.header["descrip"] = description.encode("ascii", "replace")[:79]
     with atomic_path(path) as tmp:
         nib.save(nii, str(tmp))
     logger.info("wrote %s (%s, %s)", path, data.shape, out_dtype)

@@ -24,6 +24,7 @@ from medseg.training.augment import augment_batch
 from medseg.training.checkpoint import checkpoint_paths, load_state, save_checkpoint
 from medseg.training.config import TrainConfig, save_config
 from medseg.training.dataset import PreparedCase, load_raw_cases, prepare_case
+from medseg.training.domain import compute_domain
 from medseg.training.patches import PatchSampler
 from medseg.training.plan import Fingerprint, TrainingPlan, compute_fingerprint, resolve_plan
 from medseg.training.records import MetricsLog, build_card, split_cases
@@ -43,6 +44,7 @@ class PreparedRun:
     train_cases: list[PreparedCase]
     val_cases: list[PreparedCase]
     split: dict[str, list[str]]
+    domain: dict[str, Any] | None = None
 
 
 @dataclass
@@ -86,8 +88,11 @@ def prepare_data(config: TrainConfig, runtime: Runtime) -> PreparedRun:
                              target_spacing=plan.target_spacing, num_classes=plan.num_classes,
                              seed=config.seed, instances=instances) for i in ids]
 
+    domain = compute_domain([by_id[i] for i in train_ids], label_names=dict(plan.label_names),
+                            normalization=plan.normalization, modality=plan.modality,
+                            instances=instances)
     return PreparedRun(plan, fp, prep(train_ids), prep(val_ids),
-                       {"train": train_ids, "val": val_ids})
+                       {"train": train_ids, "val": val_ids}, domain)
 
 
 def _lr_at(config: TrainConfig, progress: float, iteration: int) -> float:

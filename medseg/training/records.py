@@ -133,6 +133,7 @@ def build_card(config: TrainConfig, plan: TrainingPlan, data: PreparedRun, *,
         description=f"{config.name}: trained with medseg-train on {config.data.path}",
         label_colors=colors,
         label_offset=list(config.augment.label_offset),
+        domain=data.domain,
         training={
             "dataset": {"source": config.data.source, "path": str(config.data.path),
                         "num_cases": len(data.split["train"]) + len(data.split["val"])},

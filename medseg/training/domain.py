@@ -1,0 +1,60 @@
+"""The training domain a model card records (``ModelCard.domain``), measured on the training
+cases: what :mod:`medseg.inference.fit` checks every input and prediction against."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from medseg.inference.fit import QUANTILES, extent, normalized_quantiles
+from medseg.training.dataset import RawCase
+
+
+def compute_domain(cases: Sequence[RawCase], *, label_names: dict[int, str], normalization: Any,
+                   modality: str, instances: bool = False, synthetic: bool = False,
+                   intended_use: str = "", limitations: str = "") -> dict[str, Any]:
+    """The domain of ``cases`` (the training split) as a JSON-ready dict.
+
+    Keys: ``modality``; ``unit`` (``"mm"``, or ``"px"`` when the images have no pixel size);
+    ``extent`` and ``spacing`` (``{"min", "max"}`` per axis, largest first); ``intensity``
+    (``{"quantiles", "min", "max"}``: the range over the cases of each quantile of the
+    normalised image); ``label_sizes`` (``{name: [min, max]}`` of each label's size per case,
+    in ``size_unit``: mL for volumes, px^2 or mm^2 for 2D images; an instance model's objects
+    together); ``synthetic``, ``intended_use``, ``limitations``.
+    """
+    unit = "px" if all(c.image.meta.provenance.spacing_unit == "px" for c in cases) else "mm"
+    ndim = cases[0].image.meta.ndim
+    size_unit = "mL" if ndim == 3 and unit == "mm" else f"{unit}^2" if ndim == 2 else "px^3"
+    extents = np.array([extent(c.image) for c in cases])
+    spacings = np.array([sorted(c.image.meta.spacing, reverse=True) for c in cases])
+    quantiles = np.array([normalized_quantiles(c.image.array, normalization, seed=i)
+                          for i, c in enumerate(cases)])
+    names = {1: "objects"} if instances else {k: v for k, v in label_names.items() if k}
+    sizes: dict[str, list[float]] = {name: [] for name in names.values()}
+    for c in cases:
+        labels = np.asarray(c.label.array[0])
+        unit_size = float(np.prod(c.image.meta.spacing)) / (1000.0 if size_unit == "mL" else 1.0)
+        counts = (np.array([0, np.count_nonzero(labels)]) if instances
+                  else np.bincount(labels.reshape(-1).astype(np.int64),
+                                   minlength=max(names) + 1))
+        for k, name in names.items():
+            sizes[name].append(float(counts[k]) * unit_size)
+    return {
+        "modality": modality.upper(),
+        "unit": unit,
+        "extent": {"min": extents.min(0).round(3).tolist(),
+                   "max": extents.max(0).round(3).tolist()},
+        "spacing": {"min": spacings.min(0).round(4).tolist(),
+                    "max": spacings.max(0).round(4).tolist()},
+        "intensity": {"quantiles": list(QUANTILES), "min": quantiles.min(0).round(3).tolist(),
+                      "max": quantiles.max(0).round(3).tolist()},
+        "label_sizes": {name: [round(min(v), 6), round(max(v), 6)] for name, v in sizes.items()
+                        if v},
+        "size_unit": size_unit,
+        "num_cases": len(cases),
+        "synthetic": bool(synthetic),
+        "intended_use": intended_use,
+        "limitations": limitations,
+    }
