@@ -74,7 +74,8 @@ def run(code: Path, model: str, inputs: list[Path], out: Path, threads: int
     env = {**os.environ, "PYTHONPATH": str(code.resolve()), "OMP_NUM_THREADS": str(threads)}
     cmd = [sys.executable, "-c", "from medseg.cli.predict import main; main()", "-m", model,
            "-o", str(out), "-q", "--threads", str(threads), *map(str, inputs)]
-    proc = subprocess.Popen(cmd, env=env)
+    # run from inside the code tree: ``python -c`` puts the working directory first on sys.path
+    proc = subprocess.Popen(cmd, env=env, cwd=code.resolve())
     _, status, usage = os.wait4(proc.pid, 0)
     summary = json.loads((out / "_summary.json").read_text())
     records = [r for r in summary["records"] if r["status"] == "ok"]

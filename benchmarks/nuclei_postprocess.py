@@ -32,6 +32,7 @@ VARIANTS = [
     {"method": "boundary", "min_size": 16, "seed_threshold": 0.6},
     {"method": "boundary", "min_size": 16, "seed_threshold": 0.7},
     {"method": "boundary", "min_size": 16, "foreground_threshold": 0.4},
+    {"method": "boundary", "min_size": 32, "seed_threshold": 0.7},  # the shipped card's
 ]
 
 

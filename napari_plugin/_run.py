@@ -210,3 +210,50 @@ def result_summary(prediction: Any) -> str:
                          for k, v in prediction.areas.items())
     return ", ".join(f"{k}: {v:.2f} mL" for k, v in prediction.volumes_ml.items()) \
         or "no foreground"
+
+
+def model_card_summary(card: Any) -> str:
+    """What the selected model is, before a run: what it segments, the input it is for, its
+    training data and validation figures, and its licence/use terms (from the card)."""
+    domain = card.domain or {}
+    labels = "objects" if card.instances else \
+        ", ".join(v for k, v in sorted(card.label_names.items()) if k)
+    kind = "instances" if card.instances else "classes"
+    lines = [f"{card.name}: {labels} ({kind}), {card.spatial_dims}D, "
+             f"{domain.get('modality') or card.modality or 'modality not recorded'}"]
+    if domain.get("intended_use"):
+        lines.append(f"for: {domain['intended_use']}")
+    if domain.get("limitations"):
+        lines.append(f"not for: {domain['limitations']}")
+    if domain.get("extent"):
+        unit = domain.get("unit", "mm")
+        lo = "x".join(f"{v:.3g}" for v in domain["extent"]["min"])
+        hi = "x".join(f"{v:.3g}" for v in domain["extent"]["max"])
+        lines.append(f"trained on {domain.get('num_cases', '?')} images of {lo} to {hi} {unit}"
+                     + (" (synthetic)" if domain.get("synthetic") else ""))
+    evaluation = (card.training or {}).get("evaluation")
+    if isinstance(evaluation, dict) and evaluation:
+        figures = ", ".join(f"{k} {v:.3g}" if isinstance(v, (int, float)) else f"{k} {v}"
+                            for k, v in list(evaluation.items())[:4])
+        lines.append(f"validation: {figures}")
+    text = card.description or ""
+    for term in ("RESEARCH USE ONLY", "LICENCE", "licence", "Not for clinical use",
+                 "not for clinical use", "CC0", "CC BY"):
+        if term in text:
+            lines.append("terms: see the model card (" + term + ")")
+            break
+    return "\n".join(lines)
+
+
+def fit_banner(prediction: Any) -> tuple[str, str]:
+    """``(text, level)`` of the banner shown on a result: how well the image fits the model's
+    training domain (:mod:`medseg.inference.fit`)."""
+    report = getattr(prediction, "fit", None)
+    if report is None or not report.checks:
+        return "fit: not checked", "ok"
+    warnings = report.warnings
+    if not warnings:
+        skipped = sum(c.level == "skipped" for c in report.checks)
+        return ("fit: the image matches the model's training images"
+                + (f" ({skipped} check(s) skipped)" if skipped else "")), "ok"
+    return ("CHECK THIS RESULT: " + " | ".join(c.message for c in warnings)), "warn"

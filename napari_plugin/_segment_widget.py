@@ -37,6 +37,8 @@ from napari_plugin._run import (
     SegmenterCache,
     SegmentRequest,
     capture_request,
+    fit_banner,
+    model_card_summary,
     result_layer_data,
     result_summary,
     run_request,
@@ -95,10 +97,13 @@ class SegmentWidget(Container):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
         self.status = Label(value="")
+        self.model_info = Label(value="")  # the selected model's card, before a run
+        self.fit_banner = Label(value="")  # the last result's fit report, after a run
+        self.model_info.native.setWordWrap(True)
         self.extend([
-            self.image_box, self.model_box, self.checkpoint, self.device_box, self.overlap,
-            self.tta, self.uncertainty, self.run_button, self.cancel_button, self.progress,
-            self.status,
+            self.image_box, self.model_box, self.checkpoint, self.model_info, self.device_box,
+            self.overlap, self.tta, self.uncertainty, self.run_button, self.cancel_button,
+            self.progress, self.status, self.fit_banner,
         ])
         self._cache = SegmenterCache()
         self._cancel_event = threading.Event()
@@ -106,12 +111,26 @@ class SegmentWidget(Container):
         self._relay.progress.connect(self._on_progress)
         self.worker: Any = None
         self.model_box.changed.connect(self._sync_checkpoint_visibility)
+        self.model_box.changed.connect(self._show_model_card)
+        self.checkpoint.changed.connect(self._show_model_card)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self._sync_checkpoint_visibility()
+        self._show_model_card()
 
     def _sync_checkpoint_visibility(self, *_: Any) -> None:
         self.checkpoint.visible = self.model_box.value == CHECKPOINT_CHOICE
+
+    def _show_model_card(self, *_: Any) -> None:
+        """Show what the selected model is for (read from its card; no weights loaded)."""
+        from medseg.model_card import read_model_card
+        from medseg.models import resolve_model
+
+        try:
+            model = chosen_model(str(self.model_box.value), str(self.checkpoint.value or ""))
+            self.model_info.value = model_card_summary(read_model_card(resolve_model(model)))
+        except (MedsegError, OSError) as exc:
+            self.model_info.value = f"(no model card: {exc})"
 
     # -- run --------------------------------------------------------------------------------
     def _options(self) -> EngineOptions:
@@ -176,6 +195,12 @@ class SegmentWidget(Container):
         if extra is not None:
             self._viewer.add_image(extra[0], **extra[1])
         self.status.value = f"done: {request.result_name}"
+        text, level = fit_banner(prediction)
+        self.fit_banner.value = text
+        self.fit_banner.native.setWordWrap(True)
+        self.fit_banner.native.setStyleSheet(
+            "background-color: #8a5a00; color: white; padding: 4px; font-weight: bold;"
+            if level == "warn" else "")
         show_info(f"{request.result_name}: {result_summary(prediction)}")
 
     def _on_error(self, exc: BaseException) -> None:

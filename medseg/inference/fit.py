@@ -74,10 +74,10 @@ def normalized_quantiles(array: np.ndarray, normalization: Any, *, seed: int = 0
                          ) -> list[float]:
     """:data:`QUANTILES` of an image's first channel after the model's normalisation,
     on a sample of at most :data:`SAMPLE_VOXELS` voxels."""
-    values = np.asarray(array[0]).reshape(-1)
+    values = np.asarray(array[0]).ravel(order="K")  # no copy, whatever the memory order
     if values.size > SAMPLE_VOXELS:
         rng = np.random.default_rng(seed)
-        values = values[rng.choice(values.size, SAMPLE_VOXELS, replace=False)]
+        values = values[rng.integers(0, values.size, SAMPLE_VOXELS)]  # O(sample), not O(n)
     values = normalize_intensity(values.astype(np.float32)[None], normalization)[0]
     return [float(v) for v in np.percentile(values, QUANTILES)]
 

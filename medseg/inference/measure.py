@@ -15,7 +15,9 @@ import contextlib
 import csv
 import io
 import math
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -100,18 +102,38 @@ def lesion_table(labels: MedImage, label_names: dict[int, str]) -> list[dict[str
     from scipy import ndimage
 
     arr = np.asarray(labels.array[0])
+    # SciPy labels a C-ordered array several times faster: a NIfTI-ordered (Fortran) map is
+    # labelled through its transpose, a view, and the boxes turned back
+    fortran = arr.ndim > 1 and arr.flags.f_contiguous and not arr.flags.c_contiguous
     spacing = labels.meta.spacing
     voxel_ml = math.prod(spacing) / 1000.0
     affine = labels.meta.affine
     rows: list[dict[str, Any]] = []
-    for value, name in sorted(label_names.items()):
-        if value == 0:
-            continue
-        comps, n = ndimage.label(arr == value, structure=np.ones((3, 3, 3), bool))
+    frame = arr.T if fortran else arr
+    values = [(v, n) for v, n in sorted(label_names.items()) if v != 0]
+
+    def components(value: int) -> tuple[np.ndarray, tuple[slice, ...]]:
+        """26-connected components of one label, inside its bounding box."""
+        mask = frame == value
+        where = [np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != d)))
+                 for d in range(mask.ndim)]
+        if any(w.size == 0 for w in where):
+            return np.zeros((0,) * mask.ndim, np.int32), tuple(slice(0, 0) for _ in where)
+        crop = tuple(slice(int(w[0]), int(w[-1]) + 1) for w in where)
+        return ndimage.label(mask[crop], structure=np.ones((3, 3, 3), bool))[0], crop
+
+    # SciPy's labelling releases the GIL: the labels' passes run side by side
+    with ThreadPoolExecutor(max_workers=max(1, min(len(values), os.cpu_count() or 1))) as pool:
+        labelled = list(pool.map(components, [v for v, _ in values]))
+    for (_, name), (comps, crop) in zip(values, labelled, strict=True):
         for index, box in enumerate(ndimage.find_objects(comps), start=1):
             if box is None:
                 continue
             mask = comps[box] == index
+            box = tuple(slice(b.start + c.start, b.stop + c.start)
+                        for b, c in zip(box, crop, strict=True))
+            if fortran:
+                box, mask = box[::-1], mask.T
             voxels = int(mask.sum())
             centre = np.argwhere(mask).mean(axis=0) + [s.start for s in box]
             world = affine @ np.append(centre, 1.0)
@@ -126,7 +148,8 @@ def lesion_table(labels: MedImage, label_names: dict[int, str]) -> list[dict[str
                 "centroid_z_mm": round(float(world[2]), 2),
                 "centroid_voxel": [round(float(v), 2) for v in centre],
             })
-    rows.sort(key=lambda r: -r["volume_ml"])
+    # largest first; ties in a fixed order whatever the array's memory order
+    rows.sort(key=lambda r: (-r["voxels"], r["label"], r["centroid_voxel"]))
     for i, r in enumerate(rows, start=1):
         r["lesion"] = i
     return rows

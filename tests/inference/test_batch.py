@@ -28,7 +28,7 @@ from medseg.io.atomic import (
 )
 from medseg.model_card import save_model
 
-STAGES = {"read", "preprocess", "infer", "resample", "postprocess", "write", "total"}
+STAGES = {"read", "preprocess", "infer", "resample", "postprocess", "fit", "write", "total"}
 
 
 def _inputs(tmp_path: Path, shared_data: Path | None = None) -> Path:

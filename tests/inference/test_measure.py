@@ -136,3 +136,25 @@ def test_csv_text_and_write_csv(tmp_path: Path) -> None:
 
     out = write_csv(rows, LESION_COLUMNS, tmp_path / "lesions.csv")
     assert out.read_bytes() == text.encode()
+
+
+def test_lesion_table_is_the_same_for_either_memory_order() -> None:
+    from medseg.inference.measure import lesion_table
+    from medseg.io import ImageMeta, MedImage
+
+    rng = np.random.default_rng(4)
+    labels = np.zeros((30, 26, 12), np.uint8)
+    labels[2:9, 3:8, 1:4] = 1
+    labels[15:27, 10:22, 5:11] = 1
+    labels[20:23, 2:5, 8:10] = 2
+    labels[rng.random(labels.shape) > 0.995] = 2
+    meta = ImageMeta(spacing=(0.7, 0.9, 2.5), origin=(1.0, 2.0, 3.0),
+                     direction=((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)))
+    names = {1: "liver", 2: "lesion"}
+    c_order = lesion_table(MedImage(labels[None], meta), names)
+    f_order = lesion_table(MedImage(np.asfortranarray(labels)[None], meta), names)
+    assert c_order == f_order and len(c_order) >= 3
+    assert {r["label"] for r in c_order} == {"liver", "lesion"}
+    big = max(c_order, key=lambda r: r["voxels"])
+    assert big["voxels"] == int((labels[15:27, 10:22, 5:11] == 1).sum())
+    assert (big["first_slice"], big["last_slice"]) == (6, 11)

@@ -166,8 +166,8 @@ def test_2d_model_on_a_3d_layer_gives_a_volume_and_a_lesion_table(tmp_path: Path
     path = save_model(tmp_path / "flair2d.safetensors", build_network(config), card)
     image = _oblique_image()
     (data, kwargs, _), = image_layer_data(image, name="flair")
-    request = capture_request(Image(data, **kwargs), EngineOptions(model=str(path),
-                                                                   device="cpu"))
+    request = capture_request(Image(data, **kwargs), EngineOptions(
+        model=str(path), inference=InferenceOptions(device="cpu")))
     prediction = run_request(request, SegmenterCache())
     assert prediction.labels.spatial_shape == SHAPE and prediction.num_windows == SHAPE[2]
     assert prediction.labels.meta.same_grid(image.meta, atol_mm=1e-6)

@@ -75,6 +75,9 @@ def test_run_in_a_worker_binds_the_result_to_the_captured_image(
 
     assert sum(ticks) >= 3, "the GUI event loop must keep running during inference"
     assert widget.status.value == "done: first [medseg tiny]"
+    # the tiny model records no training domain: the banner says so, before and after
+    assert widget.model_info.value.startswith("tiny: ")
+    assert widget.fit_banner.value.startswith("fit: ")
     assert (widget.progress.value, widget.progress.max) == (8, 8)
     result = viewer.layers["first [medseg tiny]"]
     assert result.data.shape == original.shape
@@ -135,3 +138,27 @@ def test_bad_settings_are_refused_before_anything_runs(
     widget.run_button.clicked.emit()
     assert widget.worker is None and widget.run_button.enabled
     assert widget.status.value.startswith(message)
+
+
+def test_the_model_card_shows_before_a_run_and_a_misfit_is_bannered(
+        make_napari_viewer, qtbot) -> None:
+    """The nuclei model on an EM-like image: what the model is for shows when it is chosen,
+    and the result carries a visible warning banner."""
+    viewer = make_napari_viewer()
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.model_box.value = "nuclei"
+    widget.device_box.value = "cpu"
+    assert widget.model_info.value.startswith("nuclei: objects (instances), 2D, "
+                                              "FLUORESCENCE MICROSCOPY")
+    assert "for: Cell nuclei in 2D fluorescence microscopy" in widget.model_info.value
+    # a flat, mid-grey textured image: nothing like dark-background fluorescence
+    rng = np.random.default_rng(0)
+    layer = viewer.add_image((rng.normal(128, 30, (256, 256))).clip(0, 255).astype(np.uint8),
+                             name="em-like")
+    widget.image_box.value = layer
+    widget.run_button.clicked.emit()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=RUN_TIMEOUT_MS)
+    assert widget.fit_banner.value.startswith("CHECK THIS RESULT: ")
+    assert "do not look like the training images'" in widget.fit_banner.value
+    assert "background-color" in widget.fit_banner.native.styleSheet()
