@@ -3,7 +3,8 @@
 The engine chooses per CPU: channels-last memory layout for convolutions (``channels_last=None``
 -> on for CPU), bf16 autocast only where the CPU has native bf16 (AMX-BF16 / AVX512-BF16), and
 the thread count the user gives (``--threads``, default all cores). This script times the
-forward pass of every shipped model on a batch of its own windows (``sw_batch_size`` as the
+forward pass of every shipped model (InstanceNorm swapped for GroupNorm, as the engine loads
+it on CPU) on a batch of its own windows (``sw_batch_size`` as the
 engine runs it: one window for 3D models, a batch of slices for the 2D ones) under each
 alternative, so a choice that is slower on this kind of CPU shows up.
 
@@ -25,7 +26,7 @@ import time
 
 import torch
 
-from medseg.inference.engine import cpu_has_native_bf16
+from medseg.inference.engine import cpu_has_native_bf16, instance_norm_as_group_norm
 from medseg.model_card import load_model
 from medseg.models import resolve_model
 from medseg.training.runtime import cpu_name
@@ -71,6 +72,7 @@ def main() -> None:
           f"{'s/pass':>8s}")
     for name in args.models:
         model, card = load_model(resolve_model(name))
+        instance_norm_as_group_norm(model)  # as Segmenter.from_file runs it on CPU
         model.eval()
         x = batch_for(card)
         best: dict[int, tuple[float, str]] = {}

@@ -115,3 +115,17 @@ def test_uncertainty_in_slabs_equals_the_whole_volume_formula() -> None:
     u = pred.uncertainty().array
     assert u.shape == (1, 40, 30, 20) and u.dtype == np.float16
     np.testing.assert_allclose(u[0].astype(np.float64), np.clip(expected, 0, 1), atol=2e-3)
+
+
+def test_unit_interval_nifti_is_uint8_within_half_a_step(tmp_path) -> None:
+    import nibabel as nib
+
+    from medseg.io.nifti import write_nifti_unit_interval
+
+    p = _smooth_probabilities(3, (20, 18, 9), seed=3)
+    meta = ImageMeta(spacing=(0.8, 0.9, 2.0), origin=(1.0, 2.0, 3.0), direction=I3)
+    write_nifti_unit_interval(MedImage(p, meta), tmp_path / "p.nii.gz")
+    img = nib.load(str(tmp_path / "p.nii.gz"))
+    assert img.get_data_dtype() == np.uint8 and img.shape == (20, 18, 9, 3)
+    np.testing.assert_allclose(img.get_fdata(), np.moveaxis(p.astype(np.float64), 0, -1),
+                               atol=1 / 510 + 1e-6)

@@ -104,10 +104,10 @@ def _write_output(fmt: str, prediction: Prediction, image: MedImage, path: Path,
                   segmenter: Segmenter, *, lesions: list[dict[str, Any]] | None = None) -> None:
     """Write one output; ``lesions`` is the 3D result's lesion table, measured once per case
     for the record and written here as the ``measurements`` CSV."""
-    import numpy as np
 
     from medseg import __version__
     from medseg.io import write_dicom_seg, write_nifti
+    from medseg.io.nifti import write_nifti_unit_interval
 
     if fmt == "nifti":
         write_nifti(prediction.labels, path)
@@ -132,9 +132,9 @@ def _write_output(fmt: str, prediction: Prediction, image: MedImage, path: Path,
             write_csv(lesions or [], LESION_COLUMNS, path)
     elif fmt == "probabilities":
         assert prediction.probabilities is not None
-        write_nifti(prediction.probabilities, path, dtype=np.uint8)
+        write_nifti_unit_interval(prediction.probabilities, path)
     elif fmt == "uncertainty":
-        write_nifti(prediction.uncertainty(), path, dtype=np.uint8)
+        write_nifti_unit_interval(prediction.uncertainty(), path)
     elif fmt == "dicom-seg":
         card = segmenter.card
         write_dicom_seg(

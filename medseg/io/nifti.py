@@ -190,3 +190,35 @@ def write_nifti(image: MedImage, path: str | Path, *, dtype: str | np.dtype | No
         nib.save(nii, str(tmp))
     logger.info("wrote %s (%s, %s)", path, data.shape, out_dtype)
     return path
+
+
+def write_nifti_unit_interval(image: MedImage, path: str | Path) -> Path:
+    """Write values in ``[0, 1]`` (probabilities, uncertainty) as uint8 with a scale factor of
+    1/255 (each value to within 1/510), quantised a channel at a time: no float32 copy of the
+    whole image is ever made (``write_nifti(..., dtype=np.uint8)`` would make one).
+
+    The channels go on the 4th axis, as :func:`write_nifti` writes them.
+    """
+    path = Path(path)
+    if not is_nifti_path(path):
+        raise ImageWriteError(f"{path}: a NIfTI file name must end in .nii or .nii.gz")
+    arr = image.array
+    quantised = np.empty(arr.shape[1:] + (arr.shape[0],), dtype=np.uint8, order="F")
+    last = arr.shape[-1]
+    step = max(1, (1 << 22) // max(1, int(np.prod(arr.shape[1:-1]))))
+    for c in range(arr.shape[0]):  # a channel and a slab at a time: small float temporaries
+        for k in range(0, last, step):
+            part = arr[c, ..., k:k + step].astype(np.float32) * 255.0
+            quantised[..., k:k + step, c] = np.clip(np.rint(part, out=part), 0, 255, out=part)
+    data = quantised[..., 0] if arr.shape[0] == 1 else quantised
+    if image.meta.ndim == 2:
+        data = data[:, :, None] if arr.shape[0] == 1 else data[:, :, None, :]
+    affine = image.meta.affine_ras()
+    nii = nib.Nifti1Image(data, affine)
+    nii.header.set_slope_inter(1.0 / 255.0, 0.0)
+    nii.header.set_sform(affine, code=1)
+    nii.header.set_qform(affine, code=1)
+    nii.header.set_xyzt_units("mm", "sec")
+    with atomic_path(path) as tmp:
+        nib.save(nii, str(tmp))
+    return path

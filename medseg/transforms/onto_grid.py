@@ -27,7 +27,9 @@ when the source itself is oblique. For any other pair of grids :func:`argmax_ont
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import product
 
@@ -35,8 +37,10 @@ import numpy as np
 
 from medseg.io.image import ImageMeta
 
-#: Output voxels per slab (bounds the temporaries to a few tens of MB).
+#: Output voxels per slab (bounds the temporaries to a few tens of MB per thread).
 _SLAB_VOXELS = 1 << 22
+#: Threads working on slabs at once.
+MAX_THREADS = 4
 
 
 @dataclass(frozen=True)
@@ -153,7 +157,8 @@ def argmax_onto(probabilities: np.ndarray, src: ImageMeta, dst: ImageMeta,
     frame_probabilities = np.ascontiguousarray(
         probabilities.transpose(0, *(d + 1 for d in perm)), dtype=np.float32)
     row_voxels = int(np.prod(labels_f.shape[1:]))
-    for rows in _slabs(labels_f.shape[0], row_voxels):
+
+    def slab(rows: slice) -> None:
         out = np.take(labels_coarse_rest, axes_f[0].i0[rows], axis=0)
         mixed = np.nonzero(~np.take(uniform_rest, axes_f[0].i0[rows], axis=0))
         if mixed[0].size:
@@ -162,6 +167,17 @@ def argmax_onto(probabilities: np.ndarray, src: ImageMeta, dst: ImageMeta,
         if outside is not None:
             out[np.broadcast_to(outside, out.shape)] = 0
         labels_f[rows] = out
+
+    # slabs are independent and NumPy releases the GIL in their large operations: the
+    # cores the network used are idle here
+    workers = min(os.cpu_count() or 1, MAX_THREADS)
+    slabs = list(_slabs(labels_f.shape[0], row_voxels))
+    if workers > 1 and len(slabs) > 1:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(slab, slabs))
+    else:
+        for rows in slabs:
+            slab(rows)
     return labels
 
 
@@ -257,7 +273,8 @@ def linear_onto(probabilities: np.ndarray, src: ImageMeta, dst: ImageMeta,
         for rows in _slabs(out_f.shape[0], row_voxels):
             lo, hi = axes_f[0].i0[rows], axes_f[0].i1[rows]
             first, last = int(lo.min()), int(hi.max()) + 1
-            part = plane[first:last].astype(np.float32)
+            part = plane[first:last]  # float32 from the first interpolation on (a smaller
+            # array when shrinking: no float copy of a large integer source)
             for d in range(nd - 1, 0, -1):  # interpolate the other axes, last first
                 ax = axes_f[d]
                 w = ax.w.reshape([-1 if e == d else 1 for e in range(nd)])
