@@ -118,7 +118,7 @@ def lesion_table(labels: MedImage, label_names: dict[int, str]) -> list[dict[str
         where = [np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != d)))
                  for d in range(mask.ndim)]
         if any(w.size == 0 for w in where):
-            return np.zeros((0,) * mask.ndim, np.int32), tuple(slice(0, 0) for _ in where)
+            return np.zeros((1,) * mask.ndim, np.int32), tuple(slice(0, 1) for _ in where)
         crop = tuple(slice(int(w[0]), int(w[-1]) + 1) for w in where)
         return ndimage.label(mask[crop], structure=np.ones((3, 3, 3), bool))[0], crop
 

@@ -42,7 +42,7 @@ def test_from_file_predicts_on_the_exact_input_grid(tiny_model_file: Path) -> No
     top2 = np.sort(probs.array.astype("f4"), axis=0)[-2:]
     clear = top2[1] - top2[0] > 4e-3  # float16 rounding can swap near-ties
     np.testing.assert_array_equal(probs.array.argmax(0)[clear], pred.labels.array[0][clear])
-    assert set(pred.timings) == {"preprocess", "infer", "resample", "postprocess"}
+    assert set(pred.timings) == {"preprocess", "infer", "resample", "postprocess", "fit"}
     voxel_ml = float(np.prod(meta.spacing)) / 1000
     assert pred.volumes_ml["anterior"] == pytest.approx(
         (pred.labels.array == 1).sum() * voxel_ml, abs=1e-6)

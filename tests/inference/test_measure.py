@@ -158,3 +158,11 @@ def test_lesion_table_is_the_same_for_either_memory_order() -> None:
     big = max(c_order, key=lambda r: r["voxels"])
     assert big["voxels"] == int((labels[15:27, 10:22, 5:11] == 1).sum())
     assert (big["first_slice"], big["last_slice"]) == (6, 11)
+
+
+def test_lesion_table_of_an_empty_map_is_empty() -> None:
+    from medseg.inference.measure import lesion_table
+    from medseg.io import ImageMeta, MedImage
+
+    empty = MedImage(np.zeros((1, 12, 10, 8), np.uint8), ImageMeta.identity(3))
+    assert lesion_table(empty, {1: "a", 2: "b"}) == []

@@ -31,6 +31,11 @@ def test_3d_run_writes_checkpoints_card_and_logs(msd_dataset: Path, tmp_path: Pa
                                       "val": ["case_004"]}
     assert len(card.training["history"]) >= 1
     assert card.fingerprint["median_shape"] == [33, 34, 35]
+    # the training domain every prediction's fit report checks against, from the 4 train cases
+    assert card.domain is not None and card.domain["modality"] == "MR"
+    assert card.domain["num_cases"] == 4 and card.domain["unit"] == "mm"
+    assert set(card.domain["label_sizes"]) == {"shell", "core"}
+    assert len(card.domain["intensity"]["min"]) == 5 and not card.domain["synthetic"]
     out = model(torch.zeros(1, 1, 16, 16, 24))
     assert out.shape == (1, 3, 16, 16, 24)
     with open(result.run_dir / "metrics.csv", newline="") as f:
