@@ -30,7 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from medseg.errors import CancelledError, ConfigError
+from medseg.devices import resolve_device  # noqa: F401 - re-exported
+from medseg.errors import CancelledError
 from medseg.inference.windows import WindowGrid, WindowReader, plan_windows
 
 logger = logging.getLogger(__name__)
@@ -379,21 +380,3 @@ def sliding_window_logits(
                               sw_batch_size=sw_batch_size, labels=False, logits=True)
     assert out.logits is not None
     return out.logits
-
-
-def resolve_device(device: torch.device | str | None) -> torch.device:
-    """The compute device: as given, or CUDA when available, else CPU (chosen here, at the edge)."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ConfigError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from exc
-    if resolved.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise ConfigError(f"device {device!r}: no CUDA device is available here (torch "
-                              f"{torch.__version__}); use cpu")
-        if resolved.index is not None and resolved.index >= count:
-            raise ConfigError(f"device {device!r}: only {count} CUDA device(s) here")
-    return resolved

@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medseg.errors import ConfigError
-from medseg.inference.engine import cpu_has_native_bf16
+from medseg.devices import autocast_dtype, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -77,20 +76,8 @@ def pick_runtime(*, device: str | None, amp: str) -> Runtime:
         dev = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
                            if torch.cuda.is_available() else "cpu")
     else:
-        try:
-            dev = torch.device(device)
-        except RuntimeError as exc:
-            raise ConfigError(f"invalid device {device!r}: {exc}") from exc
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(f"device {device!r} requested but CUDA is not available")
-    amp_dtype: torch.dtype | None = None
-    if amp == "bf16" or (amp == "auto" and dev.type == "cpu" and cpu_has_native_bf16()):
-        amp_dtype = torch.bfloat16
-    elif amp == "fp16" or (amp == "auto" and dev.type == "cuda"):
-        amp_dtype = torch.bfloat16 if (dev.type == "cuda" and amp == "auto"
-                                       and torch.cuda.is_bf16_supported()) else torch.float16
-    if amp_dtype == torch.float16 and dev.type == "cpu":
-        raise ConfigError("fp16 autocast is for CUDA; use amp: bf16 or off on a CPU")
+        dev = resolve_device(device)
+    amp_dtype = autocast_dtype(amp, dev)  # the same rule as inference and napari
     return Runtime(dev, amp_dtype, rank, world)
 
 
