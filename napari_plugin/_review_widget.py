@@ -9,6 +9,7 @@ Painting itself is napari's own labels tools.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -322,6 +323,10 @@ class ReviewWidget(Container):
             self.status.value = "no labels layer selected"
             return
         path = self.save_path.value
+        if path is None or not str(path).strip() or Path(path) == Path(".") or Path(path).is_dir():
+            self.status.value = ("choose a file to save to: .nii.gz (NIfTI), .dcm (DICOM SEG) "
+                                 "or, for a 2D image, .tif")
+            return
         try:
             written = save_labels(path, self._layer.data, self._layer.metadata,
                                   layer_name=self._layer.name)

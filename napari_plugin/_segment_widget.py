@@ -97,6 +97,7 @@ class SegmentWidget(Container):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
         self.status = Label(value="")
+        self.status.native.setWordWrap(True)  # a long error wraps; the dock keeps its width
         self.model_info = Label(value="")  # the selected model's card, before a run
         self.fit_banner = Label(value="")  # the last result's fit report, after a run
         self.model_info.native.setWordWrap(True)

@@ -141,3 +141,15 @@ def test_lesion_table_is_measured_on_binding_and_on_refresh_not_per_stroke(revie
     assert widget.measures_title.value.startswith("2 lesions, ")
     widget.measures_refresh.clicked.emit()
     assert widget.measures_title.value.startswith("3 lesions, ")
+
+
+def test_save_with_no_file_chosen_asks_for_one(review, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """An empty file box (napari's FileEdit gives the current folder) must not be reported as
+    'cannot tell the output format' of that folder: the user is asked to choose a file."""
+    _, widget, _, _ = review
+    monkeypatch.chdir(tmp_path)
+    widget.save_path.value = ""
+    widget.save_button.clicked.emit()
+    assert widget.status.value.startswith("choose a file to save to")
+    assert list(tmp_path.iterdir()) == []

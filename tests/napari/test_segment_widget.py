@@ -162,3 +162,12 @@ def test_the_model_card_shows_before_a_run_and_a_misfit_is_bannered(
     assert widget.fit_banner.value.startswith("CHECK THIS RESULT: ")
     assert "do not look like the training images'" in widget.fit_banner.value
     assert "background-color" in widget.fit_banner.native.styleSheet()
+
+
+def test_a_long_error_wraps_instead_of_widening_the_dock(make_napari_viewer) -> None:
+    viewer = make_napari_viewer()
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget._fail("the image does not fit: " + "a very long reason " * 120)
+    assert widget.status.native.wordWrap()
+    assert widget.native.sizeHint().width() < 700
