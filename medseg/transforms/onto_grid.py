@@ -28,7 +28,7 @@ when the source itself is oblique. For any other pair of grids :func:`argmax_ont
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import product
@@ -38,7 +38,7 @@ import numpy as np
 from medseg.io.image import ImageMeta
 
 #: Output voxels per slab (bounds the temporaries to a few tens of MB per thread).
-_SLAB_VOXELS = 1 << 22
+SLAB_VOXELS = 1 << 22
 #: Threads working on slabs at once.
 MAX_THREADS = 4
 
@@ -84,10 +84,22 @@ def _frame(order: str, nd: int) -> tuple[int, ...]:
     return tuple(range(nd)) if order == "C" else tuple(reversed(range(nd)))
 
 
-def _slabs(n: int, row_voxels: int) -> Iterator[slice]:
-    step = max(1, _SLAB_VOXELS // max(row_voxels, 1))
+def slabs(n: int, row_voxels: int) -> Iterator[slice]:
+    """Consecutive slices of ``range(n)`` whose rows of ``row_voxels`` voxels make about
+    :data:`SLAB_VOXELS` each (at least one row)."""
+    step = max(1, SLAB_VOXELS // max(row_voxels, 1))
     for a in range(0, n, step):
         yield slice(a, min(n, a + step))
+
+
+def _lerp(a: np.ndarray, i0: np.ndarray, i1: np.ndarray, w: np.ndarray, axis: int
+          ) -> np.ndarray:
+    """Linear interpolation of ``a`` along ``axis`` between the corners ``i0`` and ``i1`` with
+    the upper corner's weight ``w`` (float32 for any input dtype)."""
+    shape = [1] * a.ndim
+    shape[axis] = -1
+    w = w.reshape(shape)
+    return np.take(a, i0, axis=axis) * (1 - w) + np.take(a, i1, axis=axis) * w
 
 
 def _take_rest(a: np.ndarray, index: list[np.ndarray]) -> np.ndarray:
@@ -171,27 +183,34 @@ def argmax_onto(probabilities: np.ndarray, src: ImageMeta, dst: ImageMeta,
     # slabs are independent and NumPy releases the GIL in their large operations: the
     # cores the network used are idle here
     workers = min(os.cpu_count() or 1, MAX_THREADS)
-    slabs = list(_slabs(labels_f.shape[0], row_voxels))
-    if workers > 1 and len(slabs) > 1:
+    parts = list(slabs(labels_f.shape[0], row_voxels))
+    if workers > 1 and len(parts) > 1:
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            list(pool.map(slab, slabs))
+            list(pool.map(slab, parts))
     else:
-        for rows in slabs:
+        for rows in parts:
             slab(rows)
     return labels
 
 
-def _coarse_labels(probabilities: np.ndarray) -> np.ndarray:
-    if probabilities.shape[0] == 1:
-        return (probabilities[0] >= 0.5).astype(np.uint8)
-    best = probabilities[0].astype(np.float32)
-    labels = np.zeros(best.shape, dtype=np.uint8 if probabilities.shape[0] <= 256 else np.uint16)
-    for c in range(1, probabilities.shape[0]):  # first class wins ties, like the reference
-        p = probabilities[c].astype(np.float32)
-        better = p > best
-        labels[better] = c
+def _running_argmax(value: Callable[[int], np.ndarray], k: int) -> np.ndarray:
+    """Labels from ``value(c)`` (float32, one class at a time) of ``k`` classes: the argmax,
+    the first class winning ties (strict ``>``, as the reference), or ``value(0) >= 0.5`` for
+    a single sigmoid output. One class's values are alive at a time."""
+    if k == 1:
+        return (value(0) >= 0.5).astype(np.uint8)
+    best = value(0)
+    labels = np.zeros(best.shape, dtype=np.uint8 if k <= 256 else np.uint16)
+    for c in range(1, k):
+        p = value(c)
+        labels[p > best] = c
         np.maximum(best, p, out=best)
     return labels
+
+
+def _coarse_labels(probabilities: np.ndarray) -> np.ndarray:
+    return _running_argmax(lambda c: probabilities[c].astype(np.float32),
+                           probabilities.shape[0])
 
 
 def _uniform_cells(labels: np.ndarray) -> np.ndarray:
@@ -218,13 +237,10 @@ def _interpolated_argmax(probabilities: np.ndarray, axes_f: list[_Axis], rows: s
     """
     nd = len(axes_f)
     ax0 = axes_f[0]
-    w0 = ax0.w[rows].reshape([1, -1] + [1] * (nd - 1))
-    part = (np.take(probabilities, ax0.i0[rows], axis=1) * (1 - w0)
-            + np.take(probabilities, ax0.i1[rows], axis=1) * w0)
+    part = _lerp(probabilities, ax0.i0[rows], ax0.i1[rows], ax0.w[rows], axis=1)
     for d in range(1, nd - 1):
         ax = axes_f[d]
-        w = ax.w.reshape([1] + [-1 if e == d else 1 for e in range(nd)])
-        part = np.take(part, ax.i0, axis=d + 1) * (1 - w) + np.take(part, ax.i1, axis=d + 1) * w
+        part = _lerp(part, ax.i0, ax.i1, ax.w, axis=d + 1)
     # flat index of each mixed voxel's row in ``part[c]`` (all axes but the last)
     base = np.zeros(mixed[0].shape, dtype=np.int64)
     for d in range(nd - 1):
@@ -235,17 +251,8 @@ def _interpolated_argmax(probabilities: np.ndarray, axes_f: list[_Axis], rows: s
     f1 = base + last.i1[mixed[-1]]
     w = last.w[mixed[-1]]
     flat = part.reshape(part.shape[0], -1)
-    if part.shape[0] == 1:
-        value = np.take(flat[0], f0) * (1 - w) + np.take(flat[0], f1) * w
-        return (value >= 0.5).astype(np.uint8)
-    best = np.full(w.shape, -1.0, dtype=np.float32)
-    labels = np.zeros(w.shape, dtype=np.uint8 if part.shape[0] <= 256 else np.uint16)
-    for c in range(part.shape[0]):  # strict '>': the first class wins ties, like the reference
-        value = np.take(flat[c], f0) * (1 - w) + np.take(flat[c], f1) * w
-        better = value > best
-        labels[better] = c
-        np.maximum(best, value, out=best)
-    return labels
+    return _running_argmax(
+        lambda c: np.take(flat[c], f0) * (1 - w) + np.take(flat[c], f1) * w, part.shape[0])
 
 
 def linear_onto(probabilities: np.ndarray, src: ImageMeta, dst: ImageMeta,
@@ -270,18 +277,14 @@ def linear_onto(probabilities: np.ndarray, src: ImageMeta, dst: ImageMeta,
     for c in range(k):
         plane = probabilities[c].transpose(perm)
         out_f = out[c].transpose(perm)
-        for rows in _slabs(out_f.shape[0], row_voxels):
+        for rows in slabs(out_f.shape[0], row_voxels):
             lo, hi = axes_f[0].i0[rows], axes_f[0].i1[rows]
             first, last = int(lo.min()), int(hi.max()) + 1
             part = plane[first:last]  # float32 from the first interpolation on (a smaller
             # array when shrinking: no float copy of a large integer source)
             for d in range(nd - 1, 0, -1):  # interpolate the other axes, last first
-                ax = axes_f[d]
-                w = ax.w.reshape([-1 if e == d else 1 for e in range(nd)])
-                part = np.take(part, ax.i0, axis=d) * (1 - w) + np.take(part, ax.i1, axis=d) * w
-            w0 = axes_f[0].w[rows].reshape([-1] + [1] * (nd - 1))
-            value = (np.take(part, lo - first, axis=0) * (1 - w0)
-                     + np.take(part, hi - first, axis=0) * w0)
+                part = _lerp(part, axes_f[d].i0, axes_f[d].i1, axes_f[d].w, axis=d)
+            value = _lerp(part, lo - first, hi - first, axes_f[0].w[rows], axis=0)
             outside = _outside(axes_f, rows)
             if outside is not None:
                 value[np.broadcast_to(outside, value.shape)] = 0
