@@ -38,11 +38,18 @@ def test_cuda_auto_is_bf16_where_the_gpu_supports_it(monkeypatch: pytest.MonkeyP
 
 
 def test_training_and_inference_pick_the_same_precision() -> None:
-    from medseg.inference.engine import _amp_dtype
+    from medseg.inference import InferenceOptions, Segmenter
+    from medseg.model_card import ModelCard
+    from medseg.networks import NetworkConfig
     from medseg.training.runtime import pick_runtime
 
+    card = ModelCard(name="p", network=NetworkConfig(spatial_dims=2, in_channels=1,
+                                                     out_channels=2),
+                     label_names={0: "bg", 1: "fg"}, roi_size=[8, 8])
     for amp_train, amp_infer in (("auto", None), ("off", False), ("bf16", True)):
-        assert pick_runtime(device="cpu", amp=amp_train).amp_dtype is _amp_dtype(amp_infer, CPU)
+        engine = Segmenter(torch.nn.Identity(), card, InferenceOptions(device="cpu",
+                                                                       amp=amp_infer))
+        assert pick_runtime(device="cpu", amp=amp_train).amp_dtype is engine.amp_dtype
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")

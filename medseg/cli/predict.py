@@ -143,10 +143,9 @@ def predict_command(
                    f"already done, {len(summary.failed)} failed ({summary.wall_s:.1f} s); "
                    f"records in {output}", err=True)
         for record in summary.records:
-            for check in record.fit.get("checks", []):
-                if record.ok and check["level"] == "warn":
-                    typer.secho(f"warning {record.case_id}: {check['message']}", err=True,
-                                fg=typer.colors.YELLOW)
+            for message in record.fit_warnings if record.ok else ():
+                typer.secho(f"warning {record.case_id}: {message}", err=True,
+                            fg=typer.colors.YELLOW)
         for case_id, reason in summary.failed.items():
             typer.secho(f"failed {case_id}: {reason}", err=True, fg=typer.colors.RED)
     if summary.failed:

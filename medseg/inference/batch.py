@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medseg.errors import ConfigError, DomainError, MedsegError
+from medseg.errors import ConfigError, MedsegError
 from medseg.inference.cases import CaseInput, discover_cases
 from medseg.inference.options import InferenceOptions, merge_options
 from medseg.inference.records import (
@@ -182,11 +182,7 @@ def predict_case(case: CaseInput, segmenter: Segmenter, out_dir: str | Path,
         prediction = segmenter.predict(
             image, return_probabilities=any(f in PROBABILITY_FORMATS for f in options.formats))
         timings.update(prediction.timings)
-        record.fit = prediction.fit.to_dict()
-        if segmenter.inference_options.strict and prediction.fit.warnings:
-            raise DomainError(f"{case.path}: strict run, and the image does not fit model "
-                              f"{segmenter.card.name!r}: "
-                              + "; ".join(c.message for c in prediction.fit.warnings))
+        record.fit = prediction.fit.to_dict()  # a strict engine has refused a misfit already
         t = time.perf_counter()
         if prediction.labels.meta.ndim == 3 and not prediction.instances:
             from medseg.inference.measure import lesion_table
@@ -419,5 +415,4 @@ def _brief(record: CaseRecord) -> dict[str, Any]:
             "outputs": record.outputs, "skipped_outputs": record.skipped_outputs,
             "error": record.error, "timings_s": record.timings_s,
             "volumes_ml": record.volumes_ml, "fit_level": record.fit.get("level"),
-            "fit_warnings": [c["message"] for c in record.fit.get("checks", [])
-                             if c["level"] in ("warn", "refuse")]}
+            "fit_warnings": record.fit_warnings}

@@ -46,8 +46,13 @@ from medseg.inference.windows import WindowReader, plan_windows
 from medseg.io.image import ImageMeta, MedImage
 from medseg.io.validation import check_voxel_count
 from medseg.model_card import ModelCard, file_sha256, library_versions, load_model
-from medseg.transforms import resample_onto, resample_to_spacing, spacing_matches
-from medseg.transforms.onto_grid import argmax_onto, linear_onto
+from medseg.transforms import (
+    resample_onto,
+    resample_to_spacing,
+    resampled_shape,
+    spacing_matches,
+)
+from medseg.transforms.onto_grid import argmax_onto, linear_onto, slabs
 
 logger = logging.getLogger(__name__)
 
@@ -102,9 +107,9 @@ class Prediction:
         fortran = _fortran_spatial(p)
         out = np.empty((1, *p.shape[1:]), dtype=np.float16, order="F" if fortran else "C")
         axis = p.ndim - 1 if fortran else 1  # slabs along the slowest memory axis
-        step = max(1, (1 << 22) // max(1, int(np.prod(p.shape[1:])) // p.shape[axis]))
-        for a in range(0, p.shape[axis], step):  # a slab at a time: no full-size float32 volume
-            part = (slice(None),) * axis + (slice(a, a + step),)
+        row_voxels = int(np.prod(p.shape[1:])) // p.shape[axis]
+        for rows in slabs(p.shape[axis], row_voxels):  # no full-size float32 volume
+            part = (slice(None),) * axis + (rows,)
             entropy = None
             for pc in _class_planes(p[part]):
                 term = pc * np.log(np.clip(pc, 1e-12, None))
@@ -125,13 +130,6 @@ def _class_planes(p: np.ndarray) -> Iterator[np.ndarray]:
         return
     for c in range(p.shape[0]):
         yield p[c].astype(np.float32)
-
-
-def _amp_dtype(amp: bool | None, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype by the project's one rule (:func:`medseg.devices.autocast_dtype`):
-    ``None`` (auto) is bf16 on CUDA where supported (else fp16) and on CPUs with native bf16,
-    float32 otherwise."""
-    return autocast_dtype(amp, device)
 
 
 def instance_norm_as_group_norm(model: torch.nn.Module) -> torch.nn.Module:
@@ -230,7 +228,7 @@ class Segmenter:
         self.card = card
         self.overlap = float(options.overlap)
         self.tta = bool(options.tta)
-        self.amp_dtype = _amp_dtype(options.amp, self.device)
+        self.amp_dtype = autocast_dtype(options.amp, self.device)
         self.sw_batch_size = int(options.sw_batch_size)
         self.margin = options.margin
         self.blend = options.blend
@@ -398,17 +396,15 @@ class Segmenter:
         Raises:
             ModelError: Wrong dimensionality or number of channels for this model.
             DomainError: With ``strict`` options, the image does not fit the model's training
-                domain (checked before the network runs).
+                domain (the input is checked before the network runs, the predicted label
+                sizes after it).
             CancelledError: ``should_cancel()`` returned ``True``.
         """
         image = self._adapt_input(image)
         t = time.perf_counter()
         fit = check_input(image, self.card)
         fit_s = time.perf_counter() - t
-        if self.inference_options.strict and fit.warnings:  # refuse before the network runs
-            raise DomainError(f"{image.meta.provenance.path or 'the image'}: strict run, and the "
-                              f"image does not fit model {self.card.name!r}: "
-                              + "; ".join(c.message for c in fit.warnings))
+        self._refuse_if_strict(image, fit)  # input misfits: before the network runs
         prediction = self._predict(image, progress=progress, should_cancel=should_cancel,
                                    return_probabilities=return_probabilities)
         t = time.perf_counter()
@@ -417,9 +413,16 @@ class Segmenter:
         fit.checks += check_output(sizes, unit, self.card)
         prediction.fit = fit
         prediction.timings["fit"] = fit_s + time.perf_counter() - t
+        self._refuse_if_strict(image, fit)  # predicted sizes outside the training range
         for check in fit.warnings:
             logger.info("%s: %s", image.meta.provenance.path or "image", check.message)
         return prediction
+
+    def _refuse_if_strict(self, image: MedImage, fit: FitReport) -> None:
+        if self.inference_options.strict and fit.warnings:
+            raise DomainError(f"{image.meta.provenance.path or 'the image'}: strict run, and the "
+                              f"image does not fit model {self.card.name!r}: "
+                              + "; ".join(c.message for c in fit.warnings))
 
     def _predict(self, image: MedImage, *, progress: ProgressFn | None,
                  should_cancel: CancelFn | None, return_probabilities: bool) -> Prediction:
@@ -436,11 +439,10 @@ class Segmenter:
         target = self.card.target_spacing
         resample = bool(target) and not spacing_matches(image.meta.spacing, target)
         if resample:
-            shape = [round(n * a / b) for n, a, b in zip(image.spatial_shape, image.meta.spacing,
-                                                          target, strict=True)]
+            shape = resampled_shape(image.spatial_shape, image.meta.spacing, target)
             check_voxel_count((image.num_channels, *shape),
                               source=f"model {self.card.name!r} at spacing {list(target)} mm")
-            work = _to_model_grid(image, target)
+            work = _to_model_grid(image, target, shape)
         # Outputs take the input's memory layout: a NIfTI volume (first axis fastest) gets its
         # labels back in that order, and writing them is a plain copy, not a transpose.
         order = "F" if _fortran_spatial(image.array) else "C"
@@ -579,13 +581,13 @@ def _fortran_spatial(array: np.ndarray) -> bool:
     return array.ndim > 2 and not array[0].flags.c_contiguous and array[0].flags.f_contiguous
 
 
-def _to_model_grid(image: MedImage, spacing: Sequence[float]) -> MedImage:
-    """``image`` resampled linearly to the model's ``spacing`` (same origin and direction),
-    as :func:`medseg.transforms.resample_to_spacing` does; the grids are axis-aligned to each
+def _to_model_grid(image: MedImage, spacing: Sequence[float], shape: tuple[int, ...]
+                   ) -> MedImage:
+    """``image`` resampled linearly to the model's ``spacing`` on a grid of ``shape``
+    (:func:`medseg.transforms.resampled_shape`; same origin and direction), as
+    :func:`medseg.transforms.resample_to_spacing` does; the grids are axis-aligned to each
     other, so :func:`medseg.transforms.onto_grid.linear_onto` computes it in slabs, in a
     fraction of SimpleITK's time."""
-    shape = tuple(max(1, int(round(n * o / t))) for n, o, t in
-                  zip(image.spatial_shape, image.meta.spacing, spacing, strict=True))
     meta = image.meta.replace(spacing=tuple(float(t) for t in spacing))
     order = "F" if _fortran_spatial(image.array) else "C"
     array = linear_onto(image.array, image.meta, meta, shape, order=order, dtype=np.float32)

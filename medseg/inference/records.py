@@ -84,6 +84,12 @@ class CaseRecord:
     def ok(self) -> bool:
         return self.status == "ok"
 
+    @property
+    def fit_warnings(self) -> list[str]:
+        """The messages of the fit report's warnings (:mod:`medseg.inference.fit`)."""
+        return [c["message"] for c in self.fit.get("checks", [])
+                if c["level"] in ("warn", "refuse")]
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -155,9 +161,7 @@ class BatchSummary:
             {"case_id": r.case_id, "status": r.status, "outputs": r.outputs, "error": r.error,
              "timings_s": r.timings_s, "volumes_ml": r.volumes_ml, "areas": r.areas,
              "area_unit": r.area_unit, "num_objects": r.num_objects,
-             "fit_level": r.fit.get("level"),
-             "fit_warnings": [c["message"] for c in r.fit.get("checks", [])
-                              if c["level"] in ("warn", "refuse")]}
+             "fit_level": r.fit.get("level"), "fit_warnings": r.fit_warnings}
             for r in self.records
         ]
         return d

@@ -6,6 +6,7 @@ so origin and direction survive exactly and oblique grids are handled.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -82,9 +83,13 @@ def resample_to_spacing(
     spacing = tuple(float(s) for s in spacing)
     if spacing_matches(image.meta.spacing, spacing):
         return image
-    old = np.asarray(image.meta.spacing)
-    shape = tuple(
-        max(1, int(round(n * o / s)))
-        for n, o, s in zip(image.spatial_shape, old, spacing, strict=True)
-    )
+    shape = resampled_shape(image.spatial_shape, image.meta.spacing, spacing)
     return resample_onto(image, image.meta.replace(spacing=spacing), shape, order=order)
+
+
+def resampled_shape(shape: Sequence[int], spacing: Sequence[float],
+                    new_spacing: Sequence[float]) -> tuple[int, ...]:
+    """The grid shape covering the same extent at ``new_spacing``:
+    ``round(shape * spacing / new_spacing)``, at least 1 per axis."""
+    return tuple(max(1, int(round(n * o / s)))
+                 for n, o, s in zip(shape, spacing, new_spacing, strict=True))
