@@ -128,7 +128,7 @@ def _check_not_cut_short(ds: pydicom.Dataset, size: int) -> None:
                              f"file ends at {size}")
 
 
-def _check_pixel_data_length(ds: pydicom.Dataset, size: int | None = None) -> None:
+def _check_pixel_data_length(ds: pydicom.Dataset) -> None:
     """Raise ``ValueError`` when native (uncompressed) PixelData does not hold exactly
     Rows x Columns x frames x SamplesPerPixel x BitsAllocated bits (plus even padding): an
     edited BitsAllocated, Rows or Columns would otherwise decode into a wrong image."""
@@ -139,13 +139,9 @@ def _check_pixel_data_length(ds: pydicom.Dataset, size: int | None = None) -> No
     raw = ds._dict.get(PIXEL_DATA_TAG)  # the element's header only, its value is deferred
     if raw is None:
         raise ValueError("an image without PixelData (truncated copy?)")
-    length = getattr(raw, "length", None)
+    length = getattr(raw, "length", None)  # one cut short was refused by _check_not_cut_short
     if length is None or length == 0xFFFFFFFF:
         return
-    tell = getattr(raw, "value_tell", None)
-    if tell is not None and size is not None and tell + length > size:
-        raise ValueError(f"PixelData is cut short: {size - tell} of its {length} bytes are in "
-                         "the file (truncated copy?)")
     bits = int(ds.get("BitsAllocated", 0) or 0)
     if bits not in (1, 8, 16, 32, 64):
         raise ValueError(f"BitsAllocated is {bits}")
@@ -174,18 +170,18 @@ def read_header(path: Path) -> DicomHeader | None:
     # readable DICOM is a damaged slice: skipping it would silently shorten its series
     claims_dicom = has_magic or path.suffix.lower() in DICOM_SUFFIXES or (
         len(head) < 132 and not any(head))
-    header = _read_header(path, head, has_magic)
+    header = _read_header(path, head, has_magic, size)
     if header is None and claims_dicom:
         raise ImageReadError(f"{path} is a damaged DICOM file: no readable DICOM header "
                              f"({size} bytes; truncated copy?)")
     return header
 
 
-def _read_header(path: Path, head: bytes, has_magic: bool) -> DicomHeader | None:
+def _read_header(path: Path, head: bytes, has_magic: bool, size: int) -> DicomHeader | None:
     try:
         # pixel data deferred (not read), but its element header is: its length is checked
         ds = pydicom.dcmread(path, defer_size=_DEFER_BYTES, force=not has_magic)
-        _check_not_cut_short(ds, path.stat().st_size)
+        _check_not_cut_short(ds, size)
         meta = getattr(ds, "file_meta", None) or {}
         # Some anonymisers blank the UIDs in the data set; the file meta header keeps a copy.
         sop_class = str(ds.get("SOPClassUID", "") or meta.get("MediaStorageSOPClassUID", ""))
@@ -231,7 +227,7 @@ def _header(path: Path, ds: pydicom.Dataset, sop_class: str, sop_uid: str, serie
     if has_pixels and "Columns" not in ds:
         raise ValueError("Rows without Columns")
     if has_pixels:
-        _check_pixel_data_length(ds, path.stat().st_size)
+        _check_pixel_data_length(ds)
     return DicomHeader(
         path=path,
         sop_class_uid=sop_class,
