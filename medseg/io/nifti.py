@@ -171,25 +171,37 @@ def write_nifti(image: MedImage, path: str | Path, *, dtype: str | np.dtype | No
         lo, hi = arr.min(), arr.max()
         if lo < info.min or hi > info.max:
             raise ImageWriteError(f"{path}: values {lo}..{hi} do not fit {out_dtype}")
-    data = np.moveaxis(arr, 0, -1) if image.num_channels > 1 else arr[0]
-    if image.meta.ndim == 2:
-        data = data[:, :, None] if image.num_channels == 1 else data[:, :, None, :]
+    data = _nifti_layout(np.moveaxis(arr, 0, -1) if image.num_channels > 1 else arr[0], image)
     affine = image.meta.affine_ras()
     if scaled:  # nibabel picks slope/intercept so the float values span the integer range
         nii = nib.Nifti1Image(np.asarray(data, dtype=np.float32), affine)
         nii.set_data_dtype(out_dtype)
     else:
         nii = nib.Nifti1Image(np.asarray(data).astype(out_dtype, copy=False), affine)
+    _save(nii, image, path, description=image.meta.provenance.series_description)
+    logger.info("wrote %s (%s, %s)", path, data.shape, out_dtype)
+    return path
+
+
+def _nifti_layout(data: np.ndarray, image: MedImage) -> np.ndarray:
+    """Channels-last ``data`` of ``image`` with a 2D image's singleton third axis added."""
+    if image.meta.ndim != 2:
+        return data
+    return data[:, :, None] if image.num_channels == 1 else data[:, :, None, :]
+
+
+def _save(nii: nib.Nifti1Image, image: MedImage, path: Path, *,
+          description: str | None = None) -> None:
+    """Both sform and qform from the image's RAS affine (code 1, scanner), units mm/s, the
+    optional 80-byte ``descrip`` (what the volume is, e.g. synthetic), written atomically."""
+    affine = image.meta.affine_ras()
     nii.header.set_sform(affine, code=1)
     nii.header.set_qform(affine, code=1)
     nii.header.set_xyzt_units("mm", "sec")
-    description = image.meta.provenance.series_description
-    if description:  # NIfTI's 80-byte "descrip": what the volume is (e.g. synthetic)
+    if description:
         nii.header["descrip"] = description.encode("ascii", "replace")[:79]
     with atomic_path(path) as tmp:
         nib.save(nii, str(tmp))
-    logger.info("wrote %s (%s, %s)", path, data.shape, out_dtype)
-    return path
 
 
 def write_nifti_unit_interval(image: MedImage, path: str | Path) -> Path:
@@ -210,15 +222,8 @@ def write_nifti_unit_interval(image: MedImage, path: str | Path) -> Path:
         for k in range(0, last, step):
             part = arr[c, ..., k:k + step].astype(np.float32) * 255.0
             quantised[..., k:k + step, c] = np.clip(np.rint(part, out=part), 0, 255, out=part)
-    data = quantised[..., 0] if arr.shape[0] == 1 else quantised
-    if image.meta.ndim == 2:
-        data = data[:, :, None] if arr.shape[0] == 1 else data[:, :, None, :]
-    affine = image.meta.affine_ras()
-    nii = nib.Nifti1Image(data, affine)
+    nii = nib.Nifti1Image(_nifti_layout(quantised[..., 0] if arr.shape[0] == 1 else quantised,
+                                        image), image.meta.affine_ras())
     nii.header.set_slope_inter(1.0 / 255.0, 0.0)
-    nii.header.set_sform(affine, code=1)
-    nii.header.set_qform(affine, code=1)
-    nii.header.set_xyzt_units("mm", "sec")
-    with atomic_path(path) as tmp:
-        nib.save(nii, str(tmp))
+    _save(nii, image, path)
     return path
