@@ -121,12 +121,9 @@ def _from_folder(folder: Path, root: Path) -> list[CaseInput]:
 def _warn_hidden(folder: Path) -> None:
     """Hidden files (names starting with '.', such as '.scan.nii.gz' or '..nii.gz') are left
     out of a folder search, as the OS hides them; say so when they look like images."""
-    from medseg.io.image2d import is_2d_path
-    from medseg.io.itk_formats import is_itk_path
-    from medseg.io.nifti import is_nifti_path
+    from medseg.io.discovery import find_hidden_image_files
 
-    hidden = sorted(p for p in folder.rglob(".*") if p.is_file()
-                    and (is_nifti_path(p) or is_itk_path(p) or is_2d_path(p)))
+    hidden = find_hidden_image_files(folder)
     if hidden:
         names = ", ".join(str(p.relative_to(folder)) for p in hidden[:5])
         more = f" and {len(hidden) - 5} more" if len(hidden) > 5 else ""

@@ -43,8 +43,18 @@ def find_image_files(root: str | Path) -> list[Path]:
     return sorted(
         p for p in root.rglob("*")
         if not any(part.startswith(".") for part in p.relative_to(root).parts)
-        and p.is_file() and (is_nifti_path(p) or is_itk_path(p) or is_2d_path(p))
+        and p.is_file() and _image_name(p)
     )
+
+
+def find_hidden_image_files(root: str | Path) -> list[Path]:
+    """Files under ``root`` named like images but hidden (name starting with '.', such as
+    ``.scan.nii.gz`` or ``..nii.gz``), which :func:`find_image_files` leaves out; sorted."""
+    return sorted(p for p in Path(root).rglob(".*") if p.is_file() and _image_name(p))
+
+
+def _image_name(path: Path) -> bool:
+    return is_nifti_path(path) or is_itk_path(path) or is_2d_path(path)
 
 
 def find_dicom_series(
