@@ -101,6 +101,7 @@ class SegmentWidget(Container):
         self.model_info = Label(value="")  # the selected model's card, before a run
         self.fit_banner = Label(value="")  # the last result's fit report, after a run
         self.model_info.native.setWordWrap(True)
+        self.fit_banner.native.setWordWrap(True)
         self.extend([
             self.image_box, self.model_box, self.checkpoint, self.model_info, self.device_box,
             self.overlap, self.tta, self.uncertainty, self.run_button, self.cancel_button,
@@ -198,7 +199,6 @@ class SegmentWidget(Container):
         self.status.value = f"done: {request.result_name}"
         text, level = fit_banner(prediction)
         self.fit_banner.value = text
-        self.fit_banner.native.setWordWrap(True)
         self.fit_banner.native.setStyleSheet(
             "background-color: #8a5a00; color: white; padding: 4px; font-weight: bold;"
             if level == "warn" else "")

@@ -11,10 +11,11 @@ Examples::
     prediction.labels, prediction.volumes_ml, prediction.timings
 """
 
+from medseg.devices import resolve_device
 from medseg.inference.engine import Prediction, Segmenter
 from medseg.inference.options import InferenceOptions
 from medseg.inference.postprocess import PostprocessConfig
-from medseg.inference.sliding_window import resolve_device, sliding_window_logits
+from medseg.inference.sliding_window import sliding_window_logits
 from medseg.inference.windows import WindowGrid, plan_windows
 
 __all__ = [

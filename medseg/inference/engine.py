@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medseg.devices import autocast_dtype
+from medseg.devices import autocast_dtype, resolve_device
 from medseg.errors import CancelledError, DomainError, ModelError
 from medseg.inference.fit import FitReport, check_input, check_output
 from medseg.inference.heap import release_freed_memory, request_huge_pages
@@ -38,7 +38,6 @@ from medseg.inference.sliding_window import (
     CancelFn,
     ProgressFn,
     autocast_context,
-    resolve_device,
     run_window_grid,
     sliding_window_logits,
 )

@@ -88,12 +88,19 @@ def extent(image: MedImage) -> list[float]:
                                                 strict=True)), reverse=True)
 
 
-def _fmt(values: list[float] | tuple[float, ...], unit: str) -> str:
-    return "x".join(f"{v:.3g}" for v in values) + f" {unit}"
+def sorted_spacing(image: MedImage) -> list[float]:
+    """Voxel size per axis, largest first (as :func:`extent`)."""
+    return sorted((float(s) for s in image.meta.spacing), reverse=True)
 
 
-def _unit(image: MedImage) -> str:
+def spacing_unit(image: MedImage) -> str:
+    """``"px"`` for an image without a pixel size (PNG, most TIFF), else ``"mm"``."""
     return "px" if image.meta.provenance.spacing_unit == "px" else "mm"
+
+
+def _format_size(values: list[float] | tuple[float, ...], unit: str) -> str:
+    """``"40x32x26 mm"``: sizes as the fit messages show them."""
+    return "x".join(f"{v:.3g}" for v in values) + f" {unit}"
 
 
 def check_input(image: MedImage, card: Any) -> FitReport:
@@ -108,7 +115,7 @@ def check_input(image: MedImage, card: Any) -> FitReport:
         return report
     add(_check_synthetic(image, domain))
     add(_check_modality(image, domain))
-    unit = _unit(image)
+    unit = spacing_unit(image)
     if getattr(card, "fov_pixels", None):
         add(FitCheck("field_of_view", "skipped", "the model resamples every slice to its "
                      "training field of view"))
@@ -118,11 +125,10 @@ def check_input(image: MedImage, card: Any) -> FitReport:
     else:
         add(_check_range("field_of_view", extent(image), domain.get("extent"), unit,
                          "this model was trained on images of {train}; this image covers "
-                         "{got}: {advice}", card))
-        spacing = sorted((float(s) for s in image.meta.spacing), reverse=True)
-        add(_check_range("spacing", spacing, domain.get("spacing"), unit,
+                         "{got}: {advice}"))
+        add(_check_range("spacing", sorted_spacing(image), domain.get("spacing"), unit,
                          "this model was trained on voxels of {train}; this image's are "
-                         "{got}", card))
+                         "{got}"))
     add(_check_intensity(image, domain, card))
     return report
 
@@ -153,7 +159,7 @@ def _check_modality(image: MedImage, domain: Mapping[str, Any]) -> FitCheck:
 
 
 def _check_range(name: str, values: list[float], span: Mapping[str, Any] | None, unit: str,
-                 template: str, card: Any) -> FitCheck:
+                 template: str) -> FitCheck:
     if not span:
         return FitCheck(name, "skipped", f"the training {name.replace('_', ' ')} range is not "
                         "recorded")
@@ -163,8 +169,9 @@ def _check_range(name: str, values: list[float], span: Mapping[str, Any] | None,
                         f"images {len(lo)}")
     outside = [v > h * RANGE_FACTOR or v < lo_ / RANGE_FACTOR
                for v, lo_, h in zip(values, lo, hi, strict=True)]
-    train = (_fmt(hi, unit) if lo == hi else f"{_fmt(lo, unit)} to {_fmt(hi, unit)}")
-    got = _fmt(values, unit)
+    train = (_format_size(hi, unit) if lo == hi
+             else f"{_format_size(lo, unit)} to {_format_size(hi, unit)}")
+    got = _format_size(values, unit)
     if not any(outside):
         return FitCheck(name, "ok", f"{got}, within the training range ({train})")
     bigger = any(v > h * RANGE_FACTOR for v, h in zip(values, hi, strict=True))

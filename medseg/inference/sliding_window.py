@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from medseg.devices import resolve_device  # noqa: F401 - re-exported
+from medseg.devices import resolve_device
 from medseg.errors import CancelledError
 from medseg.inference.windows import WindowGrid, WindowReader, plan_windows
 

@@ -193,4 +193,3 @@ def check_voxel_count(shape: tuple[int, ...], *, source: str) -> None:
     if count > limit:
         raise ImageReadError(f"{source} announces {count:,} voxels (shape {tuple(shape)}), above "
                              f"the limit of {limit:,}; raise MEDSEG_MAX_VOXELS to read it")
-

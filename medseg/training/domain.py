@@ -8,7 +8,13 @@ from typing import Any
 
 import numpy as np
 
-from medseg.inference.fit import QUANTILES, extent, normalized_quantiles
+from medseg.inference.fit import (
+    QUANTILES,
+    extent,
+    normalized_quantiles,
+    sorted_spacing,
+    spacing_unit,
+)
 from medseg.training.dataset import RawCase
 
 
@@ -24,11 +30,11 @@ def compute_domain(cases: Sequence[RawCase], *, label_names: dict[int, str], nor
     in ``size_unit``: mL for volumes, px^2 or mm^2 for 2D images; an instance model's objects
     together); ``synthetic``, ``intended_use``, ``limitations``.
     """
-    unit = "px" if all(c.image.meta.provenance.spacing_unit == "px" for c in cases) else "mm"
+    unit = "px" if all(spacing_unit(c.image) == "px" for c in cases) else "mm"
     ndim = cases[0].image.meta.ndim
     size_unit = "mL" if ndim == 3 and unit == "mm" else f"{unit}^2" if ndim == 2 else "px^3"
     extents = np.array([extent(c.image) for c in cases])
-    spacings = np.array([sorted(c.image.meta.spacing, reverse=True) for c in cases])
+    spacings = np.array([sorted_spacing(c.image) for c in cases])
     quantiles = np.array([normalized_quantiles(c.image.array, normalization, seed=i)
                           for i, c in enumerate(cases)])
     names = {1: "objects"} if instances else {k: v for k, v in label_names.items() if k}
