@@ -496,9 +496,8 @@ class Segmenter:
         areas: dict[str, float] = {}
         unit = ""
         if image.meta.ndim == 3:  # an instance map: the volume of all its objects together
-            volumes = label_volumes_ml((labels > 0).astype(np.uint8), image.meta.spacing,
-                                       {1: "objects"}) if instances else \
-                label_volumes_ml(labels, image.meta.spacing, meta.label_names)
+            volumes = label_volumes_ml(labels, image.meta.spacing, meta.label_names,
+                                       instances=instances)
         else:
             unit = area_unit(image.meta)
             areas = label_areas(labels, image.meta.spacing, meta.label_names,

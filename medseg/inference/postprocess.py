@@ -85,9 +85,18 @@ def _named_amounts(labels: np.ndarray, label_names: dict[int, str], unit: float
 
 
 def label_volumes_ml(labels: np.ndarray, spacing: tuple[float, ...],
-                     label_names: dict[int, str]) -> dict[str, float]:
-    """Volume of every named foreground label in mL (0.0 for labels not present)."""
-    return _named_amounts(labels, label_names, math.prod(spacing) / 1000.0)
+                     label_names: dict[int, str], *, instances: bool = False
+                     ) -> dict[str, float]:
+    """Volume of every named foreground label in mL (0.0 for labels not present; an instance
+    map: the total volume of all objects, under ``"objects"``)."""
+    return _sizes(labels, label_names, math.prod(spacing) / 1000.0, instances)
+
+
+def _sizes(labels: np.ndarray, label_names: dict[int, str], unit: float, instances: bool
+           ) -> dict[str, float]:
+    if instances:
+        return {"objects": round(float(np.count_nonzero(labels)) * unit, 6)}
+    return _named_amounts(labels, label_names, unit)
 
 
 def area_unit(meta: ImageMeta) -> str:
@@ -102,7 +111,4 @@ def label_areas(labels: np.ndarray, spacing: tuple[float, ...], label_names: dic
                 *, instances: bool = False) -> dict[str, float]:
     """Area of every named foreground label of a 2D map in the spacing's unit squared (an
     instance map: the total area of all objects, under ``"objects"``)."""
-    pixel = math.prod(spacing)
-    if instances:
-        return {"objects": round(float(np.count_nonzero(labels)) * pixel, 6)}
-    return _named_amounts(labels, label_names, pixel)
+    return _sizes(labels, label_names, math.prod(spacing), instances)

@@ -15,6 +15,7 @@ from medseg.inference.fit import (
     sorted_spacing,
     spacing_unit,
 )
+from medseg.inference.postprocess import label_areas, label_volumes_ml
 from medseg.training.dataset import RawCase
 
 
@@ -39,14 +40,12 @@ def compute_domain(cases: Sequence[RawCase], *, label_names: dict[int, str], nor
                           for i, c in enumerate(cases)])
     names = {1: "objects"} if instances else {k: v for k, v in label_names.items() if k}
     sizes: dict[str, list[float]] = {name: [] for name in names.values()}
+    measure = label_volumes_ml if size_unit == "mL" else label_areas  # as predictions are
     for c in cases:
-        labels = np.asarray(c.label.array[0])
-        unit_size = float(np.prod(c.image.meta.spacing)) / (1000.0 if size_unit == "mL" else 1.0)
-        counts = (np.array([0, np.count_nonzero(labels)]) if instances
-                  else np.bincount(labels.reshape(-1).astype(np.int64),
-                                   minlength=max(names) + 1))
-        for k, name in names.items():
-            sizes[name].append(float(counts[k]) * unit_size)
+        case_sizes = measure(np.asarray(c.label.array[0]), c.image.meta.spacing, names,
+                             instances=instances)
+        for name in names.values():
+            sizes[name].append(case_sizes[name])
     return {
         "modality": modality.upper(),
         "unit": unit,
