@@ -37,11 +37,13 @@ from medseg.inference.preprocess import window_normalizer
 from medseg.inference.sliding_window import (
     CancelFn,
     ProgressFn,
+    WindowOutputs,
+    argmax_channels,
     autocast_context,
     run_window_grid,
     sliding_window_logits,
 )
-from medseg.inference.windows import WindowReader, plan_windows
+from medseg.inference.windows import WindowReader, plan_whole, plan_windows, reflect_pad
 from medseg.io.image import ImageMeta, MedImage
 from medseg.io.validation import check_voxel_count
 from medseg.model_card import ModelCard, file_sha256, library_versions, load_model
@@ -59,6 +61,8 @@ logger = logging.getLogger(__name__)
 _TTA_BATCH_VOXELS = 1 << 21
 #: Slices of a volume given to a 2D model are run this many pixels per forward pass.
 _SLICE_BATCH_PIXELS = 1 << 19
+#: A 2D model runs an image whole (one forward pass) up to this many padded pixels.
+_WHOLE_IMAGE_PIXELS = 1 << 21
 
 
 @dataclass
@@ -283,6 +287,7 @@ class Segmenter:
             "min_size_ml": self.postprocess.min_size_ml, "roi_size": list(self.card.roi_size),
             "target_spacing": self.card.target_spacing,
             "low_memory": self.inference_options.low_memory,
+            "whole_image": self.inference_options.whole_image,
         }
 
     def provenance(self) -> dict[str, Any]:
@@ -445,24 +450,24 @@ class Segmenter:
         # Outputs take the input's memory layout: a NIfTI volume (first axis fastest) gets its
         # labels back in that order, and writing them is a plain copy, not a transpose.
         order = "F" if _fortran_spatial(image.array) else "C"
-        grid = plan_windows(work.spatial_shape, self.card.roi_size, overlap=self.overlap,
-                            margin=self.margin)
-        reader = WindowReader(work.array, grid,
-                              transform=window_normalizer(work.array, self.card.normalization))
         timings["preprocess"] = time.perf_counter() - t
-
-        t = time.perf_counter()
-        with torch.inference_mode():
-            out = run_window_grid(
-                reader, self._forward, device=self.device,
-                stitch_device=self._stitch_device(grid.band_shape),
-                stitch_dtype=self.stitch_dtype, blend=self.blend,
-                sw_batch_size=self.sw_batch_size, labels=not resample,
-                probabilities=resample or want_probabilities, labels_order=order,
-                progress=progress,
-                should_cancel=should_cancel,
-            )
-        timings["infer"] = time.perf_counter() - t
+        whole = self._whole_plan(work.spatial_shape)
+        if whole is not None:
+            t = time.perf_counter()
+            x = torch.from_numpy(window_normalizer(work.array, self.card.normalization)(
+                work.array))[None]
+            timings["preprocess"] += time.perf_counter() - t
+            t = time.perf_counter()
+            out = self._whole_outputs(x, whole, labels=not resample,
+                                      probabilities=resample or want_probabilities, order=order)
+            if progress is not None:
+                progress(1, 1)
+            timings["infer"] = time.perf_counter() - t
+        else:
+            out = self._windowed_outputs(work, timings, labels=not resample,
+                                         probabilities=resample or want_probabilities,
+                                         order=order, progress=progress,
+                                         should_cancel=should_cancel)
 
         t = time.perf_counter()
         if resample:
@@ -476,6 +481,66 @@ class Segmenter:
         timings["resample"] = time.perf_counter() - t
         return self._finish(image, labels, probabilities, timings, out.num_windows,
                             return_probabilities=return_probabilities)
+
+    def _windowed_outputs(self, work: MedImage, timings: dict[str, float], *, labels: bool,
+                          probabilities: bool, order: str, progress: ProgressFn | None,
+                          should_cancel: CancelFn | None) -> WindowOutputs:
+        """Labels and/or probabilities of ``work`` by the sliding window (timed into
+        ``timings``: ``preprocess`` from the caller's start, ``infer``)."""
+        t = time.perf_counter()
+        grid = plan_windows(work.spatial_shape, self.card.roi_size, overlap=self.overlap,
+                            margin=self.margin)
+        reader = WindowReader(work.array, grid,
+                              transform=window_normalizer(work.array, self.card.normalization))
+        timings["preprocess"] += time.perf_counter() - t
+        t = time.perf_counter()
+        with torch.inference_mode():
+            out = run_window_grid(
+                reader, self._forward, device=self.device,
+                stitch_device=self._stitch_device(grid.band_shape),
+                stitch_dtype=self.stitch_dtype, blend=self.blend,
+                sw_batch_size=self.sw_batch_size, labels=labels,
+                probabilities=probabilities, labels_order=order,
+                progress=progress,
+                should_cancel=should_cancel,
+            )
+        timings["infer"] = time.perf_counter() - t
+        return out
+
+    def _whole_plan(self, shape: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+        """``(pad_before, padded_shape)`` when a 2D model runs an image of ``shape`` whole (see
+        ``InferenceOptions.whole_image``), else ``None`` (sliding window)."""
+        choice = self.inference_options.whole_image
+        if self.card.spatial_dims != 2 or len(shape) != 2 or choice is False:
+            return None
+        plan = plan_whole(shape, self.card.roi_size, self.card.network.divisor,
+                          overlap=self.overlap, margin=self.margin)
+        return plan if choice or math.prod(plan[1]) <= _WHOLE_IMAGE_PIXELS else None
+
+    def _whole_logits(self, x: torch.Tensor,
+                      plan: tuple[tuple[int, ...], tuple[int, ...]]) -> torch.Tensor:
+        """Logits ``(B, K, H, W)`` (float32, CPU) of normalised images ``x`` ``(B, C, H, W)``
+        run whole: reflection-padded by ``plan``, one forward pass, cropped back."""
+        before, padded = plan
+        with torch.inference_mode():
+            y = self._forward(reflect_pad(x.to(self.device), before, padded)).float()
+        crop = tuple(slice(b, b + n) for b, n in zip(before, x.shape[2:], strict=True))
+        return y[(slice(None), slice(None), *crop)].cpu()
+
+    def _whole_outputs(self, x: torch.Tensor, plan: tuple[tuple[int, ...], tuple[int, ...]], *,
+                       labels: bool, probabilities: bool, order: str) -> WindowOutputs:
+        """What :meth:`_windowed_outputs` gives, for one image run whole."""
+        logits = self._whole_logits(x, plan)[0]
+        k = logits.shape[0]
+        out = WindowOutputs(num_windows=1)
+        if labels:
+            lab = argmax_channels(logits, dtype=torch.uint8 if k <= 256 else torch.int32).numpy()
+            out.labels = np.asarray(lab.astype(np.uint8 if k <= 256 else np.uint16, copy=False),
+                                    order=order)
+        if probabilities:
+            p = logits.sigmoid() if k == 1 else logits.softmax(0)
+            out.probabilities = p.half().numpy()
+        return out
 
     def _finish(self, image: MedImage, labels: np.ndarray, probabilities: np.ndarray | None,
                 timings: dict[str, float], num_windows: int, *,
@@ -522,7 +587,8 @@ class Segmenter:
         slices); with the card's ``fov_pixels`` each slice is resampled so its field of view
         spans that many pixels (bilinear, antialiased when shrinking), and the logits come back
         to the slice's own pixels bilinearly before the argmax. Slices that fit the window run
-        whole, several per forward pass; larger ones go through the sliding window.
+        whole, several per forward pass (see ``InferenceOptions.whole_image``); larger ones go
+        through the sliding window.
         """
         import torch.nn.functional as F
 
@@ -537,6 +603,7 @@ class Segmenter:
         probs = np.zeros((k, *shape), dtype=np.float16) if probabilities else None
         timings["preprocess"] = time.perf_counter() - t
         t = time.perf_counter()
+        whole = self._whole_plan(fov)
         per_pass = max(1, self.sw_batch_size, _SLICE_BATCH_PIXELS // max(1, math.prod(fov)))
         with torch.inference_mode():
             for z0 in range(0, shape[2], per_pass):
@@ -548,8 +615,8 @@ class Segmenter:
                 if fov != shape[:2]:
                     x = F.interpolate(x, size=fov, mode="bilinear", align_corners=False,
                                       antialias=fov[0] < shape[0] or fov[1] < shape[1])
-                if fov == roi:
-                    logits = self._forward(x).float()
+                if whole is not None:
+                    logits = self._whole_logits(x, whole)
                 else:
                     logits = torch.stack([
                         sliding_window_logits(self._forward, x[i], roi_size=roi,

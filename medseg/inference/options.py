@@ -35,6 +35,11 @@ class InferenceOptions:
         min_size_ml: Remove components smaller than this (mL; mm^2 / 1000 in 2D).
         channels_last: Channels-last convolutions; ``None``: on for CPU.
         low_memory: Smaller peak memory, slower forward passes (:mod:`medseg.inference.heap`).
+        whole_image: 2D models: run an image (or each slice of a volume) whole, in one forward
+            pass with reflected context around it, instead of in overlapping windows.
+            ``None``: whenever the padded image has at most ``2**21`` pixels (about 1448 x
+            1448), which bounds the activations to a few hundred MB; larger images go through
+            the sliding window. ``False``: always windows; ``True``: always whole.
         strict: A batch fails a case whose image does not fit the model's training domain
             (any fit-report warning, :mod:`medseg.inference.fit`) instead of only warning.
     """
@@ -50,6 +55,7 @@ class InferenceOptions:
     min_size_ml: float = 0.0
     channels_last: bool | None = None
     low_memory: bool = False
+    whole_image: bool | None = None
     strict: bool = False
 
     def __post_init__(self) -> None:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from medseg.errors import ConfigError
 
@@ -135,6 +136,52 @@ def plan_windows(
     slab_axis = min(range(len(shape)), key=lambda a: (roi[a] / padded[a], -a))
     return WindowGrid(shape=shape, roi_size=roi, pad_before=tuple(before),
                       padded_shape=tuple(padded), starts=tuple(starts), slab_axis=slab_axis)
+
+
+def plan_whole(shape: Sequence[int], roi_size: Sequence[int], divisor: Sequence[int], *,
+               overlap: float = 0.5, margin: Sequence[int] | int | None = None
+               ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Reflection padding to run an image whole, as one window: ``(pad_before, padded_shape)``.
+
+    Each axis gets at least ``margin`` of reflected context per side, is rounded up to a
+    multiple of the network's ``divisor``, and is never shorter than the window the model was
+    trained on. ``margin=None`` is :func:`plan_windows`'s default: :func:`default_margin` (the
+    context the sliding window gives a border pixel), none along an axis not longer than the
+    window, so an image that fits the window runs exactly as the sliding window runs it. The
+    slack is shared between both sides.
+
+    Examples:
+        >>> plan_whole((512, 500), (256, 256), (32, 32))
+        ((32, 38), (576, 576))
+        >>> plan_whole((100, 256), (256, 256), (32, 32))
+        ((78, 0), (256, 256))
+    """
+    shape = tuple(int(s) for s in shape)
+    if margin is None:
+        margins = [0 if n <= r else m for n, r, m in
+                   zip(shape, roi_size, default_margin(roi_size, overlap), strict=True)]
+    else:
+        margins = [margin] * len(shape) if isinstance(margin, int) else [int(m) for m in margin]
+    before, padded = [], []
+    for n, r, d, m in zip(shape, roi_size, divisor, margins, strict=True):
+        size = max(int(r), math.ceil((n + 2 * m) / int(d)) * int(d))
+        before.append((size - n) // 2)
+        padded.append(size)
+    return tuple(before), tuple(padded)
+
+
+def reflect_pad(x: torch.Tensor, pad_before: Sequence[int], padded_shape: Sequence[int]
+                ) -> torch.Tensor:
+    """``x`` ``(..., *spatial)`` reflection-padded to ``padded_shape``, mirrored as often as
+    needed (as :func:`reflect_indices`; ``torch.nn.functional.pad`` refuses pads longer than
+    the axis)."""
+    lead = x.ndim - len(padded_shape)
+    for ax, (b, size) in enumerate(zip(pad_before, padded_shape, strict=True)):
+        n = x.shape[lead + ax]
+        if size != n:
+            index = torch.from_numpy(reflect_indices(np.arange(-b, size - b), n)).to(x.device)
+            x = x.index_select(lead + ax, index)
+    return x
 
 
 def reflect_indices(indices: np.ndarray, size: int) -> np.ndarray:

@@ -15,6 +15,7 @@ from medseg.errors import ConfigError
 #: networks medseg builds use 320 filters per level and a few dozen classes).
 MAX_FILTERS = 4096
 MAX_CHANNELS = 1024
+UPSAMPLES = ("transposed", "interp")
 
 
 def _check_ints(name: str, values: list[Any], low: int, high: int) -> None:
@@ -38,6 +39,11 @@ class NetworkConfig:
         deep_supervision: Extra outputs at lower resolutions during training.
         deep_supr_num: Number of extra deep-supervision heads.
         res_block: Residual blocks instead of plain double convolutions.
+        upsample: How the decoder goes up a level: ``"transposed"`` (a learned transposed
+            convolution with kernel = stride, MONAI's DynUNet default) or ``"interp"`` (a 1x1
+            convolution at the coarse level followed by bilinear/trilinear interpolation:
+            no checkerboard pattern, fewer weights; the same as interpolating first and then
+            convolving, since both are linear and the interpolation weights sum to 1).
     """
 
     spatial_dims: int
@@ -51,6 +57,7 @@ class NetworkConfig:
     deep_supr_num: int = 1
     res_block: bool = False
     architecture: str = "dynunet"
+    upsample: str = "transposed"
 
     def __post_init__(self) -> None:
         if self.spatial_dims not in (2, 3):
@@ -65,6 +72,8 @@ class NetworkConfig:
             self.strides = [ones] + [list(twos) for _ in range(n - 1)]
         if len(self.kernel_size) != n or len(self.strides) != n:
             raise ConfigError("filters, kernel_size and strides must have one entry per level")
+        if self.upsample not in UPSAMPLES:
+            raise ConfigError(f"upsample must be one of {UPSAMPLES}, got {self.upsample!r}")
         if self.norm not in ("instance", "batch"):
             raise ConfigError(f"norm must be 'instance' or 'batch', got {self.norm!r}")
         _check_ints("in_channels", [self.in_channels], 1, MAX_CHANNELS)
@@ -109,13 +118,18 @@ def plan_network(
     max_filters: int = 256,
     min_feature_size: int = 4,
     deep_supervision: bool = False,
+    max_levels: int = 6,
+    upsample: str = "transposed",
 ) -> NetworkConfig:
     """Plan levels, strides and kernels from the patch size and spacing (nnU-Net's heuristic).
 
     An axis is down-sampled while its feature map stays >= ``min_feature_size`` voxels and its
     spacing is not more than twice the finest spacing (anisotropic data keeps its coarse axis
-    longer at full resolution, and gets 1-wide kernels there at the first levels).
+    longer at full resolution, and gets 1-wide kernels there at the first levels). At most
+    ``max_levels`` resolution levels (a shallower network is faster and sees less context).
     """
+    if max_levels < 2:
+        raise ConfigError(f"max_levels must be >= 2, got {max_levels}")
     sizes = [int(p) for p in patch_size]
     sp = [float(s) for s in (spacing or [1.0] * spatial_dims)]
     strides: list[list[int]] = [[1] * spatial_dims]
@@ -126,7 +140,7 @@ def plan_network(
             2 if (size // 2 >= min_feature_size and s <= 2 * finest) else 1
             for size, s in zip(sizes, sp, strict=True)
         ]
-        if all(v == 1 for v in stride) or len(strides) >= 6:
+        if all(v == 1 for v in stride) or len(strides) >= max_levels:
             break
         sizes = [size // v for size, v in zip(sizes, stride, strict=True)]
         sp = [s * v for s, v in zip(sp, stride, strict=True)]
@@ -142,6 +156,7 @@ def plan_network(
         strides=strides,
         deep_supervision=deep_supervision,
         deep_supr_num=max(1, min(2, len(strides) - 2)),
+        upsample=upsample,
     )
 
 
@@ -155,7 +170,7 @@ def build_network(config: NetworkConfig) -> torch.nn.Module:
     from monai.networks.nets import DynUNet
 
     norm = ("INSTANCE", {"affine": True}) if config.norm == "instance" else "BATCH"
-    return DynUNet(
+    net = DynUNet(
         spatial_dims=config.spatial_dims,
         in_channels=config.in_channels,
         out_channels=config.out_channels,
@@ -168,3 +183,27 @@ def build_network(config: NetworkConfig) -> torch.nn.Module:
         deep_supr_num=config.deep_supr_num,
         res_block=config.res_block,
     )
+    if config.upsample == "interp":
+        for block, stride in zip(net.upsamples, config.strides[1:][::-1], strict=True):
+            conv = block.transp_conv.conv
+            block.transp_conv = InterpUp(config.spatial_dims, conv.in_channels,
+                                         conv.out_channels, stride)
+    return net
+
+
+class InterpUp(torch.nn.Module):
+    """A decoder's step up one level without a transposed convolution: a 1x1 convolution
+    (channel mixing, at the coarse resolution where it is cheapest) and then linear
+    interpolation by ``stride`` (no overlapping kernels, hence no checkerboard)."""
+
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int,
+                 stride: list[int]) -> None:
+        super().__init__()
+        conv = torch.nn.Conv2d if spatial_dims == 2 else torch.nn.Conv3d
+        self.conv = conv(in_channels, out_channels, kernel_size=1, bias=False)
+        self.scale = tuple(float(v) for v in stride)
+        self.mode = "bilinear" if spatial_dims == 2 else "trilinear"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.interpolate(self.conv(x), scale_factor=self.scale,
+                                               mode=self.mode, align_corners=False)

@@ -156,6 +156,9 @@ class TrainConfig:
         batch_size: Samples per iteration.
         base_filters: Features at full resolution (doubled per level up to ``max_filters``).
         max_filters: Feature cap.
+        max_levels: Most resolution levels of the U-Net (fewer: faster, less context).
+        upsample: Decoder up-sampling, ``"transposed"`` or ``"interp"`` (see
+            :class:`medseg.networks.factory.NetworkConfig`).
         deep_supervision: Loss on lower-resolution decoder outputs too.
         foreground_prob: Probability that a patch is centred on a random foreground voxel.
         loss: ``"dice_ce"`` (Dice + cross-entropy, nnU-Net's default: best overlap of small
@@ -201,6 +204,8 @@ class TrainConfig:
     batch_size: int | None = None
     base_filters: int = 16
     max_filters: int = 256
+    max_levels: int = 6
+    upsample: str = "transposed"
     deep_supervision: bool = True
     foreground_prob: float = 0.33
     loss: str = "dice_ce"

@@ -203,6 +203,7 @@ def resolve_plan(config: TrainConfig, fp: Fingerprint, *, label_names: dict[int,
         spatial_dims=dims, in_channels=fp.in_channels, out_channels=len(names),
         patch_size=patch, spacing=spacing, base_filters=config.base_filters,
         max_filters=config.max_filters, deep_supervision=config.deep_supervision,
+        max_levels=config.max_levels, upsample=config.upsample,
     )
     bad = [p for p, d in zip(patch, network.divisor, strict=True) if p % d]
     if bad:

@@ -16,9 +16,10 @@ from medseg.inference.cases import CaseInput
 from medseg.io import MedImage, read_dicom_seg, read_image, write_dicom_series
 
 
-def _slicewise(roi: list[int] | None = None, **card_changes: object) -> Segmenter:
+def _slicewise(roi: list[int] | None = None, whole_image: bool | None = None,
+               **card_changes: object) -> Segmenter:
     card = dataclasses.replace(threshold_card(roi=roi or [16, 16]), **card_changes)
-    return Segmenter(ThresholdNet(), card, device="cpu")
+    return Segmenter(ThresholdNet(), card, device="cpu", whole_image=whole_image)
 
 
 def test_2d_model_over_an_oblique_volume_keeps_every_slice_and_the_grid() -> None:
@@ -34,10 +35,10 @@ def test_2d_model_over_an_oblique_volume_keeps_every_slice_and_the_grid() -> Non
     assert pred.volumes_ml["ball"] == pytest.approx(mask.sum() * voxel_ml, abs=1e-6)
 
 
-def test_slices_larger_than_the_window_go_through_the_sliding_window() -> None:
+def test_slices_larger_than_the_window_go_through_the_sliding_window_when_asked() -> None:
     meta = oblique_meta(3)
     image, mask = ball_image((41, 37, 12), meta, radius_mm=14.0)
-    pred = _slicewise(roi=[16, 16]).predict(image)
+    pred = _slicewise(roi=[16, 16], whole_image=False).predict(image)
     np.testing.assert_array_equal(pred.labels.array[0], mask)
 
 
