@@ -68,6 +68,10 @@ def predict_command(
                                     "on for CUDA and for CPUs with native bf16)."),
     low_memory: bool = typer.Option(False, "--low-memory", help="Smaller peak memory, slower "
                                     "forward passes (see README); Ray workers get it too."),
+    whole_image: bool | None = typer.Option(None, "--whole-image/--windows", help="2D "
+                                            "models: run each image whole in one pass, or in "
+                                            "overlapping windows (default: whole up to about "
+                                            "1448x1448 pixels)."),
     strict: bool = typer.Option(False, "--strict", help="Fail a case whose image does not "
                                 "fit the model's training domain (modality, field of view, "
                                 "intensities, label sizes) instead of only warning."),
@@ -125,7 +129,8 @@ def predict_command(
         # the settings, built once here, go whole to every engine (local or Ray workers)
         inference = InferenceOptions(device=device, overlap=overlap, tta=tta, amp=amp,
                                      keep_largest=keep_largest, min_size_ml=min_size_ml,
-                                     low_memory=low_memory, strict=strict)
+                                     low_memory=low_memory, whole_image=whole_image,
+                                     strict=strict)
         summary = run_batch(inputs, model, output, formats=formats, overwrite=overwrite,
                             inference=inference, progress=progress, on_event=log, runner=runner)
     except MedsegError as exc:

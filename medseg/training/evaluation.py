@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -19,6 +19,9 @@ from medseg.errors import DatasetError
 from medseg.metrics import CaseScores, score_case, summarize
 from medseg.training.dataset import load_raw_case
 from medseg.training.sources import index_dataset
+
+if TYPE_CHECKING:
+    from medseg.inference.options import InferenceOptions
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +41,7 @@ def evaluate_model(
     amp: bool | None = None,
     save_predictions: str | Path | None = None,
     progress: Callable[[int, int], None] | None = None,
+    inference: InferenceOptions | None = None,
 ) -> dict[str, Any]:
     """Run ``model`` (shipped name or file) on dataset cases and score them.
 
@@ -56,13 +60,18 @@ def evaluate_model(
         amp: Autocast (``None``: the engine's default).
         save_predictions: Folder to write predicted label maps to (NIfTI or PNG).
         progress: ``progress(done, total)`` per case.
+        inference: Inference options (a ``device``, ``amp`` or ``tta=True`` given here
+            overrides theirs).
 
     Returns:
         ``{"model", "cases", "summary", "per_case", "seconds"}``.
     """
     from medseg.inference import Segmenter
+    from medseg.inference.options import merge_options
 
-    segmenter = Segmenter.from_file(model, device=device, tta=tta, amp=amp)
+    given = {"device": device, "amp": amp, "tta": tta or None}
+    options = merge_options(inference, **{k: v for k, v in given.items() if v is not None})
+    segmenter = Segmenter.from_file(model, options)
     card = segmenter.card
     index = index_dataset(source, path, image_dir=image_dir, label_dir=label_dir)
     by_id = {p.case_id: p for p in index.pairs}

@@ -75,3 +75,14 @@ def test_unknown_model_or_format_gives_exit_2(inputs: Path, tmp_path: Path,
                                       "-f", "gif", str(inputs)])
     assert result.exit_code == 2
     assert "unknown output format(s) ['gif']; choose from nifti, dicom-seg" in result.stderr
+
+
+def test_windows_flag_reaches_every_record(model_file: Path, inputs: Path,
+                                           tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["-m", str(model_file), "-o", str(out), "--device", "cpu",
+                                      "--windows", "-q", str(inputs)])
+    assert result.exit_code == 0, result.output
+    for case in ("c0", "c1"):
+        record = json.loads((out / f"{case}.json").read_text())
+        assert record["provenance"]["inference_options"]["whole_image"] is False
