@@ -9,6 +9,7 @@ signal (queued across threads), and *Cancel* sets an event the engine polls via
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from typing import TYPE_CHECKING, Any
@@ -109,8 +110,11 @@ class SegmentWidget(Container):
         ])
         self._cache = SegmenterCache()
         self._cancel_event = threading.Event()
-        self._relay = _ProgressRelay()
+        # parented to the widget, so it is deleted with it (not left to a dead dock)
+        self._relay = _ProgressRelay(self.native)
         self._relay.progress.connect(self._on_progress)
+        self._closed = False
+        self.native.destroyed.connect(self._on_closed)
         self.worker: Any = None
         self.model_box.changed.connect(self._sync_checkpoint_visibility)
         self.model_box.changed.connect(self._show_model_card)
@@ -164,7 +168,7 @@ class SegmentWidget(Container):
         # to its notification manager as a traceback, while this widget reports errors itself.
         self.worker = create_worker(
             run_request, request, self._cache,
-            progress=self._relay.progress.emit, should_cancel=self._cancel_event.is_set,
+            progress=self._report_progress, should_cancel=self._cancel_event.is_set,
             _start_thread=False,
             _connect={
                 "returned": lambda prediction: self._on_done(request, prediction),
@@ -181,12 +185,29 @@ class SegmentWidget(Container):
         self._cancel_event.set()
         self.status.value = "cancelling..."
 
-    # -- GUI-thread callbacks -----------------------------------------------------------------
+    def _report_progress(self, done: int, total: int) -> None:
+        """The engine's progress callback (worker thread): relayed to the GUI thread, unless
+        the widget has been closed meanwhile."""
+        if self._closed:
+            return
+        with contextlib.suppress(RuntimeError):  # deleted between the check and the emit
+            self._relay.progress.emit(done, total)
+
+    def _on_closed(self, *_: Any) -> None:
+        """The widget (or its viewer) was closed: stop the run; its result is dropped."""
+        self._closed = True
+        self._cancel_event.set()
+
+    # -- GUI-thread callbacks (each does nothing once the widget is closed) --------------------
     def _on_progress(self, done: int, total: int) -> None:
+        if self._closed:
+            return
         self.progress.max = max(int(total), 1)
         self.progress.value = min(int(done), self.progress.max)
 
     def _on_done(self, request: SegmentRequest, prediction: Any) -> None:
+        if self._closed:
+            return
         try:
             data, kwargs, _ = result_layer_data(request, prediction)
         except MedsegError as exc:
@@ -205,6 +226,8 @@ class SegmentWidget(Container):
         show_info(f"{request.result_name}: {result_summary(prediction)}")
 
     def _on_error(self, exc: BaseException) -> None:
+        if self._closed:
+            return
         if isinstance(exc, CancelledError):
             self.status.value = "cancelled"
             return
@@ -215,7 +238,8 @@ class SegmentWidget(Container):
 
     def _on_finished(self) -> None:
         self.worker = None
-        self._set_running(False)
+        if not self._closed:
+            self._set_running(False)
 
     def _set_running(self, running: bool) -> None:
         self.run_button.enabled = not running

@@ -171,3 +171,34 @@ def test_a_long_error_wraps_instead_of_widening_the_dock(make_napari_viewer) -> 
     widget._fail("the image does not fit: " + "a very long reason " * 120)
     assert widget.status.native.wordWrap()
     assert widget.native.sizeHint().width() < 700
+
+
+def test_closing_the_viewer_mid_run_cancels_quietly(make_napari_viewer, tiny_model: Path,
+                                                     qtbot, capfd, monkeypatch) -> None:
+    """Defect: closing the window during a run raised "wrapped C/C++ object of type
+    QProgressBar has been deleted" from the progress, result and finished callbacks."""
+    viewer = make_napari_viewer()
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.model_box.value = CHECKPOINT_CHOICE
+    widget.checkpoint.value = tiny_model
+    widget.device_box.value = "cpu"
+    layer, _ = _add_image(viewer, "big", (40, 41, 42), angle=0.0, seed=4)
+    widget.image_box.value = layer
+    widget.overlap.value = 0.75  # hundreds of windows: still running when the window closes
+    started: list[int] = []
+    added: list[str] = []
+    widget._relay.progress.connect(lambda done, total: started.append(done))
+    real_add = type(viewer).add_labels
+    monkeypatch.setattr(type(viewer), "add_labels", lambda self, *a, **k: (
+        added.append(k.get("name")), real_add(self, *a, **k))[1])
+    widget.run_button.clicked.emit()
+    worker = widget.worker
+    qtbot.waitUntil(lambda: bool(started), timeout=RUN_TIMEOUT_MS)
+    viewer.close()
+    qtbot.waitUntil(lambda: not worker.is_running, timeout=RUN_TIMEOUT_MS)
+    qtbot.wait(300)  # let the worker's queued signals arrive
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "has been deleted" not in err, err
+    assert added == []  # the result was dropped, not added to the closed viewer
+    assert widget._cancel_event.is_set()
