@@ -17,12 +17,13 @@ import numbers
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from medseg.errors import ConfigError, ModelError, describe_exception
 from medseg.networks.factory import NetworkConfig, build_network
+
+if TYPE_CHECKING:  # reading a card needs no torch (the napari widgets read cards on the GUI
+    import torch  # thread); building and loading a network imports it
 
 CARD_METADATA_KEY = "medseg.model_card"
 CARD_FORMAT_VERSION = 1
@@ -229,6 +230,7 @@ def library_versions() -> dict[str, str]:
     """Versions of the libraries that shape a model's behaviour, for provenance records."""
     import monai
     import numpy
+    import torch
 
     import medseg
 
@@ -264,7 +266,7 @@ def read_model_card(path: str | Path) -> ModelCard:
     if not path.is_file():
         raise ModelError(f"model file not found: {path}")
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with safe_open(str(path), framework="numpy") as f:
             meta = f.metadata() or {}
     except Exception as exc:  # safetensors raises several types for corrupt headers
         raise ModelError(f"{path}: not a readable .safetensors model file ({exc})") from exc
@@ -283,6 +285,7 @@ def load_model(
     path: str | Path, *, device: torch.device | str = "cpu"
 ) -> tuple[torch.nn.Module, ModelCard]:
     """Load a model file: rebuild the network from its card, load weights, set eval mode."""
+    import torch
     from safetensors.torch import load_model as load_safetensors_model
 
     card = read_model_card(path)
@@ -311,6 +314,8 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The bare module inside DDP / torch.compile wrappers."""
+    import torch
+
     while True:
         inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
         if inner is None or not isinstance(inner, torch.nn.Module):

@@ -45,12 +45,13 @@ def model_display_name(model: str) -> str:
     return path.name.removesuffix(".safetensors") if path.suffix else model
 
 
-def resolve_device(choice: str, *, cuda_available: bool) -> str | None:
+def resolve_device(choice: str, *, cuda_available: bool | None) -> str | None:
     """The ``device`` argument for the engine from the widget's choice.
 
     Args:
         choice: One of :data:`DEVICE_CHOICES`.
-        cuda_available: ``torch.cuda.is_available()``, passed in so this stays testable.
+        cuda_available: ``torch.cuda.is_available()``, passed in so this stays testable;
+            ``None``: not known yet (the engine refuses a missing GPU when it loads).
 
     Returns:
         ``None`` for ``"auto"`` (the engine picks), else the device string.
@@ -60,7 +61,7 @@ def resolve_device(choice: str, *, cuda_available: bool) -> str | None:
     """
     if choice not in DEVICE_CHOICES:
         raise ModelError(f"unknown device {choice!r}; choose one of {', '.join(DEVICE_CHOICES)}")
-    if choice == "cuda" and not cuda_available:
+    if choice == "cuda" and cuda_available is False:
         raise ModelError(
             "device 'cuda' was requested but no CUDA GPU is available; use auto or cpu"
         )

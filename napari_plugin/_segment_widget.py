@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -59,6 +60,12 @@ class _ProgressRelay(QObject):
     """Carries ``progress(done, total)`` from the worker thread to the GUI thread."""
 
     progress = Signal(int, int)
+
+
+def _preload_engine() -> None:
+    import monai.networks.nets  # noqa: F401  (what the first run would import)
+
+    import medseg.inference.engine  # noqa: F401  (torch)
 
 
 def shipped_models() -> list[str]:
@@ -123,6 +130,11 @@ class SegmentWidget(Container):
         self.cancel_button.changed.connect(self.cancel)
         self._sync_checkpoint_visibility()
         self._show_model_card()
+        # torch and the engine take seconds to import: do it now, off the GUI thread, while
+        # the user picks an image and a model, so the first Run starts at once
+        self._preload = threading.Thread(target=_preload_engine, name="medseg-preload",
+                                         daemon=True)
+        self._preload.start()
 
     def _sync_checkpoint_visibility(self, *_: Any) -> None:
         self.checkpoint.visible = self.model_box.value == CHECKPOINT_CHOICE
@@ -140,11 +152,12 @@ class SegmentWidget(Container):
 
     # -- run --------------------------------------------------------------------------------
     def _options(self) -> EngineOptions:
-        import torch
-
         model = chosen_model(str(self.model_box.value), str(self.checkpoint.value or ""))
+        # torch is never imported on the GUI thread (seconds, the first time): once the worker
+        # has loaded it, a CUDA request is checked here; before that the engine checks it
+        torch = sys.modules.get("torch")
         device = resolve_device(str(self.device_box.value),
-                                cuda_available=torch.cuda.is_available())
+                                cuda_available=torch.cuda.is_available() if torch else None)
         inference = InferenceOptions(device=device, overlap=float(self.overlap.value),
                                      tta=bool(self.tta.value))
         return EngineOptions(model=model, inference=inference,

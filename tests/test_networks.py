@@ -8,7 +8,7 @@ import torch
 from medseg.errors import ConfigError
 from medseg.model_card import ModelCard, NormalizationConfig, load_model, save_model
 from medseg.networks import NetworkConfig, build_network, plan_network
-from medseg.networks.factory import InterpUp
+from medseg.networks.blocks import InterpUp
 
 
 def test_max_levels_caps_the_depth() -> None:

@@ -11,12 +11,38 @@ Examples::
     prediction.labels, prediction.volumes_ml, prediction.timings
 """
 
-from medseg.devices import resolve_device
-from medseg.inference.engine import Prediction, Segmenter
-from medseg.inference.options import InferenceOptions
-from medseg.inference.postprocess import PostprocessConfig
-from medseg.inference.sliding_window import sliding_window_logits
-from medseg.inference.windows import WindowGrid, plan_windows
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from medseg.devices import resolve_device
+    from medseg.inference.engine import Prediction, Segmenter
+    from medseg.inference.options import InferenceOptions
+    from medseg.inference.postprocess import PostprocessConfig
+    from medseg.inference.sliding_window import sliding_window_logits
+    from medseg.inference.windows import WindowGrid, plan_windows
+
+# Imported on first use (PEP 562): a GUI that only needs the options (napari's widgets) does
+# not pay for torch on its GUI thread; the engine loads in the worker that runs it.
+_WHERE = {
+    "resolve_device": "medseg.devices",
+    "Prediction": "medseg.inference.engine",
+    "Segmenter": "medseg.inference.engine",
+    "InferenceOptions": "medseg.inference.options",
+    "PostprocessConfig": "medseg.inference.postprocess",
+    "sliding_window_logits": "medseg.inference.sliding_window",
+    "WindowGrid": "medseg.inference.windows",
+    "plan_windows": "medseg.inference.windows",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'medseg.inference' has no attribute {name!r}")
+
 
 __all__ = [
     "InferenceOptions",

@@ -5,11 +5,12 @@ from __future__ import annotations
 import dataclasses
 import numbers
 from dataclasses import dataclass, field
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from medseg.errors import ConfigError
+
+if TYPE_CHECKING:  # torch is imported where a network is built, not to read a config
+    import torch
 
 #: Bounds on a network's size (a card asking for more is damaged or hostile: the largest
 #: networks medseg builds use 320 filters per level and a few dozen classes).
@@ -169,6 +170,8 @@ def build_network(config: NetworkConfig) -> torch.nn.Module:
     """
     from monai.networks.nets import DynUNet
 
+    from medseg.networks.blocks import InterpUp
+
     norm = ("INSTANCE", {"affine": True}) if config.norm == "instance" else "BATCH"
     net = DynUNet(
         spatial_dims=config.spatial_dims,
@@ -190,20 +193,3 @@ def build_network(config: NetworkConfig) -> torch.nn.Module:
                                          conv.out_channels, stride)
     return net
 
-
-class InterpUp(torch.nn.Module):
-    """A decoder's step up one level without a transposed convolution: a 1x1 convolution
-    (channel mixing, at the coarse resolution where it is cheapest) and then linear
-    interpolation by ``stride`` (no overlapping kernels, hence no checkerboard)."""
-
-    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int,
-                 stride: list[int]) -> None:
-        super().__init__()
-        conv = torch.nn.Conv2d if spatial_dims == 2 else torch.nn.Conv3d
-        self.conv = conv(in_channels, out_channels, kernel_size=1, bias=False)
-        self.scale = tuple(float(v) for v in stride)
-        self.mode = "bilinear" if spatial_dims == 2 else "trilinear"
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.interpolate(self.conv(x), scale_factor=self.scale,
-                                               mode=self.mode, align_corners=False)

@@ -64,6 +64,7 @@ def test_resolve_device() -> None:
     assert resolve_device("auto", cuda_available=False) is None
     assert resolve_device("cpu", cuda_available=False) == "cpu"
     assert resolve_device("cuda", cuda_available=True) == "cuda"
+    assert resolve_device("cuda", cuda_available=None) == "cuda"  # not known yet: the engine checks
     with pytest.raises(ModelError, match="no CUDA GPU is available"):
         resolve_device("cuda", cuda_available=False)
     with pytest.raises(ModelError, match="unknown device 'tpu'"):
