@@ -157,6 +157,18 @@ def run_request(
     return prediction
 
 
+def previous_results(layers: Any, request: SegmentRequest) -> list[Any]:
+    """The layers an earlier run of the same model on the same image produced: its labels
+    layer(s) and their uncertainty layers (what *replace* swaps for the new result)."""
+    from napari_plugin._layers import MODEL_KEY, SOURCE_LAYER_KEY
+
+    labels = [ly for ly in layers
+              if ly.metadata.get(SOURCE_LAYER_KEY) == request.layer_name
+              and ly.metadata.get(MODEL_KEY) == request.options.model]
+    names = {f"{ly.name} uncertainty" for ly in labels}
+    return labels + [ly for ly in layers if ly.name in names]
+
+
 def model_label_info(model: str) -> tuple[dict[int, str], dict[int, tuple[int, int, int]]]:
     """Label names and colours from a model's card (cheap: the weights are not read)."""
     from medseg.model_card import read_model_card

@@ -41,6 +41,7 @@ from napari_plugin._run import (
     capture_request,
     fit_banner,
     model_card_summary,
+    previous_results,
     result_layer_data,
     result_summary,
     run_request,
@@ -54,6 +55,9 @@ logger = logging.getLogger(__name__)
 
 #: Model-box entry meaning "use the checkpoint file chosen below".
 CHECKPOINT_CHOICE = "checkpoint file..."
+#: What a run does with an earlier result of the same model on the same image.
+REPLACE = "replace this model's previous result"
+RERUN_CHOICES = (REPLACE, "add a new layer")
 
 
 class _ProgressRelay(QObject):
@@ -101,6 +105,7 @@ class SegmentWidget(Container):
         self.overlap = FloatSpinBox(label="overlap", value=0.5, min=0.0, max=0.9, step=0.05)
         self.tta = CheckBox(text="test-time augmentation (mirroring)", value=False)
         self.uncertainty = CheckBox(text="uncertainty layer (where to look)", value=False)
+        self.rerun = ComboBox(label="result", choices=list(RERUN_CHOICES), value=REPLACE)
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
@@ -112,7 +117,8 @@ class SegmentWidget(Container):
         self.fit_banner.native.setWordWrap(True)
         self.extend([
             self.image_box, self.model_box, self.checkpoint, self.model_info, self.device_box,
-            self.overlap, self.tta, self.uncertainty, self.run_button, self.cancel_button,
+            self.overlap, self.tta, self.uncertainty, self.rerun, self.run_button,
+            self.cancel_button,
             self.progress, self.status, self.fit_banner,
         ])
         self._cache = SegmenterCache()
@@ -226,7 +232,14 @@ class SegmentWidget(Container):
         except MedsegError as exc:
             self._fail(str(exc))
             return
-        self._viewer.add_labels(data, **kwargs)
+        layers = self._viewer.layers
+        old = previous_results(layers, request) if self.rerun.value == REPLACE else []
+        index = layers.index(old[0]) if old else None
+        for layer in old:
+            layers.remove(layer)
+        new = self._viewer.add_labels(data, **kwargs)
+        if index is not None:  # where the previous result was in the layer list
+            layers.move(layers.index(new), index)
         extra = uncertainty_layer_data(request, prediction)
         if extra is not None:
             self._viewer.add_image(extra[0], **extra[1])

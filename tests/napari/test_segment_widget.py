@@ -221,3 +221,29 @@ def test_the_first_run_imports_nothing_heavy_on_the_gui_thread(tiny_model: Path)
     assert report["torch_thread"] not in (None, "MainThread"), report
     # the widget's clicks and the run itself keep the event loop ticking (10 ms timer)
     assert report["run_max_gap_ms"] < GUI_GAP_LIMIT_MS, report
+
+
+def test_rerunning_replaces_the_previous_result_unless_asked_to_add(segment, qtbot) -> None:
+    """Defect: every run added another '... [medseg model] [1]' layer."""
+    from napari_plugin._segment_widget import RERUN_CHOICES
+
+    viewer, widget = segment
+    layer, _ = _add_image(viewer, "mr", (18, 17, 16), angle=0.0, seed=5)
+    other, _ = _add_image(viewer, "ct", (18, 17, 16), angle=0.0, seed=6)
+    widget.overlap.value = 0.25
+
+    def run_on(image) -> None:
+        widget.image_box.value = image
+        widget.run_button.clicked.emit()
+        qtbot.waitUntil(lambda: widget.worker is None, timeout=RUN_TIMEOUT_MS)
+
+    run_on(layer)
+    run_on(other)
+    viewer.layers.move(viewer.layers.index("mr [medseg tiny]"), 0)  # the user's own order
+    run_on(layer)  # default: replace, in place
+    assert [ly.name for ly in viewer.layers] == ["mr [medseg tiny]", "mr", "ct",
+                                                 "ct [medseg tiny]"]
+    widget.rerun.value = RERUN_CHOICES[1]
+    run_on(layer)
+    assert [ly.name for ly in viewer.layers].count("mr [medseg tiny]") == 1
+    assert "mr [medseg tiny] [1]" in [ly.name for ly in viewer.layers]
