@@ -33,6 +33,7 @@ from medseg.errors import MedsegError
 from napari_plugin._geometry import meta_from_layer
 from napari_plugin._layers import (
     INSTANCES_KEY,
+    MODEL_KEY,
     label_colormap,
     stored_label_colors,
     stored_label_names,
@@ -54,6 +55,8 @@ logger = logging.getLogger(__name__)
 
 #: Delay (ms) that groups bursts of edits into one volume recount.
 RECOUNT_DELAY_MS = 150
+#: Layer metadata: the file this widget last saved the layer to (its own save target).
+SAVE_PATH_KEY = "medseg_save_path"
 
 
 class _LabelRow(Container):
@@ -130,13 +133,29 @@ class ReviewWidget(Container):
         self._recount_timer.setSingleShot(True)
         self._recount_timer.setInterval(RECOUNT_DELAY_MS)
         self._recount_timer.timeout.connect(self.refresh_volumes)
+        self._overwrite_armed: Path | None = None  # a file the user was asked about
         self.layer_box.changed.connect(self._on_layer_changed)
         self.contour.changed.connect(self._on_contour)
         self.save_button.changed.connect(self.save)
         self._on_layer_changed(self.layer_box.value)
+        # a new medseg result becomes the reviewed layer; stop listening once closed
+        layers_inserted = napari_viewer.layers.events.inserted
+        layers_inserted.connect(self._on_layer_inserted)
+        self.native.destroyed.connect(lambda *_: layers_inserted.disconnect(
+            self._on_layer_inserted))
 
     # -- layer binding ----------------------------------------------------------------------
+    def _on_layer_inserted(self, event: Any) -> None:
+        layer = getattr(event, "value", None)
+        if isinstance(layer, Labels) and layer.metadata.get(MODEL_KEY):
+            self.layer_box.reset_choices()
+            self.layer_box.value = layer
+
     def _on_layer_changed(self, layer: Labels | None) -> None:
+        # nothing of the previous layer carries over: its status, its save target
+        self.status.value = ""
+        self._overwrite_armed = None
+        self.save_path.value = (layer.metadata.get(SAVE_PATH_KEY) or "") if layer else ""
         if self._layer is not None:
             self._layer.events.paint.disconnect(self._schedule_recount)
             self._layer.events.data.disconnect(self._schedule_recount)
@@ -327,12 +346,22 @@ class ReviewWidget(Container):
             self.status.value = ("choose a file to save to: .nii.gz (NIfTI), .dcm (DICOM SEG) "
                                  "or, for a 2D image, .tif")
             return
+        target = Path(path).expanduser().resolve()
+        own = self._layer.metadata.get(SAVE_PATH_KEY)
+        if target.exists() and str(target) != own and self._overwrite_armed != target:
+            self._overwrite_armed = target  # ask first: never write over another file silently
+            self.status.value = (f"{target.name} already exists and was not saved from "
+                                 f"{self._layer.name!r}: press Save again to overwrite it, or "
+                                 "choose another file")
+            return
         try:
-            written = save_labels(path, self._layer.data, self._layer.metadata,
+            written = save_labels(target, self._layer.data, self._layer.metadata,
                                   layer_name=self._layer.name)
         except MedsegError as exc:
             self.status.value = f"not saved: {exc}"
             show_error(str(exc))
             return
+        self._overwrite_armed = None
+        self._layer.metadata[SAVE_PATH_KEY] = str(written.resolve())
         self.status.value = f"saved {written.name}"
         show_info(f"saved {self._layer.name!r} to {written}")

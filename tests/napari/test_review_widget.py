@@ -153,3 +153,38 @@ def test_save_with_no_file_chosen_asks_for_one(review, tmp_path: Path,
     widget.save_button.clicked.emit()
     assert widget.status.value.startswith("choose a file to save to")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_new_result_is_reviewed_with_fresh_state_and_files_are_not_overwritten_silently(
+        review, tmp_path: Path) -> None:
+    """Defect: the widget kept the previous layer's status and save path, did not switch to a
+    new result, and Save after choosing another layer overwrote the earlier file."""
+    viewer, widget, first, source = review
+    target = tmp_path / "first.nii.gz"
+    widget.save_path.value = str(target)
+    widget.save_button.clicked.emit()
+    assert widget.status.value == "saved first.nii.gz"
+    before = target.read_bytes()
+
+    labels = np.zeros(source.array.shape, np.uint8)
+    labels[0, 5:9, 5:9, 4] = 1
+    data, kwargs, _ = labels_layer_data(source.with_array(labels), name="second",
+                                        label_names={1: "anterior"}, model="hippocampus")
+    second = viewer.add_labels(data, **kwargs)
+    assert widget.layer_box.value is second  # a new medseg result is what the user reviews
+    assert widget.status.value == ""
+    assert Path(widget.save_path.value).is_dir()  # no file chosen yet for this layer
+
+    widget.save_path.value = str(target)  # the other layer's file
+    widget.save_button.clicked.emit()
+    assert "already exists" in widget.status.value and "Save again" in widget.status.value
+    assert target.read_bytes() == before  # not written
+    widget.save_button.clicked.emit()  # the user confirms
+    assert widget.status.value == "saved first.nii.gz"
+    assert np.asarray(nib.load(target).dataobj).sum() == 16
+
+    widget.layer_box.value = first  # each layer keeps its own target
+    assert Path(widget.save_path.value) == target and widget.status.value == ""
+    widget.layer_box.value = second
+    widget.save_button.clicked.emit()  # its own file now: saved again without asking
+    assert widget.status.value == "saved first.nii.gz"
