@@ -72,6 +72,27 @@ def default_margin(roi_size: Sequence[int], overlap: float) -> list[int]:
     return [math.ceil(r * overlap / 4) for r in roi_size]
 
 
+def resolve_margins(shape: Sequence[int], roi_size: Sequence[int], overlap: float,
+                    margin: Sequence[int] | int | None) -> list[int]:
+    """Reflected context per side and axis, as :func:`plan_windows` and :func:`plan_whole`
+    take ``margin`` (``None``: :func:`default_margin`, none along an axis not longer than
+    the window).
+
+    Raises:
+        ConfigError: A negative margin, or not one per axis.
+    """
+    if margin is None:
+        defaults = default_margin(roi_size, overlap)
+        margins = [0 if n <= r else m for n, r, m in zip(shape, roi_size, defaults, strict=True)]
+    elif isinstance(margin, int):
+        margins = [margin] * len(shape)
+    else:
+        margins = [int(m) for m in margin]
+    if len(margins) != len(shape) or any(m < 0 for m in margins):
+        raise ConfigError(f"margin {margin} must be non-negative, one value per axis")
+    return margins
+
+
 def plan_windows(
     shape: Sequence[int],
     roi_size: Sequence[int],
@@ -112,15 +133,7 @@ def plan_windows(
         raise ConfigError(f"window size {list(roi)} and image shape {list(shape)} must be positive")
     if not 0.0 <= overlap < 1.0:
         raise ConfigError(f"overlap must be in [0, 1), got {overlap}")
-    if margin is None:
-        defaults = default_margin(roi, overlap)
-        margins = [0 if n <= r else m for n, r, m in zip(shape, roi, defaults, strict=True)]
-    elif isinstance(margin, int):
-        margins = [margin] * len(shape)
-    else:
-        margins = [int(m) for m in margin]
-    if len(margins) != len(shape) or any(m < 0 for m in margins):
-        raise ConfigError(f"margin {margin} must be non-negative, one value per axis")
+    margins = resolve_margins(shape, roi, overlap, margin)
 
     before, padded, starts = [], [], []
     for n, r, m in zip(shape, roi, margins, strict=True):
@@ -157,11 +170,7 @@ def plan_whole(shape: Sequence[int], roi_size: Sequence[int], divisor: Sequence[
         ((78, 0), (256, 256))
     """
     shape = tuple(int(s) for s in shape)
-    if margin is None:
-        margins = [0 if n <= r else m for n, r, m in
-                   zip(shape, roi_size, default_margin(roi_size, overlap), strict=True)]
-    else:
-        margins = [margin] * len(shape) if isinstance(margin, int) else [int(m) for m in margin]
+    margins = resolve_margins(shape, roi_size, overlap, margin)
     before, padded = [], []
     for n, r, d, m in zip(shape, roi_size, divisor, margins, strict=True):
         size = max(int(r), math.ceil((n + 2 * m) / int(d)) * int(d))
