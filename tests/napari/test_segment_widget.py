@@ -175,16 +175,11 @@ def test_a_long_error_wraps_instead_of_widening_the_dock(make_napari_viewer) -> 
     assert widget.native.sizeHint().width() < 700
 
 
-def test_closing_the_viewer_mid_run_cancels_quietly(make_napari_viewer, tiny_model: Path,
-                                                     qtbot, capfd, monkeypatch) -> None:
+def test_closing_the_viewer_mid_run_cancels_quietly(segment, qtbot, capfd,
+                                                     monkeypatch) -> None:
     """Defect: closing the window during a run raised "wrapped C/C++ object of type
     QProgressBar has been deleted" from the progress, result and finished callbacks."""
-    viewer = make_napari_viewer()
-    widget = SegmentWidget(viewer)
-    viewer.window.add_dock_widget(widget)
-    widget.model_box.value = CHECKPOINT_CHOICE
-    widget.checkpoint.value = tiny_model
-    widget.device_box.value = "cpu"
+    viewer, widget = segment
     layer, _ = _add_image(viewer, "big", (40, 41, 42), angle=0.0, seed=4)
     widget.image_box.value = layer
     widget.overlap.value = 0.75  # hundreds of windows: still running when the window closes
@@ -219,7 +214,8 @@ def test_the_first_run_imports_nothing_heavy_on_the_gui_thread(tiny_model: Path)
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["status"].startswith("done: ")
     assert report["torch_thread"] not in (None, "MainThread"), report
-    # the widget's clicks and the run itself keep the event loop ticking (10 ms timer)
+    # while the run goes (click to result), the event loop keeps ticking (10 ms timer); adding
+    # the result layer afterwards is GUI work and is reported apart (adding_result_ms)
     assert report["run_max_gap_ms"] < GUI_GAP_LIMIT_MS, report
 
 
