@@ -42,7 +42,7 @@ setup_python() {
     want=$(sha256sum pyproject.toml | cut -d' ' -f1)
     if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
         log "installing medseg and its dependencies into $VENV"
-        "$VENV/bin/pip" install -q -e ".[napari,dev,distributed]"
+        "$VENV/bin/pip" install -q -e ".[napari,dev,distributed,fast-io]"
         echo "$want" > "$stamp"
     fi
 }

@@ -25,6 +25,10 @@ import numpy as np
 
 from medseg.io.image import MedImage
 
+#: Above this many pixels in a slice, a lesion's diameter compares only its convex hull's
+#: vertices (all pairs of a few dozen points cost less than building the hull).
+_HULL_FROM = 48
+
 OBJECT_COLUMNS_2D = ("id", "area", "area_unit", "centroid_row", "centroid_column", "bbox_min_row",
                      "bbox_min_column", "bbox_max_row", "bbox_max_column", "mean_intensity",
                      "eccentricity")
@@ -76,18 +80,29 @@ def object_table_2d(ids: np.ndarray, intensity: np.ndarray | None, *,
     return out
 
 
-def _max_diameter_mm(mask2d: np.ndarray, spacing: Sequence[float]) -> float:
-    """Largest distance between two pixel centres of a 2D mask, in mm (convex hull)."""
-    coords = np.argwhere(mask2d).astype(np.float64) * np.asarray(spacing[:2], np.float64)
-    if len(coords) < 2:
+def _max_diameter_mm(points: np.ndarray) -> float:
+    """Largest distance between two of ``points`` ``(N, 2)`` (pixel centres in mm); beyond a
+    few dozen points only the convex hull's vertices are compared."""
+    if len(points) < 2:
         return 0.0
-    if len(coords) > 3:
+    if len(points) > _HULL_FROM:
         from scipy.spatial import ConvexHull, QhullError
 
         with contextlib.suppress(QhullError):  # collinear pixels: keep them all as candidates
-            coords = coords[ConvexHull(coords).vertices]
-    d = coords[:, None, :] - coords[None, :, :]
+            points = points[ConvexHull(points).vertices]
+    d = points[:, None, :] - points[None, :, :]
     return float(np.sqrt((d**2).sum(-1)).max())
+
+
+def _max_inplane_diameter_mm(coords: np.ndarray, spacing: Sequence[float]) -> float:
+    """Largest in-plane extent (mm) over the slices (last axis) of a lesion's voxel indices
+    ``coords`` ``(N, 3)``."""
+    scaled = coords[:, :2] * np.asarray(spacing[:2], np.float64)
+    order = np.argsort(coords[:, 2], kind="stable")
+    z = coords[order, 2]
+    starts = np.flatnonzero(np.r_[True, z[1:] != z[:-1]])
+    ends = np.r_[starts[1:], len(z)]
+    return max(_max_diameter_mm(scaled[order[a:b]]) for a, b in zip(starts, ends, strict=True))
 
 
 def lesion_table(labels: MedImage, label_names: dict[int, str]) -> list[dict[str, Any]]:
@@ -134,11 +149,11 @@ def lesion_table(labels: MedImage, label_names: dict[int, str]) -> list[dict[str
                         for b, c in zip(box, crop, strict=True))
             if fortran:
                 box, mask = box[::-1], mask.T
-            voxels = int(mask.sum())
-            centre = np.argwhere(mask).mean(axis=0) + [s.start for s in box]
+            coords = np.argwhere(mask)
+            voxels = len(coords)
+            centre = coords.mean(axis=0) + [s.start for s in box]
             world = affine @ np.append(centre, 1.0)
-            diameter = max(_max_diameter_mm(mask[..., z], spacing)
-                           for z in range(mask.shape[2]) if mask[..., z].any())
+            diameter = _max_inplane_diameter_mm(coords.astype(np.float64), spacing)
             rows.append({
                 "lesion": len(rows) + 1, "label": name, "volume_ml": round(voxels * voxel_ml, 4),
                 "voxels": voxels, "first_slice": box[2].start + 1, "last_slice": box[2].stop,
