@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,9 @@ from napari_plugin._logic import model_display_name, result_layer_name
 logger = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
+#: Result layer metadata: the box (``[[start, stop], ...]`` per medseg axis) a run was limited
+#: to, or ``None`` for the whole image.
+REGION_KEY = "medseg_region"
 
 
 @dataclass(frozen=True)
@@ -46,11 +50,14 @@ class EngineOptions:
             pass on): device, overlap, TTA, precision, clean-up.
         uncertainty: Also return the per-voxel uncertainty (normalised entropy of the softmax,
             averaged over the mirrorings with TTA), shown as its own image layer.
+        probabilities: Keep the probabilities: a foreground-probability image layer, and the
+            threshold / minimum-size controls that relabel without re-running the network.
     """
 
     model: str
     inference: InferenceOptions = field(default_factory=InferenceOptions)
     uncertainty: bool = False
+    probabilities: bool = False
 
 
 @dataclass(frozen=True)
@@ -62,12 +69,15 @@ class SegmentRequest:
         layer_name: Its name at capture time (used to name the result).
         image: A copy of its voxels on its grid, ``(1, i, j, k)``.
         options: Engine settings.
+        region: Segment inside this box only (one ``(start, stop)`` index range per medseg
+            axis, :func:`box_from_shapes`); ``None``: the whole image.
     """
 
     layer: Any
     layer_name: str
     image: MedImage
     options: EngineOptions
+    region: tuple[tuple[int, int], ...] | None = None
 
     @property
     def result_name(self) -> str:
@@ -86,8 +96,50 @@ def layer_grid(layer: Any) -> ImageMeta:
     return meta_from_world_transform(layer.data_to_world, layer.ndim)
 
 
-def capture_request(layer: Any, options: EngineOptions) -> SegmentRequest:
-    """Snapshot an image layer for a run (GUI thread).
+def box_from_shapes(shapes: Any, image_layer: Any, spatial_shape: Sequence[int]
+                    ) -> tuple[tuple[int, int], ...]:
+    """The box (``(start, stop)`` per medseg axis ``(i, j, k)``) that a napari Shapes layer
+    draws over an image layer.
+
+    Every vertex goes through world coordinates (``shapes.data_to_world``, then
+    ``image_layer.world_to_data``), so the shapes may carry their own scale or transform. The
+    box holds the voxels whose centres lie within the vertices' extent; several shapes give
+    their common bounding box. Along an axis where all vertices sit on one value (a rectangle
+    drawn on one slice of a volume) the box spans the whole axis.
+
+    Raises:
+        GeometryError: No shapes, a layer of another dimensionality, or a box that misses the
+            image.
+    """
+    name = str(getattr(shapes, "name", "shapes"))
+    vertices = [np.asarray(v, dtype=np.float64) for v in shapes.data]
+    if not vertices:
+        raise GeometryError(f"shapes layer {name!r} is empty: draw a rectangle around the "
+                            "region to segment")
+    ndim = len(spatial_shape)
+    if shapes.ndim != ndim:
+        raise GeometryError(f"shapes layer {name!r} has {shapes.ndim} axes but the image has "
+                            f"{ndim}: draw the box in a shapes layer over this image")
+    points = np.concatenate(vertices, axis=0)
+    data = np.array([image_layer.world_to_data(shapes.data_to_world(p)) for p in points])
+    lo, hi = data.min(axis=0), data.max(axis=0)
+    sizes = list(reversed([int(s) for s in spatial_shape]))  # napari order (k, j, i)
+    box = []
+    for axis, size in enumerate(sizes):
+        if hi[axis] - lo[axis] < 1e-6:  # drawn on one slice: every slice of that axis
+            start, stop = 0, size
+        else:
+            start = max(0, math.ceil(lo[axis] - 1e-6))
+            stop = min(size, math.floor(hi[axis] + 1e-6) + 1)
+        if start >= stop:
+            raise GeometryError(f"the box of shapes layer {name!r} misses the image")
+        box.append((start, stop))
+    return tuple(reversed(box))
+
+
+def capture_request(layer: Any, options: EngineOptions, *,
+                    region: tuple[tuple[int, int], ...] | None = None) -> SegmentRequest:
+    """Snapshot an image layer for a run (GUI thread); ``region``: see ``SegmentRequest``.
 
     Raises:
         GeometryError: The layer is RGB, multiscale, not 2D/3D, or does not fit its stored grid.
@@ -106,7 +158,7 @@ def capture_request(layer: Any, options: EngineOptions) -> SegmentRequest:
         raise GeometryError(f"layer {name!r} has shape {array.shape} (i, j, k) but its medseg "
                             f"grid was read with shape {tuple(stored_shape)}")
     return SegmentRequest(layer=layer, layer_name=name, image=MedImage(array[None], meta),
-                          options=options)
+                          options=options, region=region)
 
 
 class SegmenterCache:
@@ -145,9 +197,12 @@ def run_request(
         CancelledError: ``should_cancel()`` turned true.
         ModelError: The model cannot be loaded or applied.
     """
-    segmenter = cache.get(dataclasses.replace(request.options, uncertainty=False))
+    segmenter = cache.get(dataclasses.replace(request.options, uncertainty=False,
+                                              probabilities=False))
     prediction = segmenter.predict(request.image, progress=progress, should_cancel=should_cancel,
-                                   return_probabilities=request.options.uncertainty)
+                                   return_probabilities=request.options.uncertainty
+                                   or request.options.probabilities,
+                                   region=request.region)
     labels = prediction.labels
     if labels.spatial_shape != request.image.spatial_shape or not labels.meta.same_grid(
         request.image.meta
@@ -165,7 +220,7 @@ def previous_results(layers: Any, request: SegmentRequest) -> list[Any]:
     labels = [ly for ly in layers
               if ly.metadata.get(SOURCE_LAYER_KEY) == request.layer_name
               and ly.metadata.get(MODEL_KEY) == request.options.model]
-    names = {f"{ly.name} uncertainty" for ly in labels}
+    names = {f"{ly.name} {extra}" for ly in labels for extra in ("uncertainty", "probability")}
     return labels + [ly for ly in layers if ly.name in names]
 
 
@@ -185,7 +240,7 @@ def result_layer_data(request: SegmentRequest, prediction: Any) -> LayerData:
     if instances:  # object ids 1..N: napari's own colours, no class names
         names, colors = {}, {}
     labels = MedImage(prediction.labels.array, request.image.meta)
-    return labels_layer_data(
+    data, kwargs, kind = labels_layer_data(
         labels,
         name=request.result_name,
         label_names=names,
@@ -194,6 +249,9 @@ def result_layer_data(request: SegmentRequest, prediction: Any) -> LayerData:
         model=request.options.model,
         instances=instances,
     )
+    kwargs["metadata"][REGION_KEY] = ([list(r) for r in request.region]
+                                      if request.region is not None else None)
+    return data, kwargs, kind
 
 
 def uncertainty_layer_data(request: SegmentRequest, prediction: Any) -> LayerData | None:
@@ -210,6 +268,87 @@ def uncertainty_layer_data(request: SegmentRequest, prediction: Any) -> LayerDat
     kwargs.update(colormap="magma", blending="additive", contrast_limits=(0.0, 1.0),
                   opacity=0.7)
     return data, kwargs, kind
+
+
+def probability_layer_data(request: SegmentRequest, prediction: Any) -> LayerData | None:
+    """An image layer of the foreground probability (``1 - p(background)``; the output
+    itself for a single sigmoid) on the captured grid, or ``None`` when not asked for."""
+    if not request.options.probabilities or prediction.probabilities is None:
+        return None
+    from napari_plugin._geometry import image_layer_data
+
+    p = prediction.probabilities.array
+    foreground = p[0].astype("float32") if p.shape[0] == 1 else 1.0 - p[0].astype("float32")
+    (data, kwargs, kind), = image_layer_data(
+        MedImage(foreground[None], request.image.meta),
+        name=f"{request.result_name} probability")
+    kwargs.update(colormap="viridis", blending="additive", contrast_limits=(0.0, 1.0),
+                  opacity=0.6, visible=False)
+    return data, kwargs, kind
+
+
+@dataclass(frozen=True)
+class Relabel:
+    """What the threshold and minimum-size controls ask of a kept result.
+
+    Attributes:
+        probabilities: ``(K, *spatial)`` probabilities of the run (medseg order).
+        spacing: The image's voxel spacing (for the size in voxels -> mL conversion).
+        threshold: Foreground probability a voxel needs
+            (:func:`medseg.inference.postprocess.labels_from_probabilities`).
+        min_voxels: Objects (components of a class, or instances) smaller than this many
+            voxels are removed; 0 keeps all.
+        instances: The model card's ``instances`` entry for an instance model, else ``None``.
+    """
+
+    probabilities: np.ndarray
+    spacing: tuple[float, ...]
+    threshold: float = 0.5
+    min_voxels: int = 0
+    instances: dict[str, Any] | None = None
+
+
+def relabel_job(request: SegmentRequest, prediction: Any) -> Relabel | None:
+    """The :class:`Relabel` of a finished run at its current settings (threshold 0.5, no
+    minimum size), or ``None`` when its probabilities were not kept."""
+    if not request.options.probabilities or prediction.probabilities is None:
+        return None
+    spec = None
+    if getattr(prediction, "instances", False):
+        from medseg.model_card import read_model_card
+        from medseg.models import resolve_model
+
+        spec = dict(read_model_card(resolve_model(request.options.model)).instances or {})
+    return Relabel(probabilities=prediction.probabilities.array,
+                   spacing=tuple(request.image.meta.spacing), instances=spec)
+
+
+def relabel(job: Relabel) -> np.ndarray:
+    """Labels (medseg order) of a kept result at a new threshold and minimum size, from its
+    probabilities: the same clean-up and instance separation as the engine, no network run
+    (worker thread)."""
+    import math
+
+    from medseg.inference.instances import instances_from_classes
+    from medseg.inference.postprocess import (
+        PostprocessConfig,
+        clean_labels,
+        labels_from_probabilities,
+    )
+
+    labels = labels_from_probabilities(job.probabilities, job.threshold)
+    if job.instances:
+        spec = dict(job.instances)
+        if job.probabilities.shape[0] > 1:
+            spec["foreground_threshold"] = job.threshold
+        spec["min_size"] = max(int(spec.get("min_size", 1)), job.min_voxels)
+        return instances_from_classes(labels, job.probabilities, spec)
+    if job.min_voxels > 0:
+        voxel_ml = math.prod(job.spacing) / 1000.0
+        # just under the size: clean_labels rounds min_size_ml / voxel_ml up
+        clean_labels(labels, job.spacing,
+                     PostprocessConfig(min_size_ml=(job.min_voxels - 0.5) * voxel_ml))
+    return labels
 
 
 def result_summary(prediction: Any) -> str:

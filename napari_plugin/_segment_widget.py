@@ -10,6 +10,7 @@ signal (queued across threads), and *Cancel* sets an event the engine polls via
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import sys
 import threading
@@ -20,10 +21,12 @@ from magicgui.widgets import (
     ComboBox,
     Container,
     FileEdit,
+    FloatSlider,
     FloatSpinBox,
     Label,
     ProgressBar,
     PushButton,
+    SpinBox,
     create_widget,
 )
 from napari.layers import Image
@@ -31,17 +34,23 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QObject, Signal
 from superqt.utils import create_worker
 
-from medseg.errors import CancelledError, MedsegError, ModelError
+from medseg.errors import CancelledError, GeometryError, MedsegError, ModelError
 from medseg.inference.options import InferenceOptions
+from napari_plugin._geometry import to_layer_array
 from napari_plugin._logic import AUTO_DEVICE, DEVICE_CHOICES, resolve_device
 from napari_plugin._run import (
     EngineOptions,
+    Relabel,
     SegmenterCache,
     SegmentRequest,
+    box_from_shapes,
     capture_request,
     fit_banner,
     model_card_summary,
     previous_results,
+    probability_layer_data,
+    relabel,
+    relabel_job,
     result_layer_data,
     result_summary,
     run_request,
@@ -58,6 +67,8 @@ CHECKPOINT_CHOICE = "checkpoint file..."
 #: What a run does with an earlier result of the same model on the same image.
 REPLACE = "replace this model's previous result"
 RERUN_CHOICES = (REPLACE, "add a new layer")
+#: Region-box entry meaning "segment the whole image"; the others name Shapes layers.
+WHOLE_IMAGE = "whole image"
 
 
 class _ProgressRelay(QObject):
@@ -105,7 +116,23 @@ class SegmentWidget(Container):
         self.overlap = FloatSpinBox(label="overlap", value=0.5, min=0.0, max=0.9, step=0.05)
         self.tta = CheckBox(text="test-time augmentation (mirroring)", value=False)
         self.uncertainty = CheckBox(text="uncertainty layer (where to look)", value=False)
+        self.keep_probabilities = CheckBox(
+            text="probability layer + threshold / min-size controls", value=False)
+        # act on the last result with kept probabilities, without re-running the network
+        self.threshold = FloatSlider(label="threshold", value=0.5, min=0.05, max=0.95,
+                                     step=0.05, enabled=False)
+        self.min_size = SpinBox(label="min size (voxels)", value=0, min=0, max=10_000_000,
+                                enabled=False)
+        self.threshold.tooltip = ("foreground probability a voxel needs (0.5 with two classes "
+                                  "is the model's own choice); relabels the last result")
+        self.min_size.tooltip = "objects smaller than this many voxels (pixels in 2D) are removed"
         self.rerun = ComboBox(label="result", choices=list(RERUN_CHOICES), value=REPLACE)
+        # "segment inside a box": the rectangles of a Shapes layer limit the run (a model
+        # trained on crops gets a crop; a large volume costs only its box)
+        self.region = ComboBox(label="region", choices=self._region_choices,
+                               value=WHOLE_IMAGE)
+        self.region.tooltip = ("whole image, or the box drawn in a Shapes layer (a rectangle "
+                               "drawn on one slice spans every slice)")
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
@@ -117,9 +144,9 @@ class SegmentWidget(Container):
         self.fit_banner.native.setWordWrap(True)
         self.extend([
             self.image_box, self.model_box, self.checkpoint, self.model_info, self.device_box,
-            self.overlap, self.tta, self.uncertainty, self.rerun, self.run_button,
-            self.cancel_button,
-            self.progress, self.status, self.fit_banner,
+            self.overlap, self.tta, self.uncertainty, self.keep_probabilities, self.region,
+            self.rerun, self.run_button, self.cancel_button,
+            self.progress, self.status, self.fit_banner, self.threshold, self.min_size,
         ])
         self._cache = SegmenterCache()
         self._cancel_event = threading.Event()
@@ -129,6 +156,11 @@ class SegmentWidget(Container):
         self._closed = False
         self.native.destroyed.connect(self._on_closed)
         self.worker: Any = None
+        self._kept: tuple[Any, Relabel] | None = None  # (result layer, its probabilities)
+        self._relabel_worker: Any = None
+        self._relabel_again = False
+        self.threshold.changed.connect(self._relabel)
+        self.min_size.changed.connect(self._relabel)
         self.model_box.changed.connect(self._sync_checkpoint_visibility)
         self.model_box.changed.connect(self._show_model_card)
         self.checkpoint.changed.connect(self._show_model_card)
@@ -156,6 +188,22 @@ class SegmentWidget(Container):
         except (MedsegError, OSError) as exc:
             self.model_info.value = f"(no model card: {exc})"
 
+    def _region_choices(self, *_: Any) -> list[str]:
+        """The region box's entries: the whole image, then every Shapes layer by name."""
+        from napari.layers import Shapes
+
+        return [WHOLE_IMAGE, *(ly.name for ly in self._viewer.layers if isinstance(ly, Shapes))]
+
+    def _region(self, image_layer: Any, spatial_shape: tuple[int, ...]
+                ) -> tuple[tuple[int, int], ...] | None:
+        """The box chosen in the region entry, in the image's voxel indices (``None``: all)."""
+        choice = self.region.value
+        if choice in (None, WHOLE_IMAGE):
+            return None
+        if choice not in self._viewer.layers:
+            raise GeometryError(f"shapes layer {choice!r} is gone: choose another region")
+        return box_from_shapes(self._viewer.layers[choice], image_layer, spatial_shape)
+
     # -- run --------------------------------------------------------------------------------
     def _options(self) -> EngineOptions:
         model = chosen_model(str(self.model_box.value), str(self.checkpoint.value or ""))
@@ -167,7 +215,8 @@ class SegmentWidget(Container):
         inference = InferenceOptions(device=device, overlap=float(self.overlap.value),
                                      tta=bool(self.tta.value))
         return EngineOptions(model=model, inference=inference,
-                             uncertainty=bool(self.uncertainty.value))
+                             uncertainty=bool(self.uncertainty.value),
+                             probabilities=bool(self.keep_probabilities.value))
 
     def run(self, *_: Any) -> None:
         """Capture the selected image and start a worker (does nothing while one runs)."""
@@ -179,6 +228,9 @@ class SegmentWidget(Container):
             return
         try:
             request = capture_request(layer, self._options())
+            region = self._region(layer, request.image.spatial_shape)
+            if region is not None:
+                request = dataclasses.replace(request, region=region)
         except MedsegError as exc:
             self._fail(str(exc))
             return
@@ -240,9 +292,17 @@ class SegmentWidget(Container):
         new = self._viewer.add_labels(data, **kwargs)
         if index is not None:  # where the previous result was in the layer list
             layers.move(layers.index(new), index)
-        extra = uncertainty_layer_data(request, prediction)
-        if extra is not None:
-            self._viewer.add_image(extra[0], **extra[1])
+        for extra in (probability_layer_data(request, prediction),
+                      uncertainty_layer_data(request, prediction)):
+            if extra is not None:
+                self._viewer.add_image(extra[0], **extra[1])
+        job = relabel_job(request, prediction)
+        self._kept = (new, job) if job is not None else None
+        for control in (self.threshold, self.min_size):
+            control.enabled = job is not None
+        if job is not None:  # the controls start from the result as it is
+            with self.threshold.changed.blocked(), self.min_size.changed.blocked():
+                self.threshold.value, self.min_size.value = 0.5, 0
         self.status.value = f"done: {request.result_name}"
         text, level = fit_banner(prediction)
         self.fit_banner.value = text
@@ -250,6 +310,42 @@ class SegmentWidget(Container):
             "background-color: #8a5a00; color: white; padding: 4px; font-weight: bold;"
             if level == "warn" else "")
         show_info(f"{request.result_name}: {result_summary(prediction)}")
+
+    # -- threshold / minimum size: relabel the kept result in a worker ------------------------
+    def _relabel(self, *_: Any) -> None:
+        """Relabel the last kept result at the controls' values (a worker; a change made
+        while one runs is applied when it finishes)."""
+        if self._kept is None or self._closed:
+            return
+        if self._relabel_worker is not None:
+            self._relabel_again = True
+            return
+        layer, base = self._kept
+        job = dataclasses.replace(base, threshold=float(self.threshold.value),
+                                  min_voxels=int(self.min_size.value))
+        self._relabel_again = False
+        self._relabel_worker = create_worker(
+            relabel, job, _start_thread=False,
+            _connect={"returned": lambda labels: self._on_relabelled(layer, labels),
+                      "errored": self._on_error,
+                      "finished": self._on_relabel_finished})
+        self.status.value = (f"relabelling {layer.name!r}: threshold {job.threshold:.2f}, "
+                             f"min size {job.min_voxels} voxels...")
+        self._relabel_worker.start()
+
+    def _on_relabelled(self, layer: Any, labels: Any) -> None:
+        if self._closed or layer not in self._viewer.layers:
+            return
+        layer.data = to_layer_array(labels)
+        self.status.value = (f"{layer.name}: threshold {self.threshold.value:.2f}, min size "
+                             f"{self.min_size.value} voxels"
+                             + (f", {int(labels.max())} objects" if self._kept
+                                and self._kept[1].instances else ""))
+
+    def _on_relabel_finished(self) -> None:
+        self._relabel_worker = None
+        if self._relabel_again and not self._closed:
+            self._relabel()
 
     def _on_error(self, exc: BaseException) -> None:
         if self._closed:

@@ -8,6 +8,7 @@ the input's exact grid -> optional clean-up -> volumes. Every stage is timed.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import math
@@ -44,7 +45,7 @@ from medseg.inference.sliding_window import (
     sliding_window_logits,
 )
 from medseg.inference.windows import WindowReader, plan_whole, plan_windows, reflect_pad
-from medseg.io.image import ImageMeta, MedImage
+from medseg.io.image import ImageMeta, MedImage, check_box
 from medseg.io.validation import check_voxel_count
 from medseg.model_card import ModelCard, file_sha256, library_versions, load_model
 from medseg.transforms import (
@@ -82,6 +83,8 @@ class Prediction:
         num_objects: Objects in an instance result.
         fit: How well the image fits the model's training domain, input and predicted sizes
             (:mod:`medseg.inference.fit`); its warnings are also logged.
+        region: The ``(start, stop)`` index range per axis the model ran on, when it ran on
+            a box of the image only (``predict(..., region=...)``); ``None``: the whole image.
     """
 
     labels: MedImage
@@ -94,6 +97,7 @@ class Prediction:
     instances: bool = False
     num_objects: int | None = None
     fit: FitReport = field(default_factory=FitReport)
+    region: tuple[tuple[int, int], ...] | None = None
 
     def uncertainty(self) -> MedImage:
         """Normalised entropy of the probabilities, in ``[0, 1]`` (float16, one channel):
@@ -388,6 +392,7 @@ class Segmenter:
         progress: ProgressFn | None = None,
         should_cancel: CancelFn | None = None,
         return_probabilities: bool = False,
+        region: Sequence[tuple[int, int]] | None = None,
     ) -> Prediction:
         """Segment one image; the labels come back on ``image``'s exact grid.
 
@@ -396,14 +401,26 @@ class Segmenter:
             progress: ``progress(windows_done, windows_total)`` after every batch of windows.
             should_cancel: Polled between windows; returning ``True`` raises ``CancelledError``.
             return_probabilities: Also return float16 softmax probabilities.
+            region: Run the model on this box only, one ``(start, stop)`` voxel index range
+                per spatial axis (``MedImage.crop``): the model sees exactly the box's voxels
+                (as a model trained on crops expects), and the result is placed back on the
+                whole image's grid, background (probability 1 of class 0) outside the box.
+                The fit report and the sizes are those of the box.
 
         Raises:
             ModelError: Wrong dimensionality or number of channels for this model.
             DomainError: With ``strict`` options, the image does not fit the model's training
                 domain (the input is checked before the network runs, the predicted label
                 sizes after it).
+            GeometryError: ``region`` is not a box inside the image.
             CancelledError: ``should_cancel()`` returned ``True``.
         """
+        if region is not None:
+            box = check_box(region, image.spatial_shape)
+            inside = self.predict(image.crop(box), progress=progress,
+                                  should_cancel=should_cancel,
+                                  return_probabilities=return_probabilities)
+            return _placed_in(inside, image, box)
         image = self._adapt_input(image)
         t = time.perf_counter()
         fit = check_input(image, self.card)
@@ -639,6 +656,28 @@ class Segmenter:
         timings["infer"] = time.perf_counter() - t
         timings["resample"] = 0.0
         return labels, probs, timings, shape[2]
+
+
+def _placed_in(inside: Prediction, image: MedImage, box: tuple[tuple[int, int], ...]
+               ) -> Prediction:
+    """A prediction made on ``image.crop(box)``, put back on ``image``'s whole grid."""
+    where = (slice(None), *(slice(a, b) for a, b in box))
+    order = "F" if _fortran_spatial(inside.labels.array) else "C"
+
+    def placed(part: MedImage, fill: Sequence[float]) -> MedImage:
+        full = np.empty((part.num_channels, *image.spatial_shape), dtype=part.array.dtype,
+                        order=order)
+        full[...] = np.asarray(fill, dtype=part.array.dtype).reshape(
+            (-1,) + (1,) * image.meta.ndim)
+        full[where] = part.array
+        return MedImage(full, image.meta.replace(label_names=part.meta.label_names))
+
+    probabilities = inside.probabilities
+    if probabilities is not None:  # outside the box: certain background
+        k = probabilities.num_channels
+        probabilities = placed(probabilities, [1.0] + [0.0] * (k - 1) if k > 1 else [0.0])
+    return dataclasses.replace(inside, labels=placed(inside.labels, [0]),
+                               probabilities=probabilities, region=box)
 
 
 def _fortran_spatial(array: np.ndarray) -> bool:

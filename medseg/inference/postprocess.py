@@ -112,3 +112,33 @@ def label_areas(labels: np.ndarray, spacing: tuple[float, ...], label_names: dic
     """Area of every named foreground label of a 2D map in the spacing's unit squared (an
     instance map: the total area of all objects, under ``"objects"``)."""
     return _sizes(labels, label_names, math.prod(spacing), instances)
+
+
+def labels_from_probabilities(probabilities: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """A class map (uint8, uint16 above 255 classes) from ``(K, *spatial)`` probabilities, at
+    a chosen foreground threshold instead of the argmax.
+
+    A voxel is foreground where its foreground probability (``1 - p[0]`` with a softmax;
+    ``p[0]`` for a single sigmoid output) reaches ``threshold``, and then takes its most
+    probable foreground class. With two classes and ``threshold`` 0.5 this is the argmax (ties
+    aside); with more it counts every foreground class together against the background.
+
+    Raises:
+        ValueError: ``threshold`` outside ``(0, 1]``.
+
+    Examples:
+        >>> p = np.array([[0.6, 0.3], [0.3, 0.3], [0.1, 0.4]])  # 3 classes, 2 voxels
+        >>> labels_from_probabilities(p, 0.5).tolist(), labels_from_probabilities(p, 0.3).tolist()
+        ([0, 2], [1, 2])
+    """
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
+    p = np.asarray(probabilities)
+    k = p.shape[0]
+    if k == 1:
+        return (p[0] >= threshold).astype(np.uint8)
+    dtype = np.uint8 if k <= 256 else np.uint16
+    foreground = (1.0 - p[0].astype(np.float32)) >= threshold
+    labels = (np.argmax(p[1:], axis=0) + 1).astype(dtype)
+    labels[~foreground] = 0
+    return labels

@@ -17,6 +17,7 @@ Conventions (the same everywhere in medseg, so geometry is never guessed downstr
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -235,3 +236,41 @@ class MedImage:
         """Same grid, new voxels (and optionally changed metadata such as ``label_names``)."""
         meta = self.meta.replace(**meta_changes) if meta_changes else self.meta
         return MedImage(array=array, meta=meta)
+
+    def crop(self, box: Sequence[tuple[int, int]]) -> MedImage:
+        """The voxels inside ``box`` (one ``(start, stop)`` index range per spatial axis) on
+        their own grid: same spacing and direction, origin moved to the box's first voxel, so
+        every voxel keeps its world position. The array is a copy.
+
+        Raises:
+            GeometryError: Wrong number of ranges, or a range empty or outside the image.
+        """
+        box = check_box(box, self.spatial_shape)
+        start = np.asarray([b[0] for b in box], dtype=np.float64)
+        origin = tuple(float(v) for v in self.meta.index_to_world(start[None])[0])
+        array = self.array[(slice(None), *(slice(a, b) for a, b in box))].copy(
+            order="F" if _fortran(self.array) else "C")
+        return MedImage(array, self.meta.replace(origin=origin))
+
+
+def _fortran(array: np.ndarray) -> bool:
+    return array.ndim > 2 and array.flags.f_contiguous and not array.flags.c_contiguous
+
+
+def check_box(box: Sequence[Sequence[int]], shape: Sequence[int]) -> tuple[tuple[int, int], ...]:
+    """``box`` as ``((start, stop), ...)`` integers, checked against a spatial ``shape``.
+
+    Raises:
+        GeometryError: Wrong number of ranges, or a range empty or outside ``[0, size]``.
+    """
+    if len(box) != len(shape):
+        raise GeometryError(f"a box needs one (start, stop) range per axis ({len(shape)}), "
+                            f"got {len(box)}")
+    out = []
+    for axis, (rng, size) in enumerate(zip(box, shape, strict=True)):
+        a, b = (int(v) for v in rng)
+        if not 0 <= a < b <= size:
+            raise GeometryError(f"box range {a}..{b} on axis {axis} is empty or outside the "
+                                f"image (0..{size})")
+        out.append((a, b))
+    return tuple(out)

@@ -1,0 +1,112 @@
+"""Threshold and minimum-size controls (issue 18): a kept result is relabelled from its
+probabilities, in a worker, without running the network again."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from medseg.inference.postprocess import labels_from_probabilities
+from medseg.io.image import ImageMeta, MedImage
+from napari_plugin._geometry import from_layer_array, image_layer_data
+from napari_plugin._run import Relabel, relabel
+
+
+def _probabilities(shape, seed=0) -> np.ndarray:
+    logits = np.random.default_rng(seed).normal(size=(3, *shape)).astype(np.float32)
+    logits = ndimage.uniform_filter(logits, size=(1,) + (5,) * len(shape)) * 8
+    e = np.exp(logits - logits.max(0))
+    return (e / e.sum(0)).astype(np.float16)
+
+
+def test_relabel_threshold_and_min_size_by_hand() -> None:
+    p = _probabilities((24, 20, 10))
+    low = relabel(Relabel(p, (1.0, 1.0, 2.0), threshold=0.3))
+    high = relabel(Relabel(p, (1.0, 1.0, 2.0), threshold=0.8))
+    assert np.count_nonzero(high) < np.count_nonzero(low)
+    assert np.all(low[high > 0] == high[high > 0])  # raising it only removes voxels
+    fg = 1 - p[0].astype(np.float32)
+    np.testing.assert_array_equal(high > 0, fg >= 0.8)
+    big = relabel(Relabel(p, (1.0, 1.0, 2.0), threshold=0.3, min_voxels=40))
+    for value in (1, 2):
+        comps, _ = ndimage.label(big == value)
+        sizes = np.bincount(comps.ravel())[1:]
+        assert sizes.size == 0 or sizes.min() >= 40
+        kept, _ = ndimage.label(low == value)
+        all_sizes = np.bincount(kept.ravel())[1:]
+        assert np.count_nonzero(big == value) == all_sizes[all_sizes >= 40].sum()
+
+
+def test_relabel_instances_drops_small_objects_and_keeps_ids_consecutive() -> None:
+    shape = (40, 40)
+    p = np.zeros((3, *shape), np.float32)
+    p[0] = 1.0
+    for (r, c, rad) in [(10, 10, 6), (28, 28, 7), (10, 30, 2)]:  # two nuclei and a speck
+        yy, xx = np.ogrid[:40, :40]
+        disc = (yy - r) ** 2 + (xx - c) ** 2 <= rad**2
+        p[0][disc], p[1][disc] = 0.05, 0.9
+        p[2][disc] = 0.05
+    spec = {"method": "boundary", "min_size": 4, "seed_threshold": 0.7}
+    all_objects = relabel(Relabel(p, (1.0, 1.0), threshold=0.5, instances=spec))
+    assert all_objects.max() == 3
+    big = relabel(Relabel(p, (1.0, 1.0), threshold=0.5, min_voxels=30, instances=spec))
+    assert big.max() == 2 and set(np.unique(big)) == {0, 1, 2}
+
+
+def test_labels_from_probabilities_sigmoid_and_bad_threshold() -> None:
+    p = np.array([[0.2, 0.5, 0.9]], np.float32)
+    assert labels_from_probabilities(p, 0.5).tolist() == [0, 1, 1]
+    with pytest.raises(ValueError, match="threshold"):
+        labels_from_probabilities(p, 0.0)
+
+
+@pytest.mark.gui
+def test_threshold_controls_relabel_without_rerunning(make_napari_viewer, tiny_model, qtbot,
+                                                      monkeypatch) -> None:
+    from medseg.inference import Segmenter
+    from napari_plugin._segment_widget import CHECKPOINT_CHOICE, SegmentWidget
+
+    calls = []
+    real_predict = Segmenter.predict
+
+    def counting_predict(self, *args, **kwargs):
+        calls.append(1)
+        return real_predict(self, *args, **kwargs)
+
+    monkeypatch.setattr(Segmenter, "predict", counting_predict)
+    viewer = make_napari_viewer()
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.model_box.value = CHECKPOINT_CHOICE
+    widget.checkpoint.value = tiny_model
+    widget.device_box.value = "cpu"
+    meta = ImageMeta(spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0),
+                     direction=((1, 0, 0), (0, 1, 0), (0, 0, 1)))
+    array = np.random.default_rng(4).normal(size=(1, 24, 22, 20)).astype(np.float32)
+    (data, kwargs, _), = image_layer_data(MedImage(array, meta), name="mr")
+    widget.image_box.value = viewer.add_image(data, **kwargs)
+    assert not widget.threshold.enabled
+    widget.keep_probabilities.value = True
+    widget.run_button.clicked.emit()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=180_000)
+    assert widget.threshold.enabled and widget.min_size.enabled
+    result = viewer.layers["mr [medseg tiny]"]
+    probability = viewer.layers["mr [medseg tiny] probability"]
+    assert probability.data.shape == result.data.shape
+    first = result.data.copy()
+    kept = widget._kept[1].probabilities
+
+    widget.threshold.value = 0.9
+    qtbot.waitUntil(lambda: widget._relabel_worker is None and "0.90" in widget.status.value,
+                    timeout=60_000)
+    expected = relabel(Relabel(kept, (1.0, 1.0, 1.0), threshold=0.9))
+    np.testing.assert_array_equal(from_layer_array(result.data), expected)
+    assert np.count_nonzero(result.data) < np.count_nonzero(first)
+    widget.threshold.value = 0.3
+    widget.min_size.value = 50  # a change while the first relabel may still run
+    qtbot.waitUntil(lambda: widget._relabel_worker is None and "min size 50" in
+                    widget.status.value, timeout=60_000)
+    expected = relabel(Relabel(kept, (1.0, 1.0, 1.0), threshold=0.3, min_voxels=50))
+    np.testing.assert_array_equal(from_layer_array(result.data), expected)
+    assert len(calls) == 1  # the network ran once
