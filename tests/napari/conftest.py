@@ -24,3 +24,17 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
                      label_colors=TINY_COLORS)
     return save_model(tmp_path_factory.mktemp("models") / "tiny.safetensors",
                       build_network(config), card)
+
+
+@pytest.fixture
+def segment(make_napari_viewer, tiny_model: Path):
+    """A viewer with the Segment widget docked, set to the tiny model on the CPU."""
+    from napari_plugin._segment_widget import CHECKPOINT_CHOICE, SegmentWidget
+
+    viewer = make_napari_viewer()
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.model_box.value = CHECKPOINT_CHOICE
+    widget.checkpoint.value = tiny_model
+    widget.device_box.value = "cpu"
+    return viewer, widget

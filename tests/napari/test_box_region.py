@@ -65,17 +65,12 @@ def test_box_errors_are_clear() -> None:
 
 
 @pytest.mark.gui
-def test_segment_inside_a_drawn_box(make_napari_viewer, tiny_model, qtbot) -> None:
+def test_segment_inside_a_drawn_box(segment, qtbot) -> None:
     """The Segment widget's region entry: the run is limited to the rectangle, the result
     covers the whole image's grid with nothing outside the box, and records the box."""
-    from napari_plugin._segment_widget import CHECKPOINT_CHOICE, WHOLE_IMAGE, SegmentWidget
+    from napari_plugin._segment_widget import WHOLE_IMAGE
 
-    viewer = make_napari_viewer()
-    widget = SegmentWidget(viewer)
-    viewer.window.add_dock_widget(widget)
-    widget.model_box.value = CHECKPOINT_CHOICE
-    widget.checkpoint.value = tiny_model
-    widget.device_box.value = "cpu"
+    viewer, widget = segment
     meta = ImageMeta(spacing=(1.0, 1.2, 1.5), origin=(5.0, -7.5, 12.0),
                      direction=((1, 0, 0), (0, 1, 0), (0, 0, 1)))
     shape = (30, 28, 20)

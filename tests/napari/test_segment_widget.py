@@ -14,7 +14,7 @@ from scipy.spatial.transform import Rotation
 
 from medseg.io.image import ImageMeta, MedImage
 from napari_plugin._geometry import META_KEY, image_layer_data
-from napari_plugin._segment_widget import CHECKPOINT_CHOICE, SegmentWidget
+from napari_plugin._segment_widget import SegmentWidget
 
 pytestmark = pytest.mark.gui
 
@@ -30,17 +30,6 @@ def _add_image(viewer, name: str, shape: tuple[int, int, int], *, angle: float, 
     array = np.random.default_rng(seed).normal(size=(1, *shape)).astype(np.float32)
     (data, kwargs, _), = image_layer_data(MedImage(array, meta), name=name)
     return viewer.add_image(data, **kwargs), meta
-
-
-@pytest.fixture
-def segment(make_napari_viewer, tiny_model: Path):
-    viewer = make_napari_viewer()
-    widget = SegmentWidget(viewer)
-    viewer.window.add_dock_widget(widget)
-    widget.model_box.value = CHECKPOINT_CHOICE
-    widget.checkpoint.value = tiny_model
-    widget.device_box.value = "cpu"
-    return viewer, widget
 
 
 def test_run_in_a_worker_binds_the_result_to_the_captured_image(

@@ -62,10 +62,8 @@ def test_labels_from_probabilities_sigmoid_and_bad_threshold() -> None:
 
 
 @pytest.mark.gui
-def test_threshold_controls_relabel_without_rerunning(make_napari_viewer, tiny_model, qtbot,
-                                                      monkeypatch) -> None:
+def test_threshold_controls_relabel_without_rerunning(segment, qtbot, monkeypatch) -> None:
     from medseg.inference import Segmenter
-    from napari_plugin._segment_widget import CHECKPOINT_CHOICE, SegmentWidget
 
     calls = []
     real_predict = Segmenter.predict
@@ -75,12 +73,7 @@ def test_threshold_controls_relabel_without_rerunning(make_napari_viewer, tiny_m
         return real_predict(self, *args, **kwargs)
 
     monkeypatch.setattr(Segmenter, "predict", counting_predict)
-    viewer = make_napari_viewer()
-    widget = SegmentWidget(viewer)
-    viewer.window.add_dock_widget(widget)
-    widget.model_box.value = CHECKPOINT_CHOICE
-    widget.checkpoint.value = tiny_model
-    widget.device_box.value = "cpu"
+    viewer, widget = segment
     meta = ImageMeta(spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0),
                      direction=((1, 0, 0), (0, 1, 0), (0, 0, 1)))
     array = np.random.default_rng(4).normal(size=(1, 24, 22, 20)).astype(np.float32)
