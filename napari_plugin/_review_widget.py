@@ -57,6 +57,16 @@ logger = logging.getLogger(__name__)
 RECOUNT_DELAY_MS = 150
 #: Layer metadata: the file this widget last saved the layer to (its own save target).
 SAVE_PATH_KEY = "medseg_save_path"
+#: Review shortcuts, bound on the viewer while the widget is open: ``{key: (action, method,
+#: argument)}``. Alt + a letter that napari's menus (F, V, L, P, D, W, H) and the labels
+#: layer's own keys leave free.
+SHORTCUTS: dict[str, tuple[str, str, Any]] = {
+    "Alt-J": ("next label", "step_label", 1),
+    "Alt-K": ("previous label", "step_label", -1),
+    "Alt-N": ("next object / lesion", "step_item", 1),
+    "Alt-B": ("previous object / lesion", "step_item", -1),
+    "Alt-S": ("save the labels", "save", None),
+}
 
 
 class _LabelRow(Container):
@@ -118,9 +128,12 @@ class ReviewWidget(Container):
         self.save_button = PushButton(text="Save labels")
         self.status = Label(value="")
         self.status.native.setWordWrap(True)
+        self.keys_help = Label(value="keys: " + ", ".join(
+            f"{key.replace('-', '+')} {action}" for key, (action, _, _) in SHORTCUTS.items()))
+        self.keys_help.native.setWordWrap(True)
         self.extend([self.layer_box, self.contour, self.total, self.measures_title,
                      self.measures, self.item, self.item_go, self.measures_refresh,
-                     self.save_path, self.save_button, self.status])
+                     self.save_path, self.save_button, self.status, self.keys_help])
         self._measurements: Measurements | None = None
         self.item_go.changed.connect(lambda *_: self.jump_to_item(self.item.value))
         self.measures_refresh.changed.connect(lambda *_: self._refresh_measurements())
@@ -143,6 +156,27 @@ class ReviewWidget(Container):
         layers_inserted.connect(self._on_layer_inserted)
         self.native.destroyed.connect(lambda *_: layers_inserted.disconnect(
             self._on_layer_inserted))
+        self._bind_shortcuts()
+
+    def _bind_shortcuts(self) -> None:
+        """Bind :data:`SHORTCUTS` on the viewer; unbound when the widget closes."""
+        viewer = self._viewer
+
+        def action(method: str, argument: Any) -> Any:
+            def run(_viewer: Any) -> None:
+                if argument is None:
+                    getattr(self, method)()
+                else:
+                    getattr(self, method)(argument)
+            return run
+
+        for key, (_, method, argument) in SHORTCUTS.items():
+            viewer.bind_key(key, action(method, argument), overwrite=True)
+
+        def unbind(*_: Any) -> None:
+            for key in SHORTCUTS:
+                viewer.bind_key(key, None)
+        self.native.destroyed.connect(unbind)
 
     # -- layer binding ----------------------------------------------------------------------
     def _on_layer_inserted(self, event: Any) -> None:
@@ -334,6 +368,34 @@ class ReviewWidget(Container):
             return
         self._centre_on(layer, point)
         layer.selected_label = value
+
+    def step_label(self, step: int) -> None:
+        """Select the next (``step`` 1) or previous (-1) label of the layer, in value order
+        and wrapping around, and jump to it (an instance layer steps through its objects)."""
+        layer = self._layer
+        if layer is None:
+            return
+        if self._is_instances():
+            self.step_item(step)
+            return
+        values = self._label_values()
+        if not values:
+            return
+        current = int(layer.selected_label)
+        later = [v for v in values if (v - current) * step > 0]
+        value = (min(later, key=lambda v: abs(v - current)) if later
+                 else (values[0] if step > 0 else values[-1]))
+        self.jump_to(value)
+
+    def step_item(self, step: int) -> None:
+        """Go to the next (``step`` 1) or previous (-1) row of the objects / lesions table,
+        wrapping around."""
+        m = self._measurements
+        if m is None or not m.rows:
+            return
+        n = len(m.rows)
+        self.item.value = (int(self.item.value) - 1 + step) % n + 1
+        self.jump_to_item(self.item.value)
 
     def save(self, *_: Any) -> None:
         """Save the selected layer to the path in the file box (NIfTI, DICOM SEG or, for a 2D

@@ -188,3 +188,39 @@ def test_a_new_result_is_reviewed_with_fresh_state_and_files_are_not_overwritten
     widget.layer_box.value = second
     widget.save_button.clicked.emit()  # its own file now: saved again without asking
     assert widget.status.value == "saved first.nii.gz"
+
+
+def test_keyboard_shortcuts_step_labels_and_lesions_and_save(review, tmp_path: Path) -> None:
+    """Alt+J / Alt+K: next / previous label; Alt+N / Alt+B: next / previous lesion; Alt+S:
+    save. Bound on the viewer while the widget is open, dispatched as napari does."""
+    from napari.utils.key_bindings import KeyBinding
+
+    from napari_plugin._review_widget import SHORTCUTS
+
+    viewer, widget, layer, source = review
+
+    def press(key: str) -> None:
+        func = viewer.keymap[KeyBinding.from_str(key)]
+        func(viewer)
+
+    assert {str(KeyBinding.from_str(k)) for k in SHORTCUTS} <= {str(k) for k in viewer.keymap}
+    assert "Alt+S save the labels" in widget.keys_help.value
+    layer.selected_label = 1
+    press("Alt-J")
+    assert layer.selected_label == 2
+    z_world = source.meta.index_to_world([[0, 0, 2]])[0][2]
+    assert viewer.dims.point[0] == pytest.approx(z_world, abs=1e-6)  # moved to label 2
+    press("Alt-J")
+    assert layer.selected_label == 1  # wraps around
+    press("Alt-K")
+    assert layer.selected_label == 2
+    assert widget.item.value == 1
+    press("Alt-N")
+    assert widget.item.value == 2
+    press("Alt-N")
+    assert widget.item.value == 1  # two lesions: wraps
+    press("Alt-B")
+    assert widget.item.value == 2
+    widget.save_path.value = tmp_path / "seg.nii.gz"
+    press("Alt-S")
+    assert (tmp_path / "seg.nii.gz").exists() and widget.status.value == "saved seg.nii.gz"
