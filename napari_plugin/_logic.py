@@ -260,7 +260,7 @@ def layer_measurements(labels: Any, *, instances: bool) -> Measurements:
         total = sum(r["area"] for r in table)
         columns = ["id", "area", "centroid_row", "centroid_column", "eccentricity"]
         return Measurements(
-            title=f"{len(table)} objects, {total:.6g} {unit} in all", columns=columns,
+            title=f"{_count(len(table), 'object')}, {total:.6g} {unit} in all", columns=columns,
             rows=[[r[c] for c in columns] for r in table],
             points=[(r["centroid_row"], r["centroid_column"]) for r in table])
     names = labels.meta.label_names or {int(v): f"label {v}" for v in np.unique(array) if v}
@@ -269,6 +269,11 @@ def layer_measurements(labels: Any, *, instances: bool) -> Measurements:
                "max_inplane_diameter_mm"]
     total = sum(r["volume_ml"] for r in table)
     return Measurements(
-        title=f"{len(table)} lesions, {total:.2f} mL in all", columns=columns,
+        title=f"{_count(len(table), 'lesion')}, {total:.2f} mL in all", columns=columns,
         rows=[[r[c] for c in columns] for r in table],
         points=[tuple(reversed(r["centroid_voxel"])) for r in table])
+
+
+def _count(n: int, noun: str) -> str:
+    """``"1 lesion"``, ``"2 lesions"``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

@@ -382,11 +382,9 @@ def model_card_summary(card: Any) -> str:
         hi = "x".join(f"{v:.3g}" for v in domain["extent"]["max"])
         lines.append(f"trained on {domain.get('num_cases', '?')} images of {lo} to {hi} {unit}"
                      + (" (synthetic)" if domain.get("synthetic") else ""))
-    evaluation = (card.training or {}).get("evaluation")
-    if isinstance(evaluation, dict) and evaluation:
-        figures = ", ".join(f"{k} {v:.3g}" if isinstance(v, (int, float)) else f"{k} {v}"
-                            for k, v in list(evaluation.items())[:4])
-        lines.append(f"validation: {figures}")
+    figures = evaluation_figures((card.training or {}).get("evaluation"))
+    if figures:
+        lines.append("validation: " + ", ".join(f"{k} {v:.3g}" for k, v in figures))
     text = card.description or ""
     for term in ("RESEARCH USE ONLY", "LICENCE", "licence", "Not for clinical use",
                  "not for clinical use", "CC0", "CC BY"):
@@ -394,6 +392,33 @@ def model_card_summary(card: Any) -> str:
             lines.append("terms: see the model card (" + term + ")")
             break
     return "\n".join(lines)
+
+
+#: Figures of a card's evaluation record worth a line in the widget (leaf names).
+_HEADLINE = ("dice_mean", "dice", "ap50", "dsb_score", "misclassified", "rand_error",
+             "pixel_error", "mean")
+
+
+def evaluation_figures(evaluation: Any, limit: int = 4) -> list[tuple[str, float]]:
+    """The headline numbers of a card's ``training.evaluation`` record: numeric leaves named
+    like a score (Dice, AP, error), each named by its last two keys; case lists, commands and
+    spreads are left to the card itself."""
+    out: list[tuple[str, float]] = []
+
+    def walk(node: Any, path: tuple[str, ...]) -> None:
+        if len(out) >= limit:
+            return
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, (*path, str(key)))
+        elif isinstance(node, (int, float)) and not isinstance(node, bool) and path \
+                and any(h in path[-1] or (len(path) > 1 and h == path[-2]) for h in _HEADLINE) \
+                and "std" not in path[-1]:
+            name = " ".join(k for k in path[-2:] if k not in ("labels", "summary"))
+            out.append((name, float(node)))
+
+    walk(evaluation, ())
+    return out
 
 
 def fit_banner(prediction: Any) -> tuple[str, str]:

@@ -66,3 +66,24 @@ def test_nuclei_sample_opens_through_the_manifest() -> None:
     samples = {s.key: s for s in dict(pm.iter_sample_data())["medseg"]}
     ((data, kwargs, kind),) = samples["nuclei"].open()
     assert kind == "image" and data.shape == (256, 256) and data.max() > 0
+
+
+def test_npe2_validate_is_clean_and_the_readme_lists_every_widget() -> None:
+    """``npe2 validate medseg`` passes, and the README's napari table names every widget
+    (and the other contributions) the manifest declares."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    npe2 = shutil.which("npe2") or str(Path(sys.executable).with_name("npe2"))
+    done = subprocess.run([npe2, "validate", "medseg"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and "valid" in done.stdout, done.stdout + done.stderr
+    manifest = PluginManifest.from_distribution("medseg")
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("## Reviewing in napari"):readme.index("## Running at scale")]
+    for widget in manifest.contributions.widgets:
+        assert f"**{widget.display_name}** widget" in section, widget.display_name
+    for kind in ("reader", "writer", "sample data"):
+        assert f"| {kind} |" in section

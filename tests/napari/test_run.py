@@ -176,6 +176,6 @@ def test_2d_model_on_a_3d_layer_gives_a_volume_and_a_lesion_table(tmp_path: Path
     labels = image.with_array(lesions, label_names={1: "lesion"})
     m = layer_measurements(labels, instances=False)
     voxel_ml = float(np.prod(image.meta.spacing)) / 1000
-    assert m.title == f"1 lesions, {32 * voxel_ml:.2f} mL in all"
+    assert m.title == f"1 lesion, {32 * voxel_ml:.2f} mL in all"
     assert m.rows[0][:5] == [1, "lesion", round(32 * voxel_ml, 4), 5, 6]
     np.testing.assert_allclose(m.points[0], (4.5, 4.5, 3.5))  # napari order (k, j, i)
