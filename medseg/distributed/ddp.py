@@ -274,3 +274,44 @@ def validate_sharded(validate_fn: Callable[..., dict[str, Any]], model: torch.nn
     labels = range(1, int(kwargs["num_classes"]))
     mean = {k: float(np.mean([d[k] for d in per_case.values()])) for k in labels}
     return {"mean_dice": mean, "mean": float(np.mean(list(mean.values()))), "per_case": per_case}
+
+
+class Collectives:
+    """The collective operations of one training run, behind one object.
+
+    The training loop talks to the other ranks only through this: wrapping the model, the
+    barrier, agreeing on rank 0's clock, gathering the random streams for a checkpoint,
+    sharded validation, and the per-rank case stream. In a single process every call is the
+    local no-op (or the value itself), so the loop has no distributed branches.
+    """
+
+    def __init__(self) -> None:
+        self.distributed = is_distributed()
+        self.rank = rank()
+        self.world_size = world_size()
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        return wrap(model)
+
+    def barrier(self) -> None:
+        barrier()
+
+    def from_main(self, *values: float) -> tuple[float, ...]:
+        return from_main(*values)
+
+    def gather(self, obj: Any) -> list[Any]:
+        return gather(obj)
+
+    def generator_state(self, state: dict[str, Any], *, seed: int) -> torch.Tensor:
+        return generator_state(state, seed=seed)
+
+    def case_stream(self, num_cases: int, *, batch_size: int, seed: int) -> CaseStream | None:
+        return case_stream(num_cases, batch_size=batch_size, seed=seed)
+
+    def validate(self, validate_fn: Callable[..., dict[str, Any]], model: torch.nn.Module,
+                 cases: Sequence[Any], **kwargs: Any) -> dict[str, Any]:
+        return validate_sharded(validate_fn, model, cases, **kwargs)

@@ -121,6 +121,11 @@ def train(
 ) -> TrainResult:
     """Train a segmentation network as ``config`` says; checkpoints go to ``output_dir``.
 
+    The run goes through phases, each a method of :class:`_Run`: set-up (data, plan, network,
+    optimiser), resume, then iterations of ``step`` with ``validate`` and ``checkpoint`` at
+    epoch ends, and a last validation and checkpoint. Every exchange with other ranks goes
+    through one :class:`~medseg.distributed.ddp.Collectives` object.
+
     Args:
         config: The run's configuration (``None`` fields are planned from the data).
         resume: Continue from ``output_dir/last`` (weights, optimiser, schedule, RNG, history).
@@ -132,155 +137,224 @@ def train(
     Returns:
         Where the checkpoints are and the best validation metrics.
     """
-    start = time.monotonic()
-    runtime = pick_runtime(device=config.device, amp=config.amp)
-    ddp.init_from_env(runtime.device)  # under torchrun: join the process group
-    if config.num_threads:
-        torch.set_num_threads(config.num_threads)
-    seed_everything(config.seed + runtime.rank)
-    run_dir = Path(config.output_dir)
-    data = prepare_data(config, runtime)
-    if not data.val_cases:
-        raise DatasetError(f"{config.data.path}: no validation cases (set data.val_cases or "
-                           "data.val_fraction > 0)")
-    plan = data.plan
-    if runtime.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, run_dir / "config.json")
-        (run_dir / "plan.json").write_text(_json({"plan": plan.to_dict(),
-                                                  "fingerprint": data.fingerprint.to_dict(),
-                                                  "split": data.split}))
-        logger.info("resolved plan: %s", _json(plan.to_dict()))
-    ddp.barrier()  # rank 0 has created the run folder before anyone resumes from it
-
-    from medseg.networks.factory import build_network
-
-    model = build_network(plan.network).to(runtime.device)
-    optimizer = _make_optimizer(config, model)
-    generator = torch.Generator().manual_seed(config.seed * 1000 + runtime.rank)
-    iteration, elapsed_before, history, best = 0, 0.0, [], None
+    run = _Run.set_up(config, resume=resume)
     if resume:
-        iteration, elapsed_before, history, best = _restore(run_dir, model, optimizer, generator,
-                                                            data.split, seed=config.seed)
-    net = wrap_model(model) if wrap_model else ddp.wrap(model)
-    loss_fn = _make_loss(plan, config.loss)
-    sampler = PatchSampler(data.train_cases, plan.patch_size,
-                           foreground_prob=config.foreground_prob, generator=generator)
-    stream = ddp.case_stream(len(data.train_cases), batch_size=plan.batch_size, seed=config.seed)
-    scaler = torch.amp.GradScaler("cuda") if runtime.amp_dtype == torch.float16 else None
+        run.resume()
+    run.net = wrap_model(run.model) if wrap_model else run.group.wrap(run.model)
     total_iters = config.epochs * config.iters_per_epoch
-    budget_s = config.time_budget_min * 60.0 if config.time_budget_min else None
-    log = MetricsLog(run_dir, plan.label_names, append=resume) if runtime.is_main else None
-    val_cost = 0.0
-    epoch_loss, epoch_n, stop_reason = 0.0, 0, "epochs"
-    this_call = 0
-
-    def elapsed() -> float:
-        return elapsed_before + time.monotonic() - start
-
-    def checkpoint(tag: str, metrics: dict[str, Any] | None) -> None:
-        rank_generators = ddp.gather(generator.get_state())  # collective: all ranks call it
-        if not runtime.is_main:
-            return
-        card = build_card(config, plan, data, history=history, best=best, runtime=runtime,
-                          iteration=iteration, elapsed_s=elapsed())
-        state = {"iteration": iteration, "elapsed_s": elapsed(),
-                 "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
-                 "rank_generators": rank_generators,
-                 "history": history, "best": best, "split": data.split}
-        save_checkpoint(run_dir, tag, model, card, state)
-
-    def run_validation() -> None:
-        nonlocal best, val_cost
-        t0 = time.monotonic()
-        result = ddp.validate_sharded(validate, model, data.val_cases,
-                                      num_classes=plan.num_classes,
-                                      roi_size=plan.patch_size, overlap=config.val_overlap,
-                                      device=runtime.device, amp_dtype=runtime.amp_dtype,
-                                      tta=config.val_tta,
-                                      label_offset=config.augment.label_offset,
-                                      instance_targets=config.data.instance_targets)
-        val_cost = time.monotonic() - t0
-        record = {"iteration": iteration, "epoch": iteration / config.iters_per_epoch,
-                  "elapsed_s": round(elapsed(), 1), "val_mean": result["mean"],
-                  "val_dice": {str(k): v for k, v in result["mean_dice"].items()}}
-        history.append(record)
-        if runtime.is_main:
-            logger.info("iteration %d (%.0f s): validation Dice %s, mean %.4f", iteration,
-                        elapsed(), {plan.label_names[k]: round(v, 4)
-                                    for k, v in result["mean_dice"].items()}, result["mean"])
-            if log:
-                log.validation(record, result["mean_dice"])
-        if best is None or result["mean"] > best["val_mean"]:
-            best = record
-            checkpoint("best", record)
-
-    net.train()
-    while iteration < total_iters:
-        # Ranks must agree on stopping and on the learning rate: all use rank 0's clock.
-        clock, clock_val = ddp.from_main(elapsed(), val_cost) if budget_s is not None \
-            else (0.0, 0.0)
-        if budget_s is not None and clock + 1.2 * clock_val + 2.0 >= budget_s:
+    epoch_loss, epoch_n, stop_reason, this_call = 0.0, 0, "epochs", 0
+    while run.iteration < total_iters:
+        clock = run.agreed_clock()
+        if run.out_of_time(clock):
             stop_reason = "time budget"
             break
         if stop_after_iterations is not None and this_call >= stop_after_iterations:
             stop_reason = "stop_after_iterations"
             break
-        progress_frac = iteration / total_iters
-        if budget_s is not None:
-            progress_frac = max(progress_frac, clock / budget_s)
-        lr = _lr_at(config, progress_frac, iteration)
-        for group in optimizer.param_groups:
+        loss, lr = run.step(total_iters, clock[0])
+        this_call += 1
+        epoch_loss += loss
+        epoch_n += 1
+        if progress is not None:
+            progress(run.iteration, total_iters)
+        if run.iteration % config.iters_per_epoch == 0:
+            epoch = run.iteration // config.iters_per_epoch
+            if run.log:
+                run.log.train(run.iteration, epoch, run.elapsed(), lr,
+                              epoch_loss / max(epoch_n, 1))
+            epoch_loss, epoch_n = 0.0, 0
+            if epoch % config.val_every == 0:
+                run.validate()
+            run.checkpoint("last")
+    validated_now = bool(run.history) and run.history[-1]["iteration"] == run.iteration
+    if not validated_now and stop_reason != "stop_after_iterations":
+        run.validate()
+    run.checkpoint("last")
+    return run.finish(stop_reason)
+
+
+class _Run:
+    """One training run's live state and its phases (see :func:`train`)."""
+
+    def __init__(self, config: TrainConfig, runtime: Runtime, group: ddp.Collectives,
+                 data: PreparedRun, *, resume: bool, start: float) -> None:
+        from medseg.networks.factory import build_network
+
+        self.config, self.runtime, self.group, self.data = config, runtime, group, data
+        self.plan = data.plan
+        self.run_dir = Path(config.output_dir)
+        self.start = start
+        self.model = build_network(self.plan.network).to(runtime.device)
+        self.net = self.model
+        self.optimizer = _make_optimizer(config, self.model)
+        self.generator = torch.Generator().manual_seed(config.seed * 1000 + runtime.rank)
+        self.iteration, self.elapsed_before = 0, 0.0
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] | None = None
+        self.val_cost = 0.0
+        self.loss_fn = _make_loss(self.plan, config.loss)
+        self.sampler = PatchSampler(data.train_cases, self.plan.patch_size,
+                                    foreground_prob=config.foreground_prob,
+                                    generator=self.generator)
+        self.stream = group.case_stream(len(data.train_cases), batch_size=self.plan.batch_size,
+                                        seed=config.seed)
+        self.scaler = (torch.amp.GradScaler("cuda") if runtime.amp_dtype == torch.float16
+                       else None)
+        self.budget_s = config.time_budget_min * 60.0 if config.time_budget_min else None
+        self.log = (MetricsLog(self.run_dir, self.plan.label_names, append=resume)
+                    if runtime.is_main else None)
+
+    # -- set-up and resume ----------------------------------------------------------------
+    @classmethod
+    def set_up(cls, config: TrainConfig, *, resume: bool) -> _Run:
+        """Runtime, process group, data and plan; rank 0 writes the run folder's config and
+        plan; the network, optimiser, sampler and logs."""
+        start = time.monotonic()
+        runtime = pick_runtime(device=config.device, amp=config.amp)
+        ddp.init_from_env(runtime.device)  # under torchrun: join the process group
+        group = ddp.Collectives()
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
+        seed_everything(config.seed + runtime.rank)
+        run_dir = Path(config.output_dir)
+        data = prepare_data(config, runtime)
+        if not data.val_cases:
+            raise DatasetError(f"{config.data.path}: no validation cases (set data.val_cases "
+                               "or data.val_fraction > 0)")
+        if runtime.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(config, run_dir / "config.json")
+            (run_dir / "plan.json").write_text(_json({"plan": data.plan.to_dict(),
+                                                      "fingerprint": data.fingerprint.to_dict(),
+                                                      "split": data.split}))
+            logger.info("resolved plan: %s", _json(data.plan.to_dict()))
+        group.barrier()  # rank 0 has created the run folder before anyone resumes from it
+        return cls(config, runtime, group, data, resume=resume, start=start)
+
+    def resume(self) -> None:
+        """Weights, optimiser, this rank's random stream, clock and history from ``last``."""
+        from safetensors.torch import load_model as load_safetensors_model
+
+        state = load_state(self.run_dir, "last")
+        if state.get("split") != self.data.split:
+            raise ConfigError(f"{self.run_dir}: cannot resume, the train/validation split "
+                              "differs from the checkpoint's (dataset or seed changed)")
+        weights, _ = checkpoint_paths(self.run_dir, "last")
+        device = str(next(self.model.parameters()).device)
+        load_safetensors_model(self.model, str(weights), strict=True, device=device)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(self.group.generator_state(state, seed=self.config.seed))
+        logger.info("resumed from %s at iteration %d", weights, state["iteration"])
+        self.iteration, self.elapsed_before = int(state["iteration"]), float(state["elapsed_s"])
+        self.history, self.best = list(state["history"]), state["best"]
+
+    # -- the loop's phases ----------------------------------------------------------------
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.monotonic() - self.start
+
+    def agreed_clock(self) -> tuple[float, float]:
+        """Rank 0's elapsed time and last validation cost (one broadcast per iteration: the
+        ranks agree on stopping and on the learning rate); zeros without a time budget."""
+        if self.budget_s is None:
+            return 0.0, 0.0
+        clock, val_cost = self.group.from_main(self.elapsed(), self.val_cost)
+        return clock, val_cost
+
+    def out_of_time(self, agreed: tuple[float, float]) -> bool:
+        """Would the next iteration, and a validation, overrun the time budget?"""
+        clock, val_cost = agreed
+        return self.budget_s is not None and clock + 1.2 * val_cost + 2.0 >= self.budget_s
+
+    def step(self, total_iters: int, clock: float) -> tuple[float, float]:
+        """One optimisation step at the agreed ``clock`` (the schedule follows the time
+        budget when there is one); returns ``(loss, learning rate)``."""
+        config, runtime = self.config, self.runtime
+        progress_frac = self.iteration / total_iters
+        if self.budget_s is not None:
+            progress_frac = max(progress_frac, clock / self.budget_s)
+        lr = _lr_at(config, progress_frac, self.iteration)
+        for group in self.optimizer.param_groups:
             group["lr"] = lr
-        image, label = (sampler.sample(stream.batch(iteration)) if stream
-                        else sampler.next_batch(plan.batch_size))
-        image, label = augment_batch(image, label, config.augment, generator)
+        image, label = (self.sampler.sample(self.stream.batch(self.iteration)) if self.stream
+                        else self.sampler.next_batch(self.plan.batch_size))
+        image, label = augment_batch(image, label, config.augment, self.generator)
         label, weight = make_targets(label, config)
         image, label = image.to(runtime.device), label.to(runtime.device)
         weight = weight.to(runtime.device) if weight is not None else None
         autocast = torch.autocast(runtime.device.type, dtype=runtime.amp_dtype) \
             if runtime.amp_dtype else contextlib.nullcontext()
         with autocast:
-            out = net(image)
-        loss = loss_fn(out, label, weight)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 12.0)
-            scaler.step(optimizer)
-            scaler.update()
+            out = self.net(image)
+        loss = self.loss_fn(out, label, weight)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 12.0)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         else:
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 12.0)
-            optimizer.step()
-        iteration += 1
-        this_call += 1
-        epoch_loss += float(loss.detach())
-        epoch_n += 1
-        if progress is not None:
-            progress(iteration, total_iters)
-        if iteration % config.iters_per_epoch == 0:
-            epoch = iteration // config.iters_per_epoch
-            if log:
-                log.train(iteration, epoch, elapsed(), lr, epoch_loss / max(epoch_n, 1))
-            epoch_loss, epoch_n = 0.0, 0
-            if epoch % config.val_every == 0:
-                run_validation()
-            checkpoint("last", None)
-    validated_now = bool(history) and history[-1]["iteration"] == iteration
-    if not validated_now and stop_reason != "stop_after_iterations":
-        run_validation()
-    checkpoint("last", None)
-    if runtime.is_main:
-        logger.info("stopped after %d iterations (%s), %.0f s; best %s", iteration, stop_reason,
-                    elapsed(), best)
-        if log:
-            log.close()
-    ddp.barrier()  # rank 0's checkpoints are complete before any rank returns their paths
-    weights_best, _ = checkpoint_paths(run_dir, "best")
-    weights_last, _ = checkpoint_paths(run_dir, "last")
-    return TrainResult(run_dir, weights_best, weights_last, best or {}, iteration, elapsed(), plan)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 12.0)
+            self.optimizer.step()
+        self.iteration += 1
+        return float(loss.detach()), lr
+
+    def validate(self) -> None:
+        """Validation Dice over the held-out cases (sharded over the ranks); a new best is
+        checkpointed as ``best``."""
+        config, plan = self.config, self.plan
+        t0 = time.monotonic()
+        result = self.group.validate(validate, self.model, self.data.val_cases,
+                                     num_classes=plan.num_classes,
+                                     roi_size=plan.patch_size, overlap=config.val_overlap,
+                                     device=self.runtime.device,
+                                     amp_dtype=self.runtime.amp_dtype, tta=config.val_tta,
+                                     label_offset=config.augment.label_offset,
+                                     instance_targets=config.data.instance_targets)
+        self.val_cost = time.monotonic() - t0
+        record = {"iteration": self.iteration, "epoch": self.iteration / config.iters_per_epoch,
+                  "elapsed_s": round(self.elapsed(), 1), "val_mean": result["mean"],
+                  "val_dice": {str(k): v for k, v in result["mean_dice"].items()}}
+        self.history.append(record)
+        if self.runtime.is_main:
+            logger.info("iteration %d (%.0f s): validation Dice %s, mean %.4f", self.iteration,
+                        self.elapsed(), {plan.label_names[k]: round(v, 4)
+                                         for k, v in result["mean_dice"].items()},
+                        result["mean"])
+            if self.log:
+                self.log.validation(record, result["mean_dice"])
+        if self.best is None or result["mean"] > self.best["val_mean"]:
+            self.best = record
+            self.checkpoint("best")
+
+    def checkpoint(self, tag: str) -> None:
+        """Weights, model card and resumable state as ``tag`` (rank 0 writes; every rank
+        takes part in gathering the random streams)."""
+        rank_generators = self.group.gather(self.generator.get_state())  # collective
+        if not self.runtime.is_main:
+            return
+        card = build_card(self.config, self.plan, self.data, history=self.history,
+                          best=self.best, runtime=self.runtime, iteration=self.iteration,
+                          elapsed_s=self.elapsed())
+        state = {"iteration": self.iteration, "elapsed_s": self.elapsed(),
+                 "optimizer": self.optimizer.state_dict(),
+                 "generator": self.generator.get_state(), "rank_generators": rank_generators,
+                 "history": self.history, "best": self.best, "split": self.data.split}
+        save_checkpoint(self.run_dir, tag, self.model, card, state)
+
+    def finish(self, stop_reason: str) -> TrainResult:
+        """Close the logs and wait for rank 0's checkpoints; the run's result."""
+        if self.runtime.is_main:
+            logger.info("stopped after %d iterations (%s), %.0f s; best %s", self.iteration,
+                        stop_reason, self.elapsed(), self.best)
+            if self.log:
+                self.log.close()
+        self.group.barrier()  # rank 0's checkpoints are complete before any rank returns
+        weights_best, _ = checkpoint_paths(self.run_dir, "best")
+        weights_last, _ = checkpoint_paths(self.run_dir, "last")
+        return TrainResult(self.run_dir, weights_best, weights_last, self.best or {},
+                           self.iteration, self.elapsed(), self.plan)
 
 
 def make_targets(label: torch.Tensor, config: TrainConfig
@@ -336,25 +410,6 @@ def _make_loss(plan: TrainingPlan, kind: str = "dice_ce") -> LossFn:
         return base(out, label, weight)
 
     return loss
-
-
-def _restore(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-             generator: torch.Generator, split: dict[str, list[str]], *, seed: int = 0
-             ) -> tuple[int, float, list[dict[str, Any]], dict[str, Any] | None]:
-    from safetensors.torch import load_model as load_safetensors_model
-
-    state = load_state(run_dir, "last")
-    if state.get("split") != split:
-        raise ConfigError(f"{run_dir}: cannot resume, the train/validation split differs from "
-                          "the checkpoint's (dataset or seed changed)")
-    weights, _ = checkpoint_paths(run_dir, "last")
-    device = str(next(model.parameters()).device)
-    load_safetensors_model(model, str(weights), strict=True, device=device)
-    optimizer.load_state_dict(state["optimizer"])
-    generator.set_state(ddp.generator_state(state, seed=seed))  # this rank's own stream
-    logger.info("resumed from %s at iteration %d", weights, state["iteration"])
-    return int(state["iteration"]), float(state["elapsed_s"]), list(state["history"]), \
-        state["best"]
 
 
 def _json(d: Any) -> str:
