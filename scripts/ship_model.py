@@ -57,6 +57,12 @@ CARDS = {
         "training, so volumes from a volume without spacing are nominal."
     ),
 }
+_FAST = ("FAST PRESET of {name}: the same data, split, method and input handling with a smaller "
+         "network (8-64 filters, 5 levels, 40 min of training); faster and less accurate, "
+         "figures side by side in benchmarks/results/presets_2d.txt. ")
+CARDS["nuclei-fast"] = _FAST.format(name="nuclei") + CARDS["nuclei"]
+CARDS["brain-flair-tumour-fast"] = _FAST.format(name="brain-flair-tumour") + \
+    CARDS["brain-flair-tumour"]
 
 
 def main() -> None:
