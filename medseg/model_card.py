@@ -134,11 +134,30 @@ class ModelCard:
     domain: dict[str, Any] | None = None
     format_version: int = CARD_FORMAT_VERSION
 
+    def _check_instances(self) -> None:
+        """Types and ranges of the instance settings (a bad card fails when loaded)."""
+        spec = self.instances or {}
+        seeds = spec.get("seeds", "interior")
+        if seeds not in ("interior", "distance"):
+            raise ModelError(f"model card {self.name!r}: instances.seeds must be 'interior' or "
+                             f"'distance', got {seeds!r}")
+        ranges = {"seed_threshold": (0.0, 1.0), "foreground_threshold": (0.0, 1.0),
+                  "h": (0.0, 1e3), "sigma": (0.0, 1e2), "min_size": (0.0, 1e9)}
+        for key, (lo, hi) in ranges.items():
+            value = spec.get(key)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not (math.isfinite(value) and lo <= value <= hi):
+                raise ModelError(f"model card {self.name!r}: instances.{key} must be a number "
+                                 f"in [{lo:g}, {hi:g}], got {value!r}")
+
     def __post_init__(self) -> None:
         method = (self.instances or {}).get("method", "boundary")
         if self.instances is not None and method not in INSTANCE_METHODS:
             raise ModelError(f"model card {self.name!r}: instances.method must be one of "
                              f"{INSTANCE_METHODS}, got {method!r}")
+        self._check_instances()
         self._check_geometry()
         offset = [float(v) for v in self.label_offset]
         if offset and (len(offset) != self.network.spatial_dims

@@ -100,6 +100,12 @@ def test_card_refuses_an_unknown_instance_method_or_negative_channels() -> None:
         "method": "components"}
     with pytest.raises(ModelError, match="instances.method must be one of"):
         ModelCard(**base, instances={"method": "stardist"})
+    with pytest.raises(ModelError, match="instances.seeds must be"):
+        ModelCard(**base, instances={"method": "boundary", "seeds": "flows"})
+    for bad in ({"h": -1}, {"seed_threshold": 1.5}, {"sigma": float("nan")}, {"min_size": "8"},
+                {"h": True}):
+        with pytest.raises(ModelError, match=f"instances.{next(iter(bad))} must be a number"):
+            ModelCard(**base, instances={"method": "boundary", **bad})
     with pytest.raises(ModelError, match="input_channels must list non-negative"):
         ModelCard(**base, input_channels=[-1])
 
