@@ -185,9 +185,14 @@ def predict_case(case: CaseInput, segmenter: Segmenter, out_dir: str | Path,
         record.fit = prediction.fit.to_dict()  # a strict engine has refused a misfit already
         t = time.perf_counter()
         if prediction.labels.meta.ndim == 3 and not prediction.instances:
-            from medseg.inference.measure import lesion_table
+            from medseg.inference.measure import lesion_summary
 
-            record.lesions = lesion_table(prediction.labels, prediction.labels.meta.label_names)
+            record.lesions, record.num_lesions = lesion_summary(
+                prediction.labels, prediction.labels.meta.label_names)
+            if record.num_lesions > len(record.lesions):
+                logger.warning("%s: %d lesions found, the %d largest listed (a result this "
+                               "fragmented is rarely what the model is for)", case.case_id,
+                               record.num_lesions, len(record.lesions))
         for fmt in resolve_formats(options.formats, image.meta.ndim):
             if fmt == "dicom-seg" and image.meta.provenance.format != "dicom":
                 record.skipped_outputs[fmt] = (

@@ -28,6 +28,10 @@ from medseg.io.image import MedImage
 #: Above this many pixels in a slice, a lesion's diameter compares only its convex hull's
 #: vertices (all pairs of a few dozen points cost less than building the hull).
 _HULL_FROM = 48
+#: Lesions measured and listed per 3D result (the largest; a study has a few dozen).
+MAX_LESION_ROWS = 1000
+#: Voxels counted per ``np.bincount`` call when sizing components (an int64 copy of 32 MB).
+_SIZE_CHUNK = 1 << 22
 
 OBJECT_COLUMNS_2D = ("id", "area", "area_unit", "centroid_row", "centroid_column", "bbox_min_row",
                      "bbox_min_column", "bbox_max_row", "bbox_max_column", "mean_intensity",
@@ -94,25 +98,55 @@ def _max_diameter_mm(points: np.ndarray) -> float:
     return float(np.sqrt((d**2).sum(-1)).max())
 
 
-def _max_inplane_diameter_mm(coords: np.ndarray, spacing: Sequence[float]) -> float:
-    """Largest in-plane extent (mm) over the slices (last axis) of a lesion's voxel indices
-    ``coords`` ``(N, 3)``."""
-    scaled = coords[:, :2] * np.asarray(spacing[:2], np.float64)
-    order = np.argsort(coords[:, 2], kind="stable")
-    z = coords[order, 2]
-    starts = np.flatnonzero(np.r_[True, z[1:] != z[:-1]])
-    ends = np.r_[starts[1:], len(z)]
-    return max(_max_diameter_mm(scaled[order[a:b]]) for a, b in zip(starts, ends, strict=True))
+def _max_inplane_diameter_mm(mask: np.ndarray, spacing: Sequence[float]) -> float:
+    """Largest in-plane extent (mm) over the slices (last axis) of a lesion's mask ``(i, j,
+    k)``. The convex hull of a slice's pixels is that of each row's first and last pixel, so
+    only those are compared: a lesion of millions of voxels costs a few passes over its box,
+    not a coordinate list."""
+    rows = mask.any(axis=1)  # (i, k)
+    first = mask.argmax(axis=1)
+    last = mask.shape[1] - 1 - mask[:, ::-1, :].argmax(axis=1)
+    scale = np.asarray(spacing[:2], np.float64)
+    best = 0.0
+    for z in np.flatnonzero(rows.any(axis=0)):
+        i = np.flatnonzero(rows[:, z])
+        points = np.concatenate([np.stack([i, first[i, z]], axis=1),
+                                 np.stack([i, last[i, z]], axis=1)]).astype(np.float64)
+        best = max(best, _max_diameter_mm(points * scale))
+    return best
 
 
-def lesion_table(labels: MedImage, label_names: dict[int, str]) -> list[dict[str, Any]]:
-    """One row per connected lesion (26-connected) of each named foreground label of a 3D map.
+def _component_sizes(comps: np.ndarray, count: int) -> np.ndarray:
+    """Voxels of each component id ``0..count`` (0 set to 0), counted slab by slab so no
+    int64 copy of the whole map is made."""
+    flat = comps.reshape(-1)
+    sizes = np.zeros(count + 1, np.int64)
+    for start in range(0, flat.size, _SIZE_CHUNK):
+        sizes += np.bincount(flat[start:start + _SIZE_CHUNK], minlength=count + 1)
+    sizes[0] = 0
+    return sizes
+
+
+def lesion_table(labels: MedImage, label_names: dict[int, str], *,
+                 max_rows: int = MAX_LESION_ROWS) -> list[dict[str, Any]]:
+    """The rows of :func:`lesion_summary` (the largest ``max_rows`` lesions)."""
+    return lesion_summary(labels, label_names, max_rows=max_rows)[0]
+
+
+def lesion_summary(labels: MedImage, label_names: dict[int, str], *,
+                   max_rows: int = MAX_LESION_ROWS) -> tuple[list[dict[str, Any]], int]:
+    """One row per connected lesion (26-connected) of each named foreground label of a 3D map,
+    largest first, and the number of lesions found.
 
     Slices are numbered from 1 along the last array axis (the acquisition axis of a DICOM
     series or a stacked volume); the diameter is the largest in-plane extent over the
     lesion's slices; the centroid is the mean voxel position mapped through the image's
     geometry (LPS millimetres, as DICOM); ``centroid_voxel`` is the same point as array
     indices (for viewers that jump to it).
+
+    Only the ``max_rows`` largest lesions are measured and listed: a result made of
+    hundreds of thousands of specks (a model on an image it was not made for) costs one
+    counting pass, not a row per speck; the count says how many there were.
     """
     from scipy import ndimage
 
@@ -127,21 +161,32 @@ def lesion_table(labels: MedImage, label_names: dict[int, str]) -> list[dict[str
     frame = arr.T if fortran else arr
     values = [(v, n) for v, n in sorted(label_names.items()) if v != 0]
 
-    def components(value: int) -> tuple[np.ndarray, tuple[slice, ...]]:
-        """26-connected components of one label, inside its bounding box."""
+    def components(value: int) -> tuple[np.ndarray, tuple[slice, ...], int]:
+        """26-connected components of one label inside its bounding box, and their count."""
         mask = frame == value
         where = [np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != d)))
                  for d in range(mask.ndim)]
         if any(w.size == 0 for w in where):
-            return np.zeros((1,) * mask.ndim, np.int32), tuple(slice(0, 1) for _ in where)
+            return np.zeros((1,) * mask.ndim, np.int32), tuple(slice(0, 1) for _ in where), 0
         crop = tuple(slice(int(w[0]), int(w[-1]) + 1) for w in where)
-        return ndimage.label(mask[crop], structure=np.ones((3, 3, 3), bool))[0], crop
+        comps, count = ndimage.label(mask[crop], structure=np.ones((3, 3, 3), bool))
+        return comps, crop, int(count)
 
     # SciPy's labelling releases the GIL: the labels' passes run side by side
     with ThreadPoolExecutor(max_workers=max(1, min(len(values), os.cpu_count() or 1))) as pool:
         labelled = list(pool.map(components, [v for v, _ in values]))
-    for (_, name), (comps, crop) in zip(values, labelled, strict=True):
+    total = sum(count for _, _, count in labelled)
+    keep: list[set[int] | None] = [None] * len(labelled)  # None: every component
+    if total > max_rows:  # only the largest lesions over all labels are measured
+        sizes = [_component_sizes(comps, count) for comps, _, count in labelled]
+        ranked = sorted(((int(part[c]), i, int(c)) for i, part in enumerate(sizes)
+                         for c in np.argsort(-part, kind="stable")[:max_rows] if part[c]),
+                        key=lambda t: -t[0])[:max_rows]
+        keep = [{c for _, j, c in ranked if j == i} for i in range(len(labelled))]
+    for (_, name), (comps, crop, _), kept in zip(values, labelled, keep, strict=True):
         for index, box in enumerate(ndimage.find_objects(comps), start=1):
+            if kept is not None and index not in kept:
+                continue
             if box is None:
                 continue
             mask = comps[box] == index
@@ -149,11 +194,12 @@ def lesion_table(labels: MedImage, label_names: dict[int, str]) -> list[dict[str
                         for b, c in zip(box, crop, strict=True))
             if fortran:
                 box, mask = box[::-1], mask.T
-            coords = np.argwhere(mask)
-            voxels = len(coords)
-            centre = coords.mean(axis=0) + [s.start for s in box]
+            voxels = int(np.count_nonzero(mask))
+            centre = np.array([np.dot(np.arange(n), mask.sum(
+                axis=tuple(b for b in range(mask.ndim) if b != a))) for a, n in
+                enumerate(mask.shape)], dtype=np.float64) / voxels + [s.start for s in box]
             world = affine @ np.append(centre, 1.0)
-            diameter = _max_inplane_diameter_mm(coords.astype(np.float64), spacing)
+            diameter = _max_inplane_diameter_mm(mask, spacing)
             rows.append({
                 "lesion": len(rows) + 1, "label": name, "volume_ml": round(voxels * voxel_ml, 4),
                 "voxels": voxels, "first_slice": box[2].start + 1, "last_slice": box[2].stop,
@@ -167,7 +213,7 @@ def lesion_table(labels: MedImage, label_names: dict[int, str]) -> list[dict[str
     rows.sort(key=lambda r: (-r["voxels"], r["label"], r["centroid_voxel"]))
     for i, r in enumerate(rows, start=1):
         r["lesion"] = i
-    return rows
+    return rows, total
 
 
 def csv_text(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:

@@ -47,7 +47,10 @@ class CaseRecord:
         num_objects: Objects found by an instance model.
         lesions: One row per connected lesion of a 3D result (volume in mL, slice range,
             largest in-plane diameter in mm, centroid in patient LPS mm); see
-            :func:`medseg.inference.measure.lesion_table`.
+            :func:`medseg.inference.measure.lesion_table`; the largest
+            ``MAX_LESION_ROWS`` only.
+        num_lesions: How many lesions the 3D result has (more than ``lesions`` lists when it
+            is fragmented into more than ``MAX_LESION_ROWS``).
         geometry: Shape and spacing of the input grid.
         fit: The fit report (:mod:`medseg.inference.fit`): ``{"level", "checks"}``, each check
             ``{"check", "level", "message"}``; ``level`` ``"warn"`` when the image does not
@@ -71,6 +74,7 @@ class CaseRecord:
     area_unit: str = ""
     num_objects: int | None = None
     lesions: list[dict[str, Any]] = field(default_factory=list)
+    num_lesions: int | None = None
     geometry: dict[str, Any] = field(default_factory=dict)
     fit: dict[str, Any] = field(default_factory=dict)
     error: str | None = None

@@ -166,3 +166,27 @@ def test_lesion_table_of_an_empty_map_is_empty() -> None:
 
     empty = MedImage(np.zeros((1, 12, 10, 8), np.uint8), ImageMeta.identity(3))
     assert lesion_table(empty, {1: "a", 2: "b"}) == []
+
+
+def test_a_fragmented_result_lists_only_its_largest_lesions_and_counts_all() -> None:
+    """A model on the wrong image can return thousands of specks: the table measures the
+    largest ``max_rows`` (the same rows as an uncapped table's first ones) and counts them all."""
+    from medseg.inference.measure import lesion_summary, lesion_table
+
+    rng = np.random.default_rng(7)
+    labels = np.zeros((60, 50, 20), np.uint8)
+    labels[rng.random(labels.shape) > 0.97] = 2  # specks
+    labels[5:20, 5:15, 2:9] = 1
+    labels[30:40, 30:45, 10:18] = 2
+    meta = ImageMeta(spacing=(0.8, 0.8, 2.0), origin=(0.0, 0.0, 0.0),
+                     direction=((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)))
+    image = MedImage(labels[None], meta)
+    names = {1: "liver", 2: "lesion"}
+    everything, n_all = lesion_summary(image, names, max_rows=10**6)
+    assert n_all == len(everything) > 500
+    capped, n = lesion_summary(image, names, max_rows=50)
+    assert n == n_all and len(capped) == 50
+    key = [(r["voxels"], r["label"]) for r in capped]
+    assert key == [(r["voxels"], r["label"]) for r in everything[:50]]
+    assert capped[0] == everything[0] and capped[1] == everything[1]  # the two big ones
+    assert lesion_table(image, names, max_rows=50) == capped
