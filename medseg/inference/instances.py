@@ -21,6 +21,7 @@ up to 65535 objects, uint32 beyond.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -67,8 +68,20 @@ def instances_from_classes(labels: np.ndarray, probabilities: np.ndarray | None,
             from skimage.morphology import h_maxima
 
             distance = ndimage.distance_transform_edt(interior).astype(np.float32)
-            smooth = ndimage.gaussian_filter(distance, float(spec.get("sigma", 1.0)))
-            peaks = h_maxima(smooth, float(spec.get("h", 0.5))).astype(bool) & interior
+            sigma = float(spec.get("sigma", 1.0))
+            smooth = ndimage.gaussian_filter(distance, sigma)
+            # h-maxima per interior component, on its box grown by the smoothing's reach: the
+            # same maxima as over the whole image (background between components is a valley
+            # deeper than h), at the cost of the objects' area instead of the image's
+            parts, _ = ndimage.label(interior, structure=structure)
+            pad = int(math.ceil(4 * sigma)) + 2
+            peaks = np.zeros(interior.shape, bool)
+            for index, box in enumerate(ndimage.find_objects(parts), start=1):
+                if box is None:
+                    continue
+                box = tuple(slice(max(b.start - pad, 0), b.stop + pad) for b in box)
+                peaks[box] |= h_maxima(smooth[box], float(spec.get("h", 0.5))).astype(bool) \
+                    & (parts[box] == index)
             seeds, _ = ndimage.label(peaks, structure=structure)
             relief = -distance
         else:
