@@ -327,8 +327,6 @@ def relabel(job: Relabel) -> np.ndarray:
     """Labels (medseg order) of a kept result at a new threshold and minimum size, from its
     probabilities: the same clean-up and instance separation as the engine, no network run
     (worker thread)."""
-    import math
-
     from medseg.inference.instances import instances_from_classes
     from medseg.inference.postprocess import (
         PostprocessConfig,

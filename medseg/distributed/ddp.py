@@ -285,15 +285,6 @@ class Collectives:
     local no-op (or the value itself), so the loop has no distributed branches.
     """
 
-    def __init__(self) -> None:
-        self.distributed = is_distributed()
-        self.rank = rank()
-        self.world_size = world_size()
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         return wrap(model)
 

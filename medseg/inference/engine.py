@@ -45,7 +45,7 @@ from medseg.inference.sliding_window import (
     sliding_window_logits,
 )
 from medseg.inference.windows import WindowReader, plan_whole, plan_windows, reflect_pad
-from medseg.io.image import ImageMeta, MedImage, check_box
+from medseg.io.image import ImageMeta, MedImage, check_box, fortran_spatial
 from medseg.io.validation import check_voxel_count
 from medseg.model_card import ModelCard, file_sha256, library_versions, load_model
 from medseg.transforms import (
@@ -111,7 +111,7 @@ class Prediction:
             raise ModelError("uncertainty needs the probabilities: predict with "
                              "return_probabilities=True")
         p = self.probabilities.array
-        fortran = _fortran_spatial(p)
+        fortran = fortran_spatial(p)
         out = np.empty((1, *p.shape[1:]), dtype=np.float16, order="F" if fortran else "C")
         axis = p.ndim - 1 if fortran else 1  # slabs along the slowest memory axis
         row_voxels = int(np.prod(p.shape[1:])) // p.shape[axis]
@@ -466,7 +466,7 @@ class Segmenter:
             work = _to_model_grid(image, target, shape)
         # Outputs take the input's memory layout: a NIfTI volume (first axis fastest) gets its
         # labels back in that order, and writing them is a plain copy, not a transpose.
-        order = "F" if _fortran_spatial(image.array) else "C"
+        order = "F" if fortran_spatial(image.array) else "C"
         timings["preprocess"] = time.perf_counter() - t
         whole = self._whole_plan(work.spatial_shape)
         if whole is not None:
@@ -662,7 +662,7 @@ def _placed_in(inside: Prediction, image: MedImage, box: tuple[tuple[int, int], 
                ) -> Prediction:
     """A prediction made on ``image.crop(box)``, put back on ``image``'s whole grid."""
     where = (slice(None), *(slice(a, b) for a, b in box))
-    order = "F" if _fortran_spatial(inside.labels.array) else "C"
+    order = "F" if fortran_spatial(inside.labels.array) else "C"
 
     def placed(part: MedImage, fill: Sequence[float]) -> MedImage:
         full = np.empty((part.num_channels, *image.spatial_shape), dtype=part.array.dtype,
@@ -680,11 +680,6 @@ def _placed_in(inside: Prediction, image: MedImage, box: tuple[tuple[int, int], 
                                probabilities=probabilities, region=box)
 
 
-def _fortran_spatial(array: np.ndarray) -> bool:
-    """True when the spatial part of a ``(C, *spatial)`` array is stored first-axis-fastest."""
-    return array.ndim > 2 and not array[0].flags.c_contiguous and array[0].flags.f_contiguous
-
-
 def _to_model_grid(image: MedImage, spacing: Sequence[float], shape: tuple[int, ...]
                    ) -> MedImage:
     """``image`` resampled linearly to the model's ``spacing`` on a grid of ``shape``
@@ -693,7 +688,7 @@ def _to_model_grid(image: MedImage, spacing: Sequence[float], shape: tuple[int, 
     other, so :func:`medseg.transforms.onto_grid.linear_onto` computes it in slabs, in a
     fraction of SimpleITK's time."""
     meta = image.meta.replace(spacing=tuple(float(t) for t in spacing))
-    order = "F" if _fortran_spatial(image.array) else "C"
+    order = "F" if fortran_spatial(image.array) else "C"
     array = linear_onto(image.array, image.meta, meta, shape, order=order, dtype=np.float32)
     if array is None:  # not reachable for a grid made this way; keep the reference anyway
         return resample_to_spacing(image, spacing, order=1)

@@ -23,15 +23,14 @@ from typing import Any
 
 import numpy as np
 
-from medseg.io.image import MedImage
+from medseg.inference.postprocess import count_values
+from medseg.io.image import MedImage, fortran_spatial
 
 #: Above this many pixels in a slice, a lesion's diameter compares only its convex hull's
 #: vertices (all pairs of a few dozen points cost less than building the hull).
 _HULL_FROM = 48
 #: Lesions measured and listed per 3D result (the largest; a study has a few dozen).
 MAX_LESION_ROWS = 1000
-#: Voxels counted per ``np.bincount`` call when sizing components (an int64 copy of 32 MB).
-_SIZE_CHUNK = 1 << 22
 
 OBJECT_COLUMNS_2D = ("id", "area", "area_unit", "centroid_row", "centroid_column", "bbox_min_row",
                      "bbox_min_column", "bbox_max_row", "bbox_max_column", "mean_intensity",
@@ -116,17 +115,6 @@ def _max_inplane_diameter_mm(mask: np.ndarray, spacing: Sequence[float]) -> floa
     return best
 
 
-def _component_sizes(comps: np.ndarray, count: int) -> np.ndarray:
-    """Voxels of each component id ``0..count`` (0 set to 0), counted slab by slab so no
-    int64 copy of the whole map is made."""
-    flat = comps.reshape(-1)
-    sizes = np.zeros(count + 1, np.int64)
-    for start in range(0, flat.size, _SIZE_CHUNK):
-        sizes += np.bincount(flat[start:start + _SIZE_CHUNK], minlength=count + 1)
-    sizes[0] = 0
-    return sizes
-
-
 def lesion_table(labels: MedImage, label_names: dict[int, str], *,
                  max_rows: int = MAX_LESION_ROWS) -> list[dict[str, Any]]:
     """The rows of :func:`lesion_summary` (the largest ``max_rows`` lesions)."""
@@ -153,7 +141,7 @@ def lesion_summary(labels: MedImage, label_names: dict[int, str], *,
     arr = np.asarray(labels.array[0])
     # SciPy labels a C-ordered array several times faster: a NIfTI-ordered (Fortran) map is
     # labelled through its transpose, a view, and the boxes turned back
-    fortran = arr.ndim > 1 and arr.flags.f_contiguous and not arr.flags.c_contiguous
+    fortran = fortran_spatial(labels.array)
     spacing = labels.meta.spacing
     voxel_ml = math.prod(spacing) / 1000.0
     affine = labels.meta.affine
@@ -178,7 +166,9 @@ def lesion_summary(labels: MedImage, label_names: dict[int, str], *,
     total = sum(count for _, _, count in labelled)
     keep: list[set[int] | None] = [None] * len(labelled)  # None: every component
     if total > max_rows:  # only the largest lesions over all labels are measured
-        sizes = [_component_sizes(comps, count) for comps, _, count in labelled]
+        sizes = [count_values(comps, count + 1) for comps, _, count in labelled]
+        for part in sizes:
+            part[0] = 0
         ranked = sorted(((int(part[c]), i, int(c)) for i, part in enumerate(sizes)
                          for c in np.argsort(-part, kind="stable")[:max_rows] if part[c]),
                         key=lambda t: -t[0])[:max_rows]

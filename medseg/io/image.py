@@ -249,12 +249,14 @@ class MedImage:
         start = np.asarray([b[0] for b in box], dtype=np.float64)
         origin = tuple(float(v) for v in self.meta.index_to_world(start[None])[0])
         array = self.array[(slice(None), *(slice(a, b) for a, b in box))].copy(
-            order="F" if _fortran(self.array) else "C")
+            order="F" if fortran_spatial(self.array) else "C")
         return MedImage(array, self.meta.replace(origin=origin))
 
 
-def _fortran(array: np.ndarray) -> bool:
-    return array.ndim > 2 and array.flags.f_contiguous and not array.flags.c_contiguous
+def fortran_spatial(array: np.ndarray) -> bool:
+    """True when the spatial part of a ``(C, *spatial)`` array is stored first-axis-fastest
+    (as NIfTI stores a volume)."""
+    return array.ndim > 2 and not array[0].flags.c_contiguous and array[0].flags.f_contiguous
 
 
 def check_box(box: Sequence[Sequence[int]], shape: Sequence[int]) -> tuple[tuple[int, int], ...]:
