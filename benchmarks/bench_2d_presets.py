@@ -49,12 +49,13 @@ def main() -> None:
         (folder / p.name).symlink_to(p.resolve())
     print(f"machine: {cpu_name()}, {platform.machine()}; {args.threads} threads; "
           f"{args.count} slices from {args.images}; validation split of {args.data}")
-    print(f"{'variant':<10}{'model':<16}{'options':<12}{'slices/s':>9}{'infer s':>9}"
+    specs = [(n, *r.partition(":")[::2]) for n, _, r in (v.partition("=") for v in args.variant)]
+    wn, wm, wo = (max(len(w) for w in col) + 2 for col in zip(*specs, strict=True))
+    wo = max(wo, 9)
+    print(f"{'variant':<{wn}}{'model':<{wm}}{'options':<{wo}}{'slices/s':>9}{'infer s':>9}"
           f"{'Dice':>8}{'pix err':>9}{'Rand err':>9}{'agree':>8}")
     reference: dict[str, np.ndarray] = {}
-    for spec in args.variant:
-        name, _, rest = spec.partition("=")
-        model, _, flags = rest.partition(":")
+    for name, model, flags in specs:
         extra = [f for f in flags.split(",") if f]
         log = work / f"{name}.jsonl"
         run = argparse.Namespace(threads=args.threads, tta=False, extra=extra)
@@ -72,7 +73,7 @@ def main() -> None:
         agree = np.mean([(labels[k] == reference[k]).mean() for k in reference])
         s = result["summary"]
         dice = next(iter(s["labels"].values()))["dice_mean"]
-        print(f"{name:<10}{model:<16}{' '.join(extra) or '-':<12}{per_s:>9.2f}{infer:>9.3f}"
+        print(f"{name:<{wn}}{model:<{wm}}{' '.join(extra) or '-':<{wo}}{per_s:>9.2f}{infer:>9.3f}"
               f"{dice:>8.4f}{s['pixel_error']:>9.4f}{s['adapted_rand_error']:>9.4f}"
               f"{agree:>8.4f}" + ("" if rc == 0 else f"  (medseg-predict exit {rc})"))
 

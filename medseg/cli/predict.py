@@ -86,6 +86,9 @@ def predict_command(
     threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads for the "
                                        "local backend (default: torch's; 1 is often faster "
                                        "on a small machine shared with other jobs)."),
+    jobs: int | None = typer.Option(None, "--jobs", "-j", min=1, help="Cases in flight in "
+                                    "the local backend, sharing the threads (default: 2 for a "
+                                    "2D model on a multi-core CPU, else 1)."),
     backend: str = typer.Option("local", "--backend", help="local (this process) or ray "
                                 "(spread cases over Ray workers; pip install "
                                 "'medseg[distributed]')."),
@@ -118,6 +121,8 @@ def predict_command(
             raise typer.BadParameter(f"--backend must be local or ray, got {backend!r}")
         if backend == "local" and (workers is not None or ray_address):
             raise typer.BadParameter("--workers and --ray-address need --backend ray")
+        if backend == "ray" and jobs is not None:
+            raise typer.BadParameter("--jobs is for the local backend (Ray: --workers)")
         if backend == "ray":
             from medseg.distributed.ray_backend import RayRunner
 
@@ -132,7 +137,8 @@ def predict_command(
                                      low_memory=low_memory, whole_image=whole_image,
                                      strict=strict)
         summary = run_batch(inputs, model, output, formats=formats, overwrite=overwrite,
-                            inference=inference, progress=progress, on_event=log, runner=runner)
+                            inference=inference, progress=progress, on_event=log, runner=runner,
+                            jobs=jobs)
     except MedsegError as exc:
         log({"event": "run_error", "error": str(exc), "error_type": type(exc).__name__})
         typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)

@@ -16,9 +16,11 @@ options), so a distributed worker can call it as it is.
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -280,14 +282,67 @@ def is_finished(out_dir: Path, case: CaseInput, options: BatchOptions,
     return True
 
 
-def _local_runner(cases: Sequence[CaseInput], options: BatchOptions, out_dir: Path,
-                  load_segmenter: Callable[[], Segmenter]) -> Iterator[CaseRecord]:
-    """The in-process :data:`CaseRunner`: one engine, loaded at the first case, cases in order."""
-    segmenter = None
-    for case in cases:
-        if segmenter is None:
-            segmenter = load_segmenter()
-        yield predict_case(case, segmenter, out_dir, options)
+class LocalRunner:
+    """The in-process :data:`CaseRunner`: one engine, loaded at the first case, shared by
+    ``jobs`` cases in flight (threads), records yielded as cases finish.
+
+    Small 2D images leave a CPU idle for much of a case: reading, the fit check, instance
+    post-processing and writing run on one core while the network's few milliseconds of
+    convolutions cannot keep two busy. Two cases at a time, each with half the torch threads,
+    keep both busy (``benchmarks/results/presets_2d.txt``). A volume runs one case at a time
+    with all threads: its convolutions use them all and two volumes in flight would double
+    the peak memory.
+
+    Args:
+        jobs: Cases in flight. ``None``: 2 for a 2D model on a CPU with at least 2 torch
+            threads, else 1. Each job gets ``max(1, threads // jobs)`` torch threads for the
+            run (restored afterwards).
+    """
+
+    def __init__(self, jobs: int | None = None) -> None:
+        if jobs is not None and (not isinstance(jobs, int) or jobs < 1):
+            raise ConfigError(f"jobs must be a positive integer, got {jobs!r}")
+        self.jobs = jobs
+
+    def jobs_for(self, segmenter: Segmenter) -> int:
+        """The cases in flight for ``segmenter`` (see the class)."""
+        if self.jobs is not None:
+            return self.jobs
+        import torch
+
+        small = segmenter.card.spatial_dims == 2 and segmenter.device.type == "cpu"
+        return 2 if small and torch.get_num_threads() >= 2 else 1
+
+    def __call__(self, cases: Sequence[CaseInput], options: BatchOptions, out_dir: Path,
+                 load_segmenter: Callable[[], Segmenter]) -> Iterator[CaseRecord]:
+        if not cases:
+            return
+        segmenter = load_segmenter()
+        jobs = min(self.jobs_for(segmenter), len(cases))
+        if jobs == 1:
+            for case in cases:
+                yield predict_case(case, segmenter, out_dir, options)
+            return
+        import torch
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(max(1, threads // jobs))
+        pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="medseg-case")
+        try:
+            todo = iter(cases)
+            running = {pool.submit(predict_case, case, segmenter, out_dir, options)
+                       for case in itertools.islice(todo, 2 * jobs)}
+            while running:  # a bounded queue: an interrupt leaves at most 2 x jobs started
+                done, running = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    yield future.result()
+                    case = next(todo, None)
+                    if case is not None:
+                        running.add(pool.submit(predict_case, case, segmenter, out_dir,
+                                                options))
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            torch.set_num_threads(threads)
 
 
 def run_batch(
@@ -307,6 +362,7 @@ def run_batch(
     runner: CaseRunner | None = None,
     progress: Callable[[int, int], None] | None = None,
     on_event: EventFn | None = None,
+    jobs: int | None = None,
 ) -> BatchSummary:
     """Segment every case named by ``inputs`` into ``out_dir``; resumable and kill-safe.
 
@@ -329,6 +385,8 @@ def run_batch(
         progress: ``progress(cases_done, cases_total)``.
         on_event: Receives one JSON-ready dict per event (``run_started``, ``case_skipped``,
             ``case_finished``, ``case_failed``, ``run_finished``), e.g. for a JSON-lines log.
+        jobs: Cases in flight in this process when no ``runner`` is given (see
+            :class:`LocalRunner`; ``None``: 2 for a 2D model on a multi-core CPU, else 1).
 
     Returns:
         The run summary (also written to ``out_dir/_summary.json``).
@@ -344,6 +402,8 @@ def run_batch(
     from medseg.models import resolve_model
 
     options = BatchOptions(formats=tuple(dict.fromkeys(formats)), overwrite=overwrite)
+    if runner is not None and jobs is not None:
+        raise ConfigError("jobs sets the in-process runner; a given runner has its own workers")
     given = {"device": device, "overlap": overlap, "tta": tta, "amp": amp,
              "postprocess": postprocess}
     engine_options = merge_options(inference, **{k: v for k, v in given.items()
@@ -385,7 +445,7 @@ def run_batch(
             load: Callable[[], Segmenter] = lambda: segmenter  # noqa: E731
         else:  # picklable, so a distributed runner can ship it to its workers
             load = functools.partial(Segmenter.from_file, model_path, engine_options)
-        for record in (runner or _local_runner)(pending, options, out_dir, load):
+        for record in (runner or LocalRunner(jobs))(pending, options, out_dir, load):
             summary.records.append(record)
             if record.ok:
                 summary.completed += 1
