@@ -58,10 +58,10 @@ CARDS = {
     ),
 }
 _FAST = ("FAST PRESET of {name}: the same data, split, method and input handling with a smaller "
-         "network (8-64 filters, 5 levels, 40 min of training); faster and less accurate, "
+         "network (8-64 filters, 5 levels, {minutes} min of training); faster and less accurate, "
          "figures side by side in benchmarks/results/presets_2d.txt. ")
-CARDS["nuclei-fast"] = _FAST.format(name="nuclei") + CARDS["nuclei"]
-CARDS["brain-flair-tumour-fast"] = _FAST.format(name="brain-flair-tumour") + \
+CARDS["nuclei-fast"] = _FAST.format(name="nuclei", minutes=40) + CARDS["nuclei"]
+CARDS["brain-flair-tumour-fast"] = _FAST.format(name="brain-flair-tumour", minutes=85) + \
     CARDS["brain-flair-tumour"]
 
 
