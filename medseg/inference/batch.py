@@ -332,7 +332,7 @@ class LocalRunner:
             todo = iter(cases)
             running = {pool.submit(predict_case, case, segmenter, out_dir, options)
                        for case in itertools.islice(todo, 2 * jobs)}
-            while running:  # a bounded queue: an interrupt leaves at most 2 x jobs started
+            while running:  # at most 2 x jobs queued; on an interrupt the running finish
                 done, running = wait(running, return_when=FIRST_COMPLETED)
                 for future in done:
                     yield future.result()
