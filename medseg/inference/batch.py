@@ -286,12 +286,13 @@ class LocalRunner:
     """The in-process :data:`CaseRunner`: one engine, loaded at the first case, shared by
     ``jobs`` cases in flight (threads), records yielded as cases finish.
 
-    Small 2D images leave a CPU idle for much of a case: reading, the fit check, instance
-    post-processing and writing run on one core while the network's few milliseconds of
-    convolutions cannot keep two busy. Two cases at a time, each with half the torch threads,
-    keep both busy (``benchmarks/results/presets_2d.txt``). A volume runs one case at a time
-    with all threads: its convolutions use them all and two volumes in flight would double
-    the peak memory.
+    A 2D model leaves a core idle for much of a case: reading, the fit check, instance
+    post-processing and writing run on one core, and the convolutions of one small image do not
+    keep two cores busy either. Two cases at a time, each with half the torch threads, keep
+    both busy, with the same labels (measured in ``benchmarks/results/presets_2d.txt`` and
+    ``runtimes_2d.txt``). A 3D model runs one case at a time with all threads: its convolutions
+    use them all, and two volumes in flight would double the peak memory. A 2D model given
+    volumes (the tumour model on FLAIR series) also runs two at a time; ``jobs=1`` bounds memory.
 
     Args:
         jobs: Cases in flight. ``None``: 2 for a 2D model on a CPU with at least 2 torch
