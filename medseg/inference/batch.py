@@ -18,15 +18,16 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medseg.errors import ConfigError, MedsegError
-from medseg.inference.cases import CaseInput, discover_cases
+from medseg.inference.cases import CaseInput, discover_cases, unique_cases
 from medseg.inference.options import InferenceOptions, merge_options
 from medseg.inference.records import (
     BatchSummary,
@@ -160,9 +161,12 @@ def _input_info(case: CaseInput, image: MedImage | None) -> dict[str, Any]:
 
 
 def predict_case(case: CaseInput, segmenter: Segmenter, out_dir: str | Path,
-                 options: BatchOptions) -> CaseRecord:
+                 options: BatchOptions, *,
+                 should_cancel: Callable[[], bool] | None = None) -> CaseRecord:
     """Read, segment and write one case; its record is written last. Never raises for a case
-    problem: the returned (and written) record says what failed and why.
+    problem: the returned (and written) record says what failed and why. ``should_cancel`` is
+    polled by the engine between windows (a cancelled case is recorded as failed and redone
+    by the next run).
     """
     from medseg.io import read_image
 
@@ -182,7 +186,8 @@ def predict_case(case: CaseInput, segmenter: Segmenter, out_dir: str | Path,
         record.geometry = {"shape": list(image.spatial_shape),
                            "spacing_mm": list(image.meta.spacing)}
         prediction = segmenter.predict(
-            image, return_probabilities=any(f in PROBABILITY_FORMATS for f in options.formats))
+            image, return_probabilities=any(f in PROBABILITY_FORMATS for f in options.formats),
+            should_cancel=should_cancel)
         timings.update(prediction.timings)
         record.fit = prediction.fit.to_dict()  # a strict engine has refused a misfit already
         t = time.perf_counter()
@@ -324,26 +329,58 @@ class LocalRunner:
             for case in cases:
                 yield predict_case(case, segmenter, out_dir, options)
             return
-        import torch
-
-        threads = torch.get_num_threads()
-        torch.set_num_threads(max(1, threads // jobs))
+        stop = threading.Event()  # an interrupt or early close cancels the running cases
         pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="medseg-case")
+
+        def submit(case: CaseInput) -> Future[CaseRecord]:
+            return pool.submit(predict_case, case, segmenter, out_dir, options,
+                               should_cancel=stop.is_set)
+
+        _share_threads(jobs)
         try:
             todo = iter(cases)
-            running = {pool.submit(predict_case, case, segmenter, out_dir, options)
-                       for case in itertools.islice(todo, 2 * jobs)}
-            while running:  # at most 2 x jobs queued; on an interrupt the running finish
+            running = {submit(case) for case in itertools.islice(todo, 2 * jobs)}
+            while running:  # at most 2 x jobs queued
                 done, running = wait(running, return_when=FIRST_COMPLETED)
+                errors = [f.exception() for f in done if f.exception() is not None]
                 for future in done:
-                    yield future.result()
-                    case = next(todo, None)
-                    if case is not None:
-                        running.add(pool.submit(predict_case, case, segmenter, out_dir,
-                                                options))
+                    if future.exception() is None:
+                        yield future.result()
+                        case = next(todo, None)
+                        if case is not None:
+                            running.add(submit(case))
+                if errors:  # outside a case's own handling (e.g. the output disk failed)
+                    raise errors[0]  # type: ignore[misc]
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-            torch.set_num_threads(threads)
+            stop.set()
+            try:
+                pool.shutdown(wait=True, cancel_futures=True)
+            finally:
+                _share_threads(jobs, release=True)
+
+
+#: Runners that have split torch's process-wide thread count, and the count before the first.
+_THREADS_LOCK = threading.Lock()
+_THREADS_STATE: dict[str, int] = {"runners": 0, "before": 0}
+
+
+def _share_threads(jobs: int, *, release: bool = False) -> None:
+    """Give each of ``jobs`` cases ``threads // jobs`` torch threads while a runner is active;
+    the count from before the first active runner comes back when the last one ends (torch's
+    count is process-wide, and runners may overlap in one process)."""
+    import torch
+
+    with _THREADS_LOCK:
+        state = _THREADS_STATE
+        if release:
+            state["runners"] -= 1
+            if state["runners"] == 0:
+                torch.set_num_threads(state["before"])
+            return
+        if state["runners"] == 0:
+            state["before"] = torch.get_num_threads()
+        state["runners"] += 1
+        torch.set_num_threads(max(1, state["before"] // jobs))
 
 
 def run_batch(
@@ -419,7 +456,7 @@ def run_batch(
         if removed:
             logger.info("removed %d temporary file(s) left by an interrupted run", removed)
         items = list(inputs)
-        cases = (items if items and all(isinstance(c, CaseInput) for c in items)
+        cases = (unique_cases(items) if items and all(isinstance(c, CaseInput) for c in items)
                  else discover_cases(items))  # type: ignore[arg-type]
         cases = _outside(cases, out_dir)
         summary.total = len(cases)

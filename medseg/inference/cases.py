@@ -206,10 +206,12 @@ def discover_cases(inputs: Iterable[str | Path]) -> list[CaseInput]:
         else:
             root = path if path.is_dir() else path.parent
             cases.extend(_expand(path, root))
-    return _unique(cases)
+    return unique_cases(cases)
 
 
-def _unique(cases: Sequence[CaseInput]) -> list[CaseInput]:
+def unique_cases(cases: Sequence[CaseInput]) -> list[CaseInput]:
+    """``cases`` with each file or series once and case ids made safe and distinct (two cases
+    with one id would write over each other's outputs)."""
     seen: set[tuple[str, str | None]] = set()
     unique: list[CaseInput] = []
     first_id: dict[tuple[str, str | None], str] = {}

@@ -7,6 +7,7 @@ Each named label becomes one BINARY segment with its name, a display colour
 from __future__ import annotations
 
 import logging
+import threading
 import warnings
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from medseg.io.atomic import atomic_path
 from medseg.io.image import MedImage
 
 logger = logging.getLogger(__name__)
+_WARNINGS_LOCK = threading.Lock()
 
 #: Default segment colours (RGB), cycled by segment number: distinct, readable on grey CT.
 DEFAULT_COLORS: tuple[tuple[int, int, int], ...] = (
@@ -157,8 +159,9 @@ def write_dicom_seg(
         for value, number in numbers.items()
     ]
     try:
-        with warnings.catch_warnings():
-            # highdicom warns about single-component patient names copied from the source.
+        # catch_warnings swaps process-wide state: one writer at a time (batch cases run on
+        # threads). highdicom warns about single-component patient names copied from the source.
+        with _WARNINGS_LOCK, warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person")
             seg = hd.seg.Segmentation(
                 source_images=datasets,
