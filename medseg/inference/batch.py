@@ -342,15 +342,17 @@ class LocalRunner:
             running = {submit(case) for case in itertools.islice(todo, 2 * jobs)}
             while running:  # at most 2 x jobs queued
                 done, running = wait(running, return_when=FIRST_COMPLETED)
-                errors = [f.exception() for f in done if f.exception() is not None]
+                error = None  # outside a case's own handling (e.g. the output disk failed)
                 for future in done:
-                    if future.exception() is None:
-                        yield future.result()
-                        case = next(todo, None)
-                        if case is not None:
-                            running.add(submit(case))
-                if errors:  # outside a case's own handling (e.g. the output disk failed)
-                    raise errors[0]  # type: ignore[misc]
+                    if future.exception() is not None:
+                        error = error or future.exception()
+                        continue
+                    yield future.result()
+                    case = next(todo, None)
+                    if case is not None:
+                        running.add(submit(case))
+                if error is not None:  # raised once the other finished cases are yielded
+                    raise error
         finally:
             stop.set()
             try:
