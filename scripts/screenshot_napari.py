@@ -74,6 +74,13 @@ def build_viewer(data: Path, *, size: tuple[int, int]):
     return viewer, labels_layer
 
 
+def use_throwaway_settings() -> None:
+    """Point napari at a new, empty settings file (before napari is imported), so a user's own
+    settings neither change the picture nor get changed by it."""
+    settings_dir = tempfile.mkdtemp(prefix="medseg-napari-settings-")
+    os.environ["NAPARI_CONFIG"] = os.path.join(settings_dir, "settings.yaml")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="totalseg_ct folder")
@@ -81,8 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, nargs=2, default=(1500, 900), help="window w h")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    settings_dir = tempfile.mkdtemp(prefix="medseg-napari-settings-")
-    os.environ["NAPARI_CONFIG"] = os.path.join(settings_dir, "settings.yaml")
+    use_throwaway_settings()
 
     import napari
     from qtpy.QtWidgets import QApplication

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from screenshot_napari import use_throwaway_settings  # scripts/ is on sys.path
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -95,8 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, nargs=2, default=(1800, 1000), help="window w h")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    settings_dir = tempfile.mkdtemp(prefix="medseg-napari-settings-")
-    os.environ["NAPARI_CONFIG"] = os.path.join(settings_dir, "settings.yaml")
+    use_throwaway_settings()
     from napari.settings import get_settings
 
     # a throw-away settings file; only errors as toasts (a deprecation notice would sit over
