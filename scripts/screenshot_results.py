@@ -78,9 +78,10 @@ def shoot(name: str, out: Path, *, size: tuple[int, int], timeout_s: float = 600
     for _ in range(30):  # let Qt lay out the docks and vispy draw the canvas
         QApplication.processEvents()
     picture = viewer.screenshot(str(out), canvas_only=False, flash=False)
+    shown = out.relative_to(REPO) if out.is_relative_to(REPO) else out
     summary = (f"{name}: {model} on {path.name}: {segment.status.value}; "
                f"{review.measures_title.value or review.total.value}; "
-               f"{picture.shape[1]}x{picture.shape[0]} px -> {out.relative_to(REPO)}")
+               f"{picture.shape[1]}x{picture.shape[0]} px -> {shown}")
     if float(picture[..., :3].std()) < 5.0:
         raise RuntimeError(f"{name}: the screenshot is nearly uniform (black canvas?): run "
                            "under xvfb-run")
