@@ -40,6 +40,12 @@ VARIANTS = [
       for h, t, m, g in [(0.5, 0.5, 32, 1.0), (1.0, 0.5, 32, 1.0), (1.5, 0.5, 32, 1.0),
                          (2.0, 0.5, 32, 1.0), (1.0, 0.7, 32, 1.0), (0.5, 0.7, 32, 1.0),
                          (1.0, 0.5, 16, 1.0), (1.0, 0.5, 32, 2.0)]),
+    # distance seeds (h 0.5) with objects kept near their interior and/or weak objects dropped
+    *({"method": "boundary", "seeds": "distance", "seed_threshold": 0.5, "h": 0.5, "sigma": 1.0,
+       "min_size": 32, **extra}
+      for extra in [{"max_grow": 2}, {"max_grow": 3}, {"min_score": 0.8}, {"min_score": 0.85},
+                    {"min_score": 0.9}, {"max_grow": 3, "min_score": 0.85},
+                    {"max_grow": 2, "min_score": 0.9}]),
 ]
 
 

@@ -142,7 +142,8 @@ class ModelCard:
             raise ModelError(f"model card {self.name!r}: instances.seeds must be 'interior' or "
                              f"'distance', got {seeds!r}")
         ranges = {"seed_threshold": (0.0, 1.0), "foreground_threshold": (0.0, 1.0),
-                  "h": (0.0, 1e3), "sigma": (0.0, 1e2), "min_size": (0.0, 1e9)}
+                  "h": (0.0, 1e3), "sigma": (0.0, 1e2), "min_size": (0.0, 1e9),
+                  "max_grow": (0.0, 1e3), "min_score": (0.0, 1.0)}
         for key, (lo, hi) in ranges.items():
             value = spec.get(key)
             if value is None:

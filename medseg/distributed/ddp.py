@@ -201,6 +201,8 @@ class CaseStream:
         seed: The run's seed.
         rank: This process's rank.
         world_size: Number of processes.
+        weights: Probability of each case; a pass is then ``num_cases`` draws with
+            replacement by these weights (seeded the same way) instead of a permutation.
 
     Examples:
         >>> a = CaseStream(5, batch_size=2, seed=0, rank=0, world_size=2)
@@ -210,7 +212,7 @@ class CaseStream:
     """
 
     def __init__(self, num_cases: int, *, batch_size: int, seed: int, rank: int,
-                 world_size: int) -> None:
+                 world_size: int, weights: np.ndarray | None = None) -> None:
         if num_cases < 1 or batch_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"invalid stream: {num_cases} cases, batch {batch_size}, "
                              f"rank {rank} of {world_size}")
@@ -219,6 +221,9 @@ class CaseStream:
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
+        self.weights = None if weights is None else np.asarray(weights, np.float64)
+        if self.weights is not None and len(self.weights) != num_cases:
+            raise ValueError(f"{len(self.weights)} weights for {num_cases} cases")
         self._passes: dict[int, np.ndarray] = {}
 
     def permutation(self, pass_index: int) -> np.ndarray:
@@ -226,8 +231,10 @@ class CaseStream:
         if pass_index not in self._passes:
             if len(self._passes) > 4:  # an iteration spans at most a few passes
                 self._passes.clear()
-            self._passes[pass_index] = np.random.default_rng(
-                [self.seed, pass_index]).permutation(self.num_cases)
+            rng = np.random.default_rng([self.seed, pass_index])
+            self._passes[pass_index] = (
+                rng.permutation(self.num_cases) if self.weights is None
+                else rng.choice(self.num_cases, self.num_cases, p=self.weights))
         return self._passes[pass_index]
 
     def batch(self, iteration: int) -> list[int]:
@@ -239,13 +246,14 @@ class CaseStream:
         return out
 
 
-def case_stream(num_cases: int, *, batch_size: int, seed: int) -> CaseStream | None:
+def case_stream(num_cases: int, *, batch_size: int, seed: int,
+                weights: np.ndarray | None = None) -> CaseStream | None:
     """This rank's :class:`CaseStream` in a distributed run, ``None`` in a single process
-    (where the loop keeps drawing cases at random with replacement)."""
+    (where the loop keeps drawing cases at random with replacement, by the same weights)."""
     if not is_distributed():
         return None
     return CaseStream(num_cases, batch_size=batch_size, seed=seed, rank=rank(),
-                      world_size=world_size())
+                      world_size=world_size(), weights=weights)
 
 
 def validate_sharded(validate_fn: Callable[..., dict[str, Any]], model: torch.nn.Module,
@@ -300,8 +308,9 @@ class Collectives:
     def generator_state(self, state: dict[str, Any], *, seed: int) -> torch.Tensor:
         return generator_state(state, seed=seed)
 
-    def case_stream(self, num_cases: int, *, batch_size: int, seed: int) -> CaseStream | None:
-        return case_stream(num_cases, batch_size=batch_size, seed=seed)
+    def case_stream(self, num_cases: int, *, batch_size: int, seed: int,
+                    weights: np.ndarray | None = None) -> CaseStream | None:
+        return case_stream(num_cases, batch_size=batch_size, seed=seed, weights=weights)
 
     def validate(self, validate_fn: Callable[..., dict[str, Any]], model: torch.nn.Module,
                  cases: Sequence[Any], **kwargs: Any) -> dict[str, Any]:

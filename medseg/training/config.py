@@ -15,6 +15,11 @@ from typing import Any
 
 from medseg.errors import ConfigError
 
+#: How a training batch picks its cases: ``"uniform"`` (every case equally often) or
+#: ``"area"`` (in proportion to the case's pixels/voxels, so every pixel of the training set is
+#: equally likely to be seen, however the images are tiled).
+CASE_SAMPLING = ("uniform", "area")
+
 SOURCES = ("msd", "dicom", "folder2d", "manifest", "slices")
 INSTANCE_TARGETS = ("boundary", "gap")
 
@@ -161,6 +166,10 @@ class TrainConfig:
             :class:`medseg.networks.factory.NetworkConfig`).
         deep_supervision: Loss on lower-resolution decoder outputs too.
         foreground_prob: Probability that a patch is centred on a random foreground voxel.
+        case_sampling: Which case each patch comes from: ``"uniform"`` (every case equally
+            often) or ``"area"`` (in proportion to its pixels/voxels: for 2D datasets whose
+            images range from 256x256 to 1040x1388, so a large image is not seen 20 times less
+            per pixel than a small one).
         loss: ``"dice_ce"`` (Dice + cross-entropy, nnU-Net's default: best overlap of small
             structures) or ``"ce"`` (cross-entropy alone: calibrated probabilities, so the argmax
             minimises per-pixel error; what the U-Net paper used for ISBI 2012 membranes).
@@ -208,6 +217,7 @@ class TrainConfig:
     upsample: str = "transposed"
     deep_supervision: bool = True
     foreground_prob: float = 0.33
+    case_sampling: str = "uniform"
     loss: str = "dice_ce"
     optimizer: str = "sgd"
     lr: float = 0.01
@@ -236,6 +246,9 @@ class TrainConfig:
                               "labels)")
         if self.optimizer not in ("sgd", "adamw"):
             raise ConfigError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
+        if self.case_sampling not in CASE_SAMPLING:
+            raise ConfigError(f"case_sampling must be one of {CASE_SAMPLING}, got "
+                              f"{self.case_sampling!r}")
         if self.loss not in ("dice_ce", "ce"):
             raise ConfigError(f"loss must be 'dice_ce' or 'ce', got {self.loss!r}")
         if self.lr_schedule not in ("poly", "cosine"):

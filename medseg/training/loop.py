@@ -25,7 +25,7 @@ from medseg.training.checkpoint import checkpoint_paths, load_state, save_checkp
 from medseg.training.config import TrainConfig, save_config
 from medseg.training.dataset import PreparedCase, load_raw_cases, prepare_case
 from medseg.training.domain import compute_domain
-from medseg.training.patches import PatchSampler
+from medseg.training.patches import PatchSampler, case_weights
 from medseg.training.plan import Fingerprint, TrainingPlan, compute_fingerprint, resolve_plan
 from medseg.training.records import MetricsLog, build_card, split_cases
 from medseg.training.runtime import Runtime, pick_runtime, seed_everything
@@ -193,11 +193,12 @@ class _Run:
         self.best: dict[str, Any] | None = None
         self.val_cost = 0.0
         self.loss_fn = _make_loss(self.plan, config.loss)
+        weights = case_weights(data.train_cases, config.case_sampling)
         self.sampler = PatchSampler(data.train_cases, self.plan.patch_size,
                                     foreground_prob=config.foreground_prob,
-                                    generator=self.generator)
+                                    generator=self.generator, weights=weights)
         self.stream = group.case_stream(len(data.train_cases), batch_size=self.plan.batch_size,
-                                        seed=config.seed)
+                                        seed=config.seed, weights=weights)
         self.scaler = (torch.amp.GradScaler("cuda") if runtime.amp_dtype == torch.float16
                        else None)
         self.budget_s = config.time_budget_min * 60.0 if config.time_budget_min else None

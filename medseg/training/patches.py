@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
+from medseg.training.config import CASE_SAMPLING
 from medseg.training.dataset import PreparedCase
 
 
@@ -42,6 +44,29 @@ def crop_reflect(array: torch.Tensor, start: Sequence[int], size: Sequence[int])
     return out
 
 
+def case_weights(cases: Sequence[PreparedCase], mode: str) -> np.ndarray | None:
+    """Probabilities of drawing each case (summing to 1), or ``None`` for uniform draws.
+
+    With ``"area"`` a case's weight is its number of pixels (voxels): an image 12 times the
+    area of another holds about 12 times the objects, and is drawn 12 times as often.
+
+    Examples:
+        >>> from types import SimpleNamespace
+        >>> cases = [SimpleNamespace(image=torch.zeros(1, 256, 256)),
+        ...          SimpleNamespace(image=torch.zeros(1, 512, 768))]
+        >>> case_weights(cases, "area").round(3).tolist()
+        [0.143, 0.857]
+        >>> case_weights(cases, "uniform") is None
+        True
+    """
+    if mode not in CASE_SAMPLING:
+        raise ValueError(f"case sampling must be one of {CASE_SAMPLING}, got {mode!r}")
+    if mode == "uniform":
+        return None
+    area = np.array([float(np.prod(c.image.shape[1:])) for c in cases])
+    return area / area.sum()
+
+
 class PatchSampler:
     """Draw training batches of patches from prepared cases.
 
@@ -52,14 +77,21 @@ class PatchSampler:
             present in the case (class balance for small structures).
         generator: The run's random generator (all sampling randomness comes from it, so a
             resumed run continues the same sequence).
+        weights: Probability of each case in :meth:`next_batch` (see :func:`case_weights`);
+            ``None`` draws cases uniformly.
     """
 
     def __init__(self, cases: Sequence[PreparedCase], patch_size: Sequence[int], *,
-                 foreground_prob: float, generator: torch.Generator) -> None:
+                 foreground_prob: float, generator: torch.Generator,
+                 weights: np.ndarray | None = None) -> None:
         self.cases = list(cases)
         self.patch_size = [int(p) for p in patch_size]
         self.foreground_prob = float(foreground_prob)
         self.generator = generator
+        self.weights = (None if weights is None
+                        else torch.as_tensor(np.asarray(weights, np.float64)))
+        if self.weights is not None and len(self.weights) != len(self.cases):
+            raise ValueError(f"{len(self.weights)} weights for {len(self.cases)} cases")
 
     def _randint(self, low: int, high: int) -> int:
         """Uniform integer in ``[low, high]`` (inclusive)."""
@@ -100,6 +132,10 @@ class PatchSampler:
         return torch.stack(images), torch.stack(labels).long()
 
     def next_batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """A batch of random cases (with replacement)."""
-        idx = torch.randint(0, len(self.cases), (batch_size,), generator=self.generator)
+        """A batch of random cases (with replacement; weighted when the sampler has weights)."""
+        if self.weights is not None:
+            idx = torch.multinomial(self.weights, batch_size, replacement=True,
+                                    generator=self.generator)
+        else:
+            idx = torch.randint(0, len(self.cases), (batch_size,), generator=self.generator)
         return self.sample(idx.tolist())

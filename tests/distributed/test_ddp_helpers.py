@@ -142,3 +142,17 @@ def test_sharded_validation_merges_every_rank_in_case_order(
     assert calls == []  # an empty shard is not validated (no mean of nothing)
     assert list(result["per_case"]) == ["b", "a"]
     assert result["mean_dice"] == {1: 0.75, 2: 0.5} and result["mean"] == 0.625
+
+
+def test_weighted_stream_draws_by_the_weights_and_stays_disjoint_per_position() -> None:
+    weights = [0.1, 0.0, 0.9]
+    streams = [ddp.CaseStream(3, batch_size=4, seed=3, rank=r, world_size=2, weights=weights)
+               for r in range(2)]
+    drawn = [c for t in range(300) for s in streams for c in s.batch(t)]
+    counts = Counter(drawn)
+    assert counts[1] == 0  # weight 0: never drawn
+    assert counts[2] / len(drawn) == pytest.approx(0.9, abs=0.03)
+    fresh = ddp.CaseStream(3, batch_size=4, seed=3, rank=1, world_size=2, weights=weights)
+    assert [fresh.batch(t) for t in range(5)] == [streams[1].batch(t) for t in range(5)]
+    with pytest.raises(ValueError, match="2 weights for 3 cases"):
+        ddp.CaseStream(3, batch_size=1, seed=0, rank=0, world_size=1, weights=[0.5, 0.5])

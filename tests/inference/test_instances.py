@@ -42,3 +42,49 @@ def test_distance_seeds_keep_one_round_object_whole() -> None:
     ids = instances_from_classes(labels, p, {"method": "boundary", "seeds": "distance",
                                              "seed_threshold": 0.5, "min_size": 8})
     assert ids.max() == 1 and np.array_equal(ids > 0, disc)
+
+
+def _nucleus_in_glow(shape=(60, 80)):
+    """A confident round nucleus (radius 8) on a wide patch of glow that the model half calls
+    object (foreground 0.6, a little interior), plus a separate weak blob (foreground 0.65)."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    nucleus = (yy - 30) ** 2 + (xx - 20) ** 2 <= 8**2
+    rim = ((yy - 30) ** 2 + (xx - 20) ** 2 <= 10**2) & ~nucleus
+    glow = (xx < 45) & ~nucleus & ~rim
+    blob = (yy - 30) ** 2 + (xx - 65) ** 2 <= 7**2
+    p = np.zeros((3, *shape), np.float32)
+    p[0] = 0.97
+    p[0][glow] = 0.4
+    p[1][glow] = 0.1
+    p[0][rim], p[1][rim] = 0.02, 0.08
+    p[0][nucleus], p[1][nucleus] = 0.01, 0.97
+    p[0][blob], p[1][blob] = 0.35, 0.6
+    p[2] = 1.0 - p[0] - p[1]
+    return p, nucleus | rim, blob
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / (a | b).sum())
+
+
+def test_max_grow_stops_an_object_at_its_rim_instead_of_flooding_the_glow() -> None:
+    p, true_object, _ = _nucleus_in_glow()
+    labels = p.argmax(0).astype(np.uint8)
+    spec = {"method": "boundary", "seeds": "distance", "seed_threshold": 0.5, "min_size": 8}
+    flooded = instances_from_classes(labels, p, spec)
+    first = flooded == flooded[30, 20]
+    assert first.sum() > 3 * true_object.sum()  # the seed grew over the whole glow
+    kept = instances_from_classes(labels, p, {**spec, "max_grow": 2})
+    first = kept == kept[30, 20]
+    assert kept[30, 20] > 0 and _iou(first, true_object) > 0.9  # nucleus 8 px + 2 px rim
+
+
+def test_min_score_drops_weak_objects_and_keeps_confident_ones() -> None:
+    p, true_object, blob = _nucleus_in_glow()
+    labels = p.argmax(0).astype(np.uint8)
+    spec = {"method": "boundary", "seed_threshold": 0.5, "min_size": 8, "max_grow": 2}
+    both = instances_from_classes(labels, p, spec)
+    assert both.max() == 2 and both[30, 65] > 0  # the weak blob is an object (score 0.65)
+    strong = instances_from_classes(labels, p, {**spec, "min_score": 0.85})
+    assert strong.max() == 1 and strong[30, 65] == 0  # ids stay consecutive
+    assert _iou(strong > 0, true_object) > 0.9  # the nucleus scores about 0.98

@@ -10,7 +10,7 @@ from medseg.errors import ConfigError
 from medseg.training.augment import augment_batch
 from medseg.training.config import AugmentConfig
 from medseg.training.dataset import PreparedCase
-from medseg.training.patches import PatchSampler, crop_reflect, reflect_indices
+from medseg.training.patches import PatchSampler, case_weights, crop_reflect, reflect_indices
 
 
 @pytest.mark.parametrize(("start", "size", "length"), [(-5, 20, 7), (3, 4, 10), (-30, 80, 9)])
@@ -145,3 +145,48 @@ def test_label_offset_must_match_dimensions() -> None:
     with pytest.raises(ConfigError, match="label_offset"):
         augment_batch(image, label, AugmentConfig(label_offset=[1.0, 0.0, 0.0]),
                       torch.Generator().manual_seed(0))
+
+
+def test_area_sampling_draws_cases_in_proportion_to_their_pixels() -> None:
+    small = PreparedCase("small", torch.zeros(1, 16, 16),
+                         torch.zeros(1, 16, 16, dtype=torch.uint8), {})
+    large = PreparedCase("large", torch.zeros(1, 48, 48),
+                         torch.zeros(1, 48, 48, dtype=torch.uint8), {})
+    weights = case_weights([small, large], "area")
+    assert weights.tolist() == pytest.approx([0.1, 0.9])  # 256 vs 2304 pixels
+    for sampling, w in (("area", weights), ("uniform", case_weights([small, large], "uniform"))):
+        sampler = PatchSampler([small, large], [8, 8], foreground_prob=0.0,
+                               generator=torch.Generator().manual_seed(0), weights=w)
+        counts = np.bincount(torch.cat([_draw(sampler) for _ in range(500)]).numpy(),
+                             minlength=2) / 2000
+        expected = [0.1, 0.9] if sampling == "area" else [0.5, 0.5]
+        assert counts.tolist() == pytest.approx(expected, abs=0.03), sampling
+    with pytest.raises(ValueError, match="case sampling"):
+        case_weights([small], "pixels")
+    with pytest.raises(ValueError, match="2 weights for 1 cases"):
+        PatchSampler([small], [8, 8], foreground_prob=0.0, generator=torch.Generator(),
+                     weights=weights)
+
+
+def _draw(sampler: PatchSampler) -> torch.Tensor:
+    """The case indices :meth:`PatchSampler.next_batch` draws for one batch of 4."""
+    sizes = []
+    original = sampler.sample
+
+    def record(indices):
+        sizes.extend(indices)
+        return original(indices)
+
+    sampler.sample = record  # type: ignore[method-assign]
+    try:
+        sampler.next_batch(4)
+    finally:
+        sampler.sample = original  # type: ignore[method-assign]
+    return torch.as_tensor(sizes)
+
+
+def test_config_refuses_an_unknown_case_sampling() -> None:
+    from medseg.training.config import DataConfig, TrainConfig
+
+    with pytest.raises(ConfigError, match="case_sampling"):
+        TrainConfig(name="x", data=DataConfig(source="folder2d", path="."), case_sampling="pixel")
