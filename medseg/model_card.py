@@ -141,6 +141,9 @@ class ModelCard:
         if seeds not in ("interior", "distance"):
             raise ModelError(f"model card {self.name!r}: instances.seeds must be 'interior' or "
                              f"'distance', got {seeds!r}")
+        if spec.get("method", "boundary") != "boundary" and "max_grow" in spec:
+            raise ModelError(f"model card {self.name!r}: instances.max_grow applies to the "
+                             "'boundary' method only")
         ranges = {"seed_threshold": (0.0, 1.0), "foreground_threshold": (0.0, 1.0),
                   "h": (0.0, 1e3), "sigma": (0.0, 1e2), "min_size": (0.0, 1e9),
                   "max_grow": (0.0, 1e3), "min_score": (0.0, 1.0)}

@@ -103,9 +103,11 @@ def test_card_refuses_an_unknown_instance_method_or_negative_channels() -> None:
     with pytest.raises(ModelError, match="instances.seeds must be"):
         ModelCard(**base, instances={"method": "boundary", "seeds": "flows"})
     for bad in ({"h": -1}, {"seed_threshold": 1.5}, {"sigma": float("nan")}, {"min_size": "8"},
-                {"h": True}):
+                {"h": True}, {"max_grow": -1}, {"min_score": 1.5}):
         with pytest.raises(ModelError, match=f"instances.{next(iter(bad))} must be a number"):
             ModelCard(**base, instances={"method": "boundary", **bad})
+    with pytest.raises(ModelError, match="max_grow applies to the 'boundary' method only"):
+        ModelCard(**base, instances={"method": "components", "max_grow": 2})
     with pytest.raises(ModelError, match="input_channels must list non-negative"):
         ModelCard(**base, input_channels=[-1])
 

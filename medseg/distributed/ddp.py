@@ -185,6 +185,24 @@ def generator_state(state: dict[str, Any], *, seed: int) -> torch.Tensor:
                                          ).get_state()
 
 
+def normalised_weights(weights: Sequence[float] | np.ndarray, num_cases: int) -> np.ndarray:
+    """``weights`` as float64 probabilities summing to 1.
+
+    Raises:
+        ValueError: Not one finite, non-negative weight per case, or all zero.
+
+    Examples:
+        >>> normalised_weights([1, 3], 2).tolist()
+        [0.25, 0.75]
+    """
+    w = np.asarray(weights, np.float64).ravel()
+    if len(w) != num_cases:
+        raise ValueError(f"{len(w)} weights for {num_cases} cases")
+    if not (np.all(np.isfinite(w)) and np.all(w >= 0) and w.sum() > 0):
+        raise ValueError("case weights must be finite, non-negative and not all zero")
+    return w / w.sum()
+
+
 class CaseStream:
     """Which training cases each rank draws, iteration by iteration.
 
@@ -195,14 +213,17 @@ class CaseStream:
     ``k * W + r``; iteration ``t`` takes draws ``t * B .. t * B + B - 1``. The answer depends on
     the iteration only, so an interrupted run resumes the same sequence.
 
+    With ``weights`` a pass is instead ``num_cases`` draws *with replacement* by those weights
+    (seeded the same way): the ranks still take different positions of one stream, but a case
+    can appear several times in a pass (or not at all), as in single-process weighted draws.
+
     Args:
         num_cases: Number of training cases.
         batch_size: Cases per iteration on each rank.
         seed: The run's seed.
         rank: This process's rank.
         world_size: Number of processes.
-        weights: Probability of each case; a pass is then ``num_cases`` draws with
-            replacement by these weights (seeded the same way) instead of a permutation.
+        weights: Relative weight of each case (normalised here); see above.
 
     Examples:
         >>> a = CaseStream(5, batch_size=2, seed=0, rank=0, world_size=2)
@@ -221,9 +242,7 @@ class CaseStream:
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
-        self.weights = None if weights is None else np.asarray(weights, np.float64)
-        if self.weights is not None and len(self.weights) != num_cases:
-            raise ValueError(f"{len(self.weights)} weights for {num_cases} cases")
+        self.weights = None if weights is None else normalised_weights(weights, num_cases)
         self._passes: dict[int, np.ndarray] = {}
 
     def permutation(self, pass_index: int) -> np.ndarray:

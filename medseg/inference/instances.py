@@ -46,10 +46,13 @@ def instances_from_classes(labels: np.ndarray, probabilities: np.ndarray | None,
             interior probability exceeds ``seed_threshold``, objects where background's is
             below ``1 - foreground_threshold``. ``"seeds": "distance"`` takes the seeds from
             the h-maxima (``h``, default 0.5 px) of the interior's distance map smoothed by a
-            Gaussian of ``sigma`` (default 1 px). ``max_grow`` (px) keeps objects within that
-            distance of the interior (a boundary ring is 1-2 px thick; foreground further
-            out is glow, not a rim); ``min_score`` drops objects whose mean foreground
-            probability (1 - background) is below it. Both are off when absent.
+            Gaussian of ``sigma`` (default 1 px). ``max_grow`` (px, ``"boundary"`` only)
+            keeps objects within that distance of the interior (a boundary ring is 1-2 px
+            thick; foreground further out is glow, not a rim). ``min_score`` (needs
+            ``probabilities``) drops objects whose mean foreground probability
+            (1 - background) is below it, scored after they have grown: without
+            ``max_grow`` a real nucleus that flooded into glow scores low and goes too, so
+            use the two together. Both are off when absent.
 
     Raises:
         ValueError: Unknown method.

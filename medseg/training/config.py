@@ -16,8 +16,8 @@ from typing import Any
 from medseg.errors import ConfigError
 
 #: How a training batch picks its cases: ``"uniform"`` (every case equally often) or
-#: ``"area"`` (in proportion to the case's pixels/voxels, so every pixel of the training set is
-#: equally likely to be seen, however the images are tiled).
+#: ``"area"`` (in proportion to the case's pixels/voxels, so a large image is not seen many
+#: times less per pixel than a small one).
 CASE_SAMPLING = ("uniform", "area")
 
 SOURCES = ("msd", "dicom", "folder2d", "manifest", "slices")

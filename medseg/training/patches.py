@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from medseg.distributed.ddp import normalised_weights
 from medseg.training.config import CASE_SAMPLING
 from medseg.training.dataset import PreparedCase
 
@@ -47,8 +48,9 @@ def crop_reflect(array: torch.Tensor, start: Sequence[int], size: Sequence[int])
 def case_weights(cases: Sequence[PreparedCase], mode: str) -> np.ndarray | None:
     """Probabilities of drawing each case (summing to 1), or ``None`` for uniform draws.
 
-    With ``"area"`` a case's weight is its number of pixels (voxels): an image 12 times the
-    area of another holds about 12 times the objects, and is drawn 12 times as often.
+    With ``"area"`` a case's weight is its number of pixels (voxels): an image of 12 times the
+    area of another is drawn 12 times as often, so large images, which hold more of the
+    objects, are not under-represented next to many small ones.
 
     Examples:
         >>> from types import SimpleNamespace
@@ -77,8 +79,8 @@ class PatchSampler:
             present in the case (class balance for small structures).
         generator: The run's random generator (all sampling randomness comes from it, so a
             resumed run continues the same sequence).
-        weights: Probability of each case in :meth:`next_batch` (see :func:`case_weights`);
-            ``None`` draws cases uniformly.
+        weights: Relative weight of each case in :meth:`next_batch` (see
+            :func:`case_weights`); ``None`` draws cases uniformly.
     """
 
     def __init__(self, cases: Sequence[PreparedCase], patch_size: Sequence[int], *,
@@ -89,9 +91,7 @@ class PatchSampler:
         self.foreground_prob = float(foreground_prob)
         self.generator = generator
         self.weights = (None if weights is None
-                        else torch.as_tensor(np.asarray(weights, np.float64)))
-        if self.weights is not None and len(self.weights) != len(self.cases):
-            raise ValueError(f"{len(self.weights)} weights for {len(self.cases)} cases")
+                        else torch.as_tensor(normalised_weights(weights, len(self.cases))))
 
     def _randint(self, low: int, high: int) -> int:
         """Uniform integer in ``[low, high]`` (inclusive)."""

@@ -144,7 +144,7 @@ def test_sharded_validation_merges_every_rank_in_case_order(
     assert result["mean_dice"] == {1: 0.75, 2: 0.5} and result["mean"] == 0.625
 
 
-def test_weighted_stream_draws_by_the_weights_and_stays_disjoint_per_position() -> None:
+def test_weighted_stream_draws_by_the_weights_and_resumes_the_same_sequence() -> None:
     weights = [0.1, 0.0, 0.9]
     streams = [ddp.CaseStream(3, batch_size=4, seed=3, rank=r, world_size=2, weights=weights)
                for r in range(2)]
@@ -154,5 +154,9 @@ def test_weighted_stream_draws_by_the_weights_and_stays_disjoint_per_position() 
     assert counts[2] / len(drawn) == pytest.approx(0.9, abs=0.03)
     fresh = ddp.CaseStream(3, batch_size=4, seed=3, rank=1, world_size=2, weights=weights)
     assert [fresh.batch(t) for t in range(5)] == [streams[1].batch(t) for t in range(5)]
+    # the ranks take different positions of one stream, not the same draws
+    assert [streams[0].batch(t) for t in range(20)] != [streams[1].batch(t) for t in range(20)]
     with pytest.raises(ValueError, match="2 weights for 3 cases"):
         ddp.CaseStream(3, batch_size=1, seed=0, rank=0, world_size=1, weights=[0.5, 0.5])
+    with pytest.raises(ValueError, match="not all zero"):
+        ddp.CaseStream(2, batch_size=1, seed=0, rank=0, world_size=1, weights=[0.0, 0.0])

@@ -51,7 +51,7 @@ def _nucleus_in_glow(shape=(60, 80)):
     nucleus = (yy - 30) ** 2 + (xx - 20) ** 2 <= 8**2
     rim = ((yy - 30) ** 2 + (xx - 20) ** 2 <= 10**2) & ~nucleus
     glow = (xx < 45) & ~nucleus & ~rim
-    blob = (yy - 30) ** 2 + (xx - 65) ** 2 <= 7**2
+    blob = (yy - 9) ** 2 + (xx - 65) ** 2 <= 7**2  # above the nucleus: first in raster order
     p = np.zeros((3, *shape), np.float32)
     p[0] = 0.97
     p[0][glow] = 0.4
@@ -84,7 +84,7 @@ def test_min_score_drops_weak_objects_and_keeps_confident_ones() -> None:
     labels = p.argmax(0).astype(np.uint8)
     spec = {"method": "boundary", "seed_threshold": 0.5, "min_size": 8, "max_grow": 2}
     both = instances_from_classes(labels, p, spec)
-    assert both.max() == 2 and both[30, 65] > 0  # the weak blob is an object (score 0.65)
+    assert both.max() == 2 and both[9, 65] == 1  # the weak blob is object 1 (score 0.65)
     strong = instances_from_classes(labels, p, {**spec, "min_score": 0.85})
-    assert strong.max() == 1 and strong[30, 65] == 0  # ids stay consecutive
+    assert strong[9, 65] == 0 and strong[30, 20] == 1 and strong.max() == 1  # renumbered
     assert _iou(strong > 0, true_object) > 0.9  # the nucleus scores about 0.98

@@ -168,6 +168,19 @@ def test_area_sampling_draws_cases_in_proportion_to_their_pixels() -> None:
                      weights=weights)
 
 
+def test_weighted_draws_resume_from_the_generator_state() -> None:
+    cases = [PreparedCase(str(n), torch.zeros(1, n, n), torch.zeros(1, n, n, dtype=torch.uint8),
+                          {}) for n in (8, 16, 24)]
+    g = torch.Generator().manual_seed(5)
+    sampler = PatchSampler(cases, [8, 8], foreground_prob=0.0, generator=g,
+                           weights=case_weights(cases, "area"))
+    _draw(sampler)
+    state = g.get_state()  # what a checkpoint keeps
+    after = [_draw(sampler).tolist() for _ in range(5)]
+    g.set_state(state)
+    assert [_draw(sampler).tolist() for _ in range(5)] == after
+
+
 def _draw(sampler: PatchSampler) -> torch.Tensor:
     """The case indices :meth:`PatchSampler.next_batch` draws for one batch of 4."""
     sizes = []
