@@ -25,8 +25,9 @@ CARDS = {
     "nuclei": (
         "Cell nuclei in 2D fluorescence microscopy images: one instance id per nucleus "
         "(uint16 label image, 0 = background). Method: 2D U-Net (MONAI DynUNet) predicting "
-        "background / interior / boundary, then connected interiors grown over the foreground "
-        "by a seeded watershed. Intended use: research on fluorescence nuclei images like "
+        "background / interior / boundary, then one seed per h-maximum of the interior's distance "
+        "map, grown over the foreground by a watershed (objects kept within 3 px of the "
+        "interior, objects of mean foreground probability below 0.85 dropped). Intended use: research on fluorescence nuclei images like "
         "those of the 2018 Data Science Bowl (grey or RGB(A) with equal channels, dark "
         "background, 256 px to about 1400 px across); each image is normalised by its own "
         "1st-99.8th percentiles. Not for brightfield or stained-tissue (H&E) images, not for "
