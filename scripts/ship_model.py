@@ -10,6 +10,10 @@ Usage (repository root):
         --evaluation eval.json
     .venv/bin/python scripts/ship_model.py brain-flair-tumour \
         runs/brain-flair-tumour/last.safetensors --evaluation eval.json
+
+Then measure the training domain into the card (intended use, limitations, extent, intensities;
+the napari Segment widget and the fit check read them):
+    .venv/bin/python scripts/card_domain.py nuclei
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ CARDS = {
         "(uint16 label image, 0 = background). Method: 2D U-Net (MONAI DynUNet) predicting "
         "background / interior / boundary, then one seed per h-maximum of the interior's distance "
         "map, grown over the foreground by a watershed (objects kept within 3 px of the "
-        "interior, objects of mean foreground probability below 0.85 dropped). Intended use: research on fluorescence nuclei images like "
+        "interior, objects of mean foreground probability below 0.85 dropped). Intended use: "
+        "research on fluorescence nuclei images like "
         "those of the 2018 Data Science Bowl (grey or RGB(A) with equal channels, dark "
         "background, 256 px to about 1400 px across); each image is normalised by its own "
         "1st-99.8th percentiles. Not for brightfield or stained-tissue (H&E) images, not for "
