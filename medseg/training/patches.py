@@ -65,8 +65,8 @@ def case_weights(cases: Sequence[PreparedCase], mode: str) -> np.ndarray | None:
         raise ValueError(f"case sampling must be one of {CASE_SAMPLING}, got {mode!r}")
     if mode == "uniform":
         return None
-    area = np.array([float(np.prod(c.image.shape[1:])) for c in cases])
-    return area / area.sum()
+    area = [float(np.prod(c.image.shape[1:])) for c in cases]
+    return normalised_weights(area, len(area))
 
 
 class PatchSampler:
