@@ -21,8 +21,8 @@ import torch
 from medseg.networks.factory import build_network
 from medseg.training import load_config
 from medseg.training.augment import augment_batch
-from medseg.training.loop import _make_loss, prepare_data
-from medseg.training.patches import PatchSampler
+from medseg.training.loop import _make_loss, make_targets, prepare_data
+from medseg.training.patches import PatchSampler, case_weights
 from medseg.training.runtime import pick_runtime
 
 
@@ -41,19 +41,27 @@ def main() -> None:
     load_s = time.perf_counter() - t0
     plan = data.plan
     g = torch.Generator().manual_seed(0)
-    sampler = PatchSampler(data.train_cases, plan.patch_size,
-                           foreground_prob=cfg.foreground_prob, generator=g)
+    weights = case_weights(data.train_cases, cfg.case_sampling)
+    sampler = PatchSampler(data.train_cases, plan.patch_size, foreground_prob=cfg.foreground_prob,
+                           generator=g, weights=weights)
+
+    def next_batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Sample, augment and make the training targets (instance classes, weight map)."""
+        image, label = augment_batch(*sampler.next_batch(plan.batch_size), cfg.augment, g)
+        return (image, *make_targets(label, cfg))
+
     model = build_network(plan.network).to(runtime.device).train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.99, nesterov=True)
     loss_fn = _make_loss(plan, cfg.loss)
-    fixed = augment_batch(*sampler.next_batch(plan.batch_size), cfg.augment, g)
+    fixed = next_batch()
 
-    def step(image: torch.Tensor, label: torch.Tensor) -> None:
+    def step(image: torch.Tensor, label: torch.Tensor, weight: torch.Tensor | None) -> None:
         ctx = torch.autocast(runtime.device.type, dtype=runtime.amp_dtype) \
             if runtime.amp_dtype else contextlib.nullcontext()
         with ctx:
             out = model(image.to(runtime.device))
-        loss = loss_fn(out, label.to(runtime.device))
+        loss = loss_fn(out, label.to(runtime.device),
+                       weight.to(runtime.device) if weight is not None else None)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -68,7 +76,7 @@ def main() -> None:
             for _ in range(args.iterations):
                 if variant == "pipeline":
                     d = time.perf_counter()
-                    batch = augment_batch(*sampler.next_batch(plan.batch_size), cfg.augment, g)
+                    batch = next_batch()
                     data_s += time.perf_counter() - d
                 else:
                     batch = fixed
