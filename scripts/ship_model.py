@@ -28,7 +28,8 @@ from medseg.training.export import export_model
 CARDS = {
     "nuclei": (
         "Cell nuclei in 2D fluorescence microscopy images: one instance id per nucleus "
-        "(uint16 label image, 0 = background). Method: 2D U-Net (MONAI DynUNet) predicting "
+        "(uint16 label image, 0 = background). Method: 2D U-Net (MONAI DynUNet, 8-64 filters, 5 "
+        "levels) predicting "
         "background / interior / boundary, then one seed per h-maximum of the interior's distance "
         "map, grown over the foreground by a watershed (objects kept within 3 px of the "
         "interior, objects of mean foreground probability below 0.85 dropped). Intended use: "
@@ -85,7 +86,7 @@ def main() -> None:
     args = parser.parse_args()
     evaluation = json.loads(Path(args.evaluation).read_text()) if args.evaluation else None
     out = export_model(args.checkpoint, MODELS_DIR / f"{args.name}.safetensors",
-                       evaluation=evaluation, description=CARDS[args.name],
+                       evaluation=evaluation, description=CARDS[args.name], name=args.name,
                        postprocess=({"min_size_ml": args.min_size_ml or 0.0,
                                      "keep_largest": bool(args.keep_largest)}
                                     if args.min_size_ml or args.keep_largest else None),

@@ -73,10 +73,13 @@ def test_export_with_float16_weights_halves_the_file_and_loads_as_float32(tmp_pa
     net = build_network(card.network).eval()
     ckpt = save_model(tmp_path / "ckpt.safetensors", net, card)
     full = export_model(ckpt, tmp_path / "full.safetensors", write_card_json=False)
-    half = export_model(ckpt, tmp_path / "half.safetensors", weights_dtype="float16")
+    half = export_model(ckpt, tmp_path / "half.safetensors", weights_dtype="float16",
+                        name="shipped-name")
+    assert load_model(full)[1].name == card.name  # the run's name unless told otherwise
     assert half.stat().st_size < 0.55 * full.stat().st_size
     loaded, card2 = load_model(half)
     assert card2.training["weights_dtype"] == "float16"
+    assert card2.name == "shipped-name"
     assert card2.training["exported_from"]["path"] == str(ckpt)
     assert json.loads((tmp_path / "half.json").read_text())["training"]["weights_dtype"] == \
         "float16"

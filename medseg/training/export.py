@@ -23,7 +23,7 @@ def export_model(checkpoint: str | Path, destination: str | Path, *,
                  evaluation: dict[str, Any] | None = None, description: str | None = None,
                  weights_dtype: str | None = None, write_card_json: bool = True,
                  postprocess: dict[str, Any] | None = None,
-                 instances: dict[str, Any] | None = None) -> Path:
+                 instances: dict[str, Any] | None = None, name: str | None = None) -> Path:
     """Copy ``checkpoint`` to ``destination`` (``.safetensors``), updating its card.
 
     Args:
@@ -38,6 +38,9 @@ def export_model(checkpoint: str | Path, destination: str | Path, *,
             training on the validation split.
         instances: Settings merged into the card's ``instances`` entry (seed threshold,
             smallest object), chosen the same way.
+        name: The shipped model's name (card ``name``) when it differs from the training
+            run's (a variant trained under its own run name and shipped as ``nuclei``); the run's
+            name stays in ``training.config``.
 
     Returns:
         The destination path.
@@ -52,6 +55,8 @@ def export_model(checkpoint: str | Path, destination: str | Path, *,
         card.training["evaluation"] = evaluation
     if description is not None:
         card.description = description
+    if name is not None:
+        card.name = name
     if postprocess is not None:
         card.postprocess = dict(postprocess)
     if instances is not None:
