@@ -20,8 +20,7 @@ import torch
 
 from medseg.networks.factory import build_network
 from medseg.training import load_config
-from medseg.training.augment import augment_batch
-from medseg.training.loop import _make_loss, make_targets, prepare_data
+from medseg.training.loop import _make_loss, prepare_data, training_batch
 from medseg.training.patches import PatchSampler, case_weights
 from medseg.training.runtime import pick_runtime
 
@@ -46,9 +45,8 @@ def main() -> None:
                            generator=g, weights=weights)
 
     def next_batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Sample, augment and make the training targets (instance classes, weight map)."""
-        image, label = augment_batch(*sampler.next_batch(plan.batch_size), cfg.augment, g)
-        return (image, *make_targets(label, cfg))
+        """Sample, then augment and make targets exactly as the training step does."""
+        return training_batch(*sampler.next_batch(plan.batch_size), cfg, g)
 
     model = build_network(plan.network).to(runtime.device).train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.99, nesterov=True)

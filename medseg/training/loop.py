@@ -278,8 +278,7 @@ class _Run:
             group["lr"] = lr
         image, label = (self.sampler.sample(self.stream.batch(self.iteration)) if self.stream
                         else self.sampler.next_batch(self.plan.batch_size))
-        image, label = augment_batch(image, label, config.augment, self.generator)
-        label, weight = make_targets(label, config)
+        image, label, weight = training_batch(image, label, config, self.generator)
         image, label = image.to(runtime.device), label.to(runtime.device)
         weight = weight.to(runtime.device) if weight is not None else None
         autocast = torch.autocast(runtime.device.type, dtype=runtime.amp_dtype) \
@@ -373,6 +372,16 @@ def make_targets(label: torch.Tensor, config: TrainConfig
         return classes, None
     return classes, batch_weight_maps(label, classes, w0=config.weight_map_w0,
                                       sigma=config.weight_map_sigma)
+
+
+def training_batch(image: torch.Tensor, label: torch.Tensor, config: TrainConfig,
+                   generator: torch.Generator
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """A sampled batch as the optimisation step takes it: augmented (``config.augment``), then
+    its targets and optional loss weights made (:func:`make_targets`). Returns ``(image,
+    target, weight)``."""
+    image, label = augment_batch(image, label, config.augment, generator)
+    return (image, *make_targets(label, config))
 
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
