@@ -31,6 +31,21 @@ from medseg.models import resolve_model
 from medseg.training.runtime import cpu_name
 
 
+def score_folder(out: Path, data: Path, ids: list[str]
+                 ) -> tuple[dict, list[tuple[str, tuple[int, ...], int, int, float, float]]]:
+    """Read ``out/<id>.tif`` back with tifffile, match it to ``data/masks/<id>.png``; return
+    the pooled scores and per image ``(id, shape, n_true, n_pred, AP@0.5, DSB)``."""
+    pairs, rows = [], []
+    for i in ids:
+        truth = np.asarray(Image.open(data / "masks" / f"{i}.png"))
+        pred = tifffile.imread(out / f"{i}.tif")
+        assert pred.shape == truth.shape, (i, pred.shape, truth.shape)
+        pairs.append((truth, pred))
+        s = instance_scores(truth, pred)
+        rows.append((i, truth.shape, s.n_true, s.n_pred, s.ap50, s.dsb_score))
+    return pooled_scores(pairs), rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_predict_options(parser)
@@ -50,15 +65,7 @@ def main() -> None:
     rc = run_predict(args, path, out, images, log=log)
     wall = time.perf_counter() - t0
     _, per_s = finished_cases(log)
-    pairs, rows = [], []
-    for i in ids:
-        truth = np.asarray(Image.open(data / "masks" / f"{i}.png"))
-        pred = tifffile.imread(out / f"{i}.tif")
-        assert pred.shape == truth.shape, (i, pred.shape, truth.shape)
-        pairs.append((truth, pred))
-        s = instance_scores(truth, pred)
-        rows.append((i, truth.shape, s.n_true, s.n_pred, s.ap50, s.dsb_score))
-    pooled = pooled_scores(pairs)
+    pooled, rows = score_folder(out, data, ids)
     print(f"model {card.name} ({path.name}), {len(ids)} images, tta={args.tta}, "
           f"options {args.extra}, "
           f"medseg-predict rc={rc}, wall {wall:.1f} s, threads {args.threads}")

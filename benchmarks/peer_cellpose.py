@@ -48,21 +48,13 @@ def predict(model_path: str, images: Path, out: Path, threads: int) -> None:
 
 
 def score(pred: Path, data: Path) -> None:
-    """Pooled AP@0.5 / DSB of ``pred/<id>.tif`` against the masks, as ``eval_nuclei.py``."""
-    import numpy as np
-    import tifffile
-    from PIL import Image
+    """Pooled AP@0.5 / DSB of ``pred/<id>.tif`` against the masks, by ``eval_nuclei.py``'s
+    scoring (medseg environment)."""
+    from eval_nuclei import score_folder  # a sibling script: benchmarks/ is sys.path[0]
 
-    from medseg.metrics import pooled_scores
-
-    pairs = []
-    for f in sorted(pred.glob("*.tif")):
-        truth = np.asarray(Image.open(data / "masks" / f"{f.stem}.png"))
-        labels = tifffile.imread(f)
-        assert labels.shape == truth.shape, (f.stem, labels.shape, truth.shape)
-        pairs.append((truth, labels))
-    s = pooled_scores(pairs)
-    print(f"{len(pairs)} images | AP@0.5 pooled {s['ap50_pooled']:.4f} | DSB score pooled "
+    ids = sorted(f.stem for f in pred.glob("*.tif"))
+    s, _ = score_folder(pred, data, ids)
+    print(f"{len(ids)} images | AP@0.5 pooled {s['ap50_pooled']:.4f} | DSB score pooled "
           f"{s['dsb_score_pooled']:.4f} | AP@0.5 mean per image {s['ap50_mean_per_image']:.4f} | "
           f"F1@0.5 pooled {s['f1_50_pooled']:.4f} | pixel Dice {s['pixel_dice_mean']:.4f} | "
           f"objects {s['n_pred']}/{s['n_true']}")
