@@ -47,6 +47,7 @@ VARIANTS = [
                     {"min_score": 0.9}, {"max_grow": 3, "min_score": 0.85},
                     {"max_grow": 2, "min_score": 0.9}]),
     # seed threshold 0.7 (the best of the above for the 8-64 network, 2026-12-01) with the two
+    # object filters above (min_score, max_grow)
     *({"method": "boundary", "seeds": "distance", "seed_threshold": 0.7, "h": 0.5, "sigma": 1.0,
        "min_size": 32, **extra}
       for extra in [{"min_score": 0.8}, {"min_score": 0.85}, {"max_grow": 3},
