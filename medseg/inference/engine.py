@@ -23,7 +23,7 @@ import torch
 
 from medseg.devices import autocast_dtype, resolve_device
 from medseg.errors import CancelledError, DomainError, ModelError
-from medseg.inference.fit import FitReport, check_input, check_output
+from medseg.inference.fit import FitReport, check_input, check_output, spacing_unit
 from medseg.inference.heap import release_freed_memory, request_huge_pages
 from medseg.inference.instances import instances_from_classes
 from medseg.inference.options import InferenceOptions, merge_options
@@ -445,6 +445,16 @@ class Segmenter:
                               f"image does not fit model {self.card.name!r}: "
                               + "; ".join(c.message for c in fit.warnings))
 
+    def _spacing_comparable(self, image: MedImage) -> bool:
+        """Is ``image``'s spacing in the unit of the card's target spacing? Only then is the
+        image resampled to it. A model trained on images without a pixel size (unit px: the
+        DSB2018 PNGs, the ISBI 2012 TIFF) works on native pixels: a microscopy TIFF's pixel
+        size in micrometres says nothing about the magnification it was trained at, and
+        reading 0.325 um as 0.325 px would shrink the image threefold. Cards without a domain
+        record millimetres."""
+        unit = (self.card.domain or {}).get("unit", "mm")
+        return spacing_unit(image) == unit
+
     def _predict(self, image: MedImage, *, progress: ProgressFn | None,
                  should_cancel: CancelFn | None, return_probabilities: bool) -> Prediction:
         """:meth:`predict` after the input is adapted and checked."""
@@ -457,7 +467,7 @@ class Segmenter:
         timings: dict[str, float] = {}
         t = time.perf_counter()
         work = image
-        target = self.card.target_spacing
+        target = self.card.target_spacing if self._spacing_comparable(image) else None
         resample = bool(target) and not spacing_matches(image.meta.spacing, target)
         if resample:
             shape = resampled_shape(image.spatial_shape, image.meta.spacing, target)

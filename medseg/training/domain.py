@@ -31,7 +31,8 @@ def compute_domain(cases: Sequence[RawCase], *, label_names: dict[int, str], nor
     in ``size_unit``: mL for volumes, px^2 or mm^2 for 2D images; an instance model's objects
     together); ``synthetic``, ``intended_use``, ``limitations``.
     """
-    unit = "px" if all(spacing_unit(c.image) == "px" for c in cases) else "mm"
+    units = {spacing_unit(c.image) for c in cases}
+    unit = units.pop() if len(units) == 1 else "mm"
     ndim = cases[0].image.meta.ndim
     size_unit = "mL" if ndim == 3 and unit == "mm" else f"{unit}^2" if ndim == 2 else "px^3"
     extents = np.array([extent(c.image) for c in cases])

@@ -103,3 +103,31 @@ def test_strict_runs_fail_misfits_and_records_keep_the_report(shared_data: Path,
     assert loose.exit_code == 0, loose.output
     assert f"warning {em.name.split('.')[0]}" in loose.stderr
     assert "normalisation do not look like the training images'" in loose.stderr
+
+
+def test_a_pixel_size_in_micrometres_does_not_rescale_a_model_trained_in_pixels(
+        tmp_path: Path) -> None:
+    """The nuclei model learned on PNGs without a pixel size (unit px): an ImageJ TIFF of the
+    same pixels with 0.325 um pixels must give the same objects (it was shrunk threefold when
+    0.325 um was read as 0.325 px), with areas in um^2 instead of px^2."""
+    import tifffile
+    from PIL import Image
+
+    from medseg.samples import nuclei_samples
+
+    png, _ = nuclei_samples()[0]
+    pixels = np.asarray(Image.open(png))[..., 0]
+    tif = tmp_path / "same.tif"
+    tifffile.imwrite(tif, pixels, imagej=True, resolution=(1 / 0.325, 1 / 0.325),
+                     metadata={"unit": "um"})
+    seg = Segmenter.from_file("nuclei", device="cpu")
+    a, b = seg.predict(read_image(png)), seg.predict(read_image(tif))
+    assert read_image(tif).meta.spacing == pytest.approx((0.325, 0.325))
+    assert (a.area_unit, b.area_unit) == ("px^2", "um^2")
+    np.testing.assert_array_equal(a.labels.array, b.labels.array)
+    assert a.num_objects == b.num_objects > 20
+    total = sum(a.areas.values())
+    assert sum(b.areas.values()) == pytest.approx(total * 0.325 ** 2, rel=1e-6)
+    # the fit report compares a micrometre image with pixel training sizes: skipped, not warned
+    sizes = {c.name: c.level for c in b.fit.checks}
+    assert sizes["field_of_view"] == "skipped"
