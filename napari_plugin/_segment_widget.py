@@ -116,6 +116,12 @@ class SegmentWidget(Container):
         self.overlap = FloatSpinBox(label="overlap", value=0.5, min=0.0, max=0.9, step=0.05)
         self.tta = CheckBox(text="test-time augmentation (mirroring)", value=False)
         self.uncertainty = CheckBox(text="uncertainty layer (where to look)", value=False)
+        # instance models trained in pixels: zoom the image to the size the model learned
+        self.diameter = FloatSpinBox(label="diameter (px)", value=0.0, min=0.0,
+                                     max=1000.0, step=1.0, visible=False)
+        self.diameter.tooltip = ("typical object diameter in this image's pixels; the image "
+                                 "is zoomed to the model's training size (at most 2x either "
+                                 "way). 0: native pixels")
         self.keep_probabilities = CheckBox(
             text="probability layer + threshold / min-size controls", value=False)
         # act on the last result with kept probabilities, without re-running the network
@@ -144,11 +150,13 @@ class SegmentWidget(Container):
         self.fit_banner.native.setWordWrap(True)
         self.extend([
             self.image_box, self.model_box, self.checkpoint, self.model_info, self.device_box,
-            self.overlap, self.tta, self.uncertainty, self.keep_probabilities, self.region,
+            self.overlap, self.tta, self.diameter, self.uncertainty, self.keep_probabilities,
+            self.region,
             self.rerun, self.run_button, self.cancel_button,
             self.progress, self.status, self.fit_banner, self.threshold, self.min_size,
         ])
         self._cache = SegmenterCache()
+        self._diameter_applies = False  # set by _show_model_card
         self._cancel_event = threading.Event()
         # parented to the widget, so it is deleted with it (not left to a dead dock)
         self._relay = _ProgressRelay(self.native)
@@ -184,9 +192,20 @@ class SegmentWidget(Container):
 
         try:
             model = chosen_model(str(self.model_box.value), str(self.checkpoint.value or ""))
-            self.model_info.value = model_card_summary(read_model_card(resolve_model(model)))
+            card = read_model_card(resolve_model(model))
+            self.model_info.value = model_card_summary(card)
+            trained = (card.domain or {}).get("object_diameter")
+            # kept apart from .visible, which Qt reports False while the dock is hidden
+            self._diameter_applies = bool(trained) and (card.domain or {}).get("unit") == "px"
+            self.diameter.visible = self._diameter_applies
+            if self._diameter_applies:
+                self.diameter.tooltip = (f"typical object diameter in this image's pixels "
+                                         f"(the model learned {trained:.0f} px); the image is "
+                                         "zoomed to that size, at most 2x either way. "
+                                         "0: native pixels")
         except (MedsegError, OSError) as exc:
             self.model_info.value = f"(no model card: {exc})"
+            self._diameter_applies = self.diameter.visible = False
 
     def _region_choices(self, *_: Any) -> list[str]:
         """The region box's entries: the whole image, then every Shapes layer by name."""
@@ -212,8 +231,10 @@ class SegmentWidget(Container):
         torch = sys.modules.get("torch")
         device = resolve_device(str(self.device_box.value),
                                 cuda_available=torch.cuda.is_available() if torch else None)
+        diameter = float(self.diameter.value) if self._diameter_applies else 0.0
         inference = InferenceOptions(device=device, overlap=float(self.overlap.value),
-                                     tta=bool(self.tta.value))
+                                     tta=bool(self.tta.value),
+                                     object_diameter=diameter if diameter > 0 else None)
         return EngineOptions(model=model, inference=inference,
                              uncertainty=bool(self.uncertainty.value),
                              probabilities=bool(self.keep_probabilities.value))

@@ -75,6 +75,11 @@ def predict_command(
     strict: bool = typer.Option(False, "--strict", help="Fail a case whose image does not "
                                 "fit the model's training domain (modality, field of view, "
                                 "intensities, label sizes) instead of only warning."),
+    diameter: float | None = typer.Option(None, "--diameter",
+                                          help="Instance models (nuclei): typical object "
+                                          "diameter in the input's pixels; the image is zoomed "
+                                          "to the model's training size (at most 2x either "
+                                          "way). Default: native pixels."),
     keep_largest: bool = typer.Option(False, "--keep-largest", help="Keep only the largest "
                                       "connected component of each label."),
     min_size_ml: float = typer.Option(0.0, "--min-size-ml", help="Remove components smaller "
@@ -135,7 +140,7 @@ def predict_command(
         inference = InferenceOptions(device=device, overlap=overlap, tta=tta, amp=amp,
                                      keep_largest=keep_largest, min_size_ml=min_size_ml,
                                      low_memory=low_memory, whole_image=whole_image,
-                                     strict=strict)
+                                     strict=strict, object_diameter=diameter)
         summary = run_batch(inputs, model, output, formats=formats, overwrite=overwrite,
                             inference=inference, progress=progress, on_event=log, runner=runner,
                             jobs=jobs)

@@ -64,6 +64,8 @@ _TTA_BATCH_VOXELS = 1 << 21
 _SLICE_BATCH_PIXELS = 1 << 19
 #: A 2D model runs an image whole (one forward pass) up to this many padded pixels.
 _WHOLE_IMAGE_PIXELS = 1 << 21
+#: ``object_diameter`` zooms an image by at most this factor either way.
+MAX_ZOOM = 2.0
 
 
 @dataclass
@@ -255,6 +257,8 @@ class Segmenter:
         self.model = model.to(self.device).eval()
         if self.channels_last:
             self.model = self.model.to(memory_format=self._memory_format)
+        if options.object_diameter is not None:
+            self._trained_diameter()  # refused now, not once per image of a batch
         self._flips = _mirror_axes(card.spatial_dims) if self.tta else [()]
         self._label_offset = card.label_offset
 
@@ -455,19 +459,47 @@ class Segmenter:
         unit = (self.card.domain or {}).get("unit", "mm")
         return spacing_unit(image) == unit
 
+    def _trained_diameter(self) -> float:
+        """The card's object diameter in pixels (``domain.object_diameter``).
+
+        Raises:
+            ModelError: The model records none (not an instance model trained on images
+                without a pixel size), so ``object_diameter`` cannot be used with it.
+        """
+        domain = self.card.domain or {}
+        trained = domain.get("object_diameter")
+        if not trained or domain.get("unit") != "px":
+            raise ModelError(f"model {self.card.name!r} records no object diameter in pixels "
+                             "(only instance models trained on images without a pixel size "
+                             "do): object_diameter cannot be used with it")
+        return float(trained)
+
+    def _model_spacing(self, image: MedImage) -> list[float] | None:
+        """The spacing ``image`` is resampled to before the network (``None``: as it is): the
+        card's target spacing when comparable, zoomed by ``object_diameter`` when set."""
+        target = self.card.target_spacing if self._spacing_comparable(image) else None
+        wanted = self.inference_options.object_diameter
+        if wanted is None:
+            return target
+        zoom = float(np.clip(self._trained_diameter() / float(wanted), 1 / MAX_ZOOM, MAX_ZOOM))
+        return [float(s) / zoom for s in image.meta.spacing]
+
     def _predict(self, image: MedImage, *, progress: ProgressFn | None,
                  should_cancel: CancelFn | None, return_probabilities: bool) -> Prediction:
         """:meth:`predict` after the input is adapted and checked."""
         # instance models separate objects on the softmax: they always need it
         want_probabilities = return_probabilities or bool(self.card.instances)
         if self.card.spatial_dims == 2 and image.meta.ndim == 3:
+            if self.inference_options.object_diameter is not None:
+                raise ModelError(f"{image.meta.provenance.path or 'the image'}: "
+                                 "object_diameter zooms 2D images; this one is a volume")
             return self._finish(image, *self._predict_slices(
                 image, progress=progress, should_cancel=should_cancel,
                 probabilities=want_probabilities), return_probabilities=return_probabilities)
         timings: dict[str, float] = {}
         t = time.perf_counter()
         work = image
-        target = self.card.target_spacing if self._spacing_comparable(image) else None
+        target = self._model_spacing(image)
         resample = bool(target) and not spacing_matches(image.meta.spacing, target)
         if resample:
             shape = resampled_shape(image.spatial_shape, image.meta.spacing, target)

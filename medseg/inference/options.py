@@ -42,6 +42,11 @@ class InferenceOptions:
             the sliding window. ``False``: always windows; ``True``: always whole.
         strict: A batch fails a case whose image does not fit the model's training domain
             (any fit-report warning, :mod:`medseg.inference.fit`) instead of only warning.
+        object_diameter: Instance models trained in pixels (``nuclei``): the typical
+            diameter of the objects in the input, in its pixels (Cellpose's "diameter").
+            The image is zoomed by the model's training diameter (``domain.object_diameter``)
+            over this, at most 2x either way, and the objects come back on the input's
+            pixels. ``None``: native pixels.
     """
 
     device: str | None = None
@@ -57,6 +62,7 @@ class InferenceOptions:
     low_memory: bool = False
     whole_image: bool | None = None
     strict: bool = False
+    object_diameter: float | None = None
 
     def __post_init__(self) -> None:
         if not (isinstance(self.overlap, (int, float)) and 0 <= self.overlap < 1):
@@ -68,6 +74,11 @@ class InferenceOptions:
             raise ConfigError(f"blend must be one of {BLENDS}, got {self.blend!r}")
         if not (math.isfinite(self.min_size_ml) and self.min_size_ml >= 0):
             raise ConfigError(f"min_size_ml must be >= 0, got {self.min_size_ml!r}")
+        if self.object_diameter is not None and not (
+                isinstance(self.object_diameter, (int, float))
+                and math.isfinite(self.object_diameter) and self.object_diameter > 0):
+            raise ConfigError(f"object_diameter must be a positive number of pixels, got "
+                              f"{self.object_diameter!r}")
         if isinstance(self.margin, list):
             object.__setattr__(self, "margin", tuple(self.margin))
 

@@ -29,7 +29,8 @@ def compute_domain(cases: Sequence[RawCase], *, label_names: dict[int, str], nor
     (``{"quantiles", "min", "max"}``: the range over the cases of each quantile of the
     normalised image); ``label_sizes`` (``{name: [min, max]}`` of each label's size per case,
     in ``size_unit``: mL for volumes, px^2 or mm^2 for 2D images; an instance model's objects
-    together); ``synthetic``, ``intended_use``, ``limitations``.
+    together); ``synthetic``, ``intended_use``, ``limitations``; for instance models
+    ``object_diameter`` (:func:`object_diameter`).
     """
     units = {spacing_unit(c.image) for c in cases}
     unit = units.pop() if len(units) == 1 else "mm"
@@ -47,7 +48,7 @@ def compute_domain(cases: Sequence[RawCase], *, label_names: dict[int, str], nor
                              instances=instances)
         for name in names.values():
             sizes[name].append(case_sizes[name])
-    return {
+    domain = {
         "modality": modality.upper(),
         "unit": unit,
         "extent": {"min": extents.min(0).round(3).tolist(),
@@ -64,3 +65,23 @@ def compute_domain(cases: Sequence[RawCase], *, label_names: dict[int, str], nor
         "intended_use": intended_use,
         "limitations": limitations,
     }
+    if instances:
+        domain["object_diameter"] = object_diameter(cases)
+    return domain
+
+
+def object_diameter(cases: Sequence[RawCase]) -> float:
+    """Median equivalent-circle (sphere) diameter of every object in the instance label maps
+    of ``cases``, in their spacing's unit: the object size an instance model learned, which
+    ``InferenceOptions.object_diameter`` scales an input to (Cellpose's "diameter")."""
+    sizes = []
+    for c in cases:
+        ids = np.asarray(c.label.array[0])
+        counts = np.bincount(ids.ravel())[1:]
+        sizes.append(counts[counts > 0] * float(np.prod(c.image.meta.spacing)))
+    if not sizes or not sum(len(s) for s in sizes):
+        return 0.0
+    size = float(np.median(np.concatenate(sizes)))
+    ndim = cases[0].image.meta.ndim
+    diameter = 2 * np.sqrt(size / np.pi) if ndim == 2 else (6 * size / np.pi) ** (1 / 3)
+    return round(float(diameter), 3)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from medseg.inference.instances import instances_from_classes
 
@@ -88,3 +89,43 @@ def test_min_score_drops_weak_objects_and_keeps_confident_ones() -> None:
     strong = instances_from_classes(labels, p, {**spec, "min_score": 0.85})
     assert strong[9, 65] == 0 and strong[30, 20] == 1 and strong.max() == 1  # renumbered
     assert _iou(strong > 0, true_object) > 0.9  # the nucleus scores about 0.98
+
+
+def test_object_diameter_zooms_a_magnified_image_back_to_the_size_the_model_learned() -> None:
+    """A sample image shown at 2x magnification (nuclei twice as wide): on native pixels
+    the model splits and misses nuclei; told their diameter it zooms the image by 1/2, and
+    the objects come back on the input's 512x512 pixels as good as at 1x."""
+    from PIL import Image
+
+    from medseg.errors import ModelError
+    from medseg.inference import InferenceOptions, Segmenter
+    from medseg.io import read_image
+    from medseg.metrics import pooled_scores
+    from medseg.samples import nuclei_samples
+
+    png, mask = nuclei_samples()[0]
+    image, truth = read_image(png), np.asarray(Image.open(mask)).T  # (x, y) as read
+    big = image.with_array(np.repeat(np.repeat(image.array, 2, 1), 2, 2))
+    big_truth = np.repeat(np.repeat(truth, 2, 0), 2, 1)
+    native = Segmenter.from_file("nuclei", device="cpu")
+    trained = native.card.domain["object_diameter"]
+    assert 15 < trained < 30  # DSB2018: median nucleus area about 330 px^2
+
+    def ap(options: InferenceOptions, img, t) -> tuple[float, tuple[int, ...]]:  # noqa: ANN001
+        p = Segmenter(native.model, native.card, options).predict(img)
+        return pooled_scores([(t, p.labels.array[0])])["ap50_pooled"], p.labels.array.shape
+
+    plain = native.inference_options
+    ap_1x, _ = ap(plain, image, truth)
+    ap_2x, _ = ap(plain, big, big_truth)
+    ap_zoomed, shape = ap(plain.replace(object_diameter=2 * trained), big, big_truth)
+    assert shape == (1, 512, 512)
+    assert ap_zoomed >= ap_2x + 0.05 and ap_zoomed >= ap_1x - 0.02
+    # the model's own diameter is no zoom at all
+    same = Segmenter(native.model, native.card, plain.replace(object_diameter=trained))
+    np.testing.assert_array_equal(same.predict(image).labels.array,
+                                  native.predict(image).labels.array)
+    # a model that records no object diameter refuses the option, naming it
+    with pytest.raises(ModelError, match="object diameter"):
+        Segmenter.from_file("isbi2012", device="cpu", object_diameter=20.0).predict(
+            image.with_array(image.array[:1]))

@@ -155,6 +155,21 @@ def test_the_model_card_shows_before_a_run_and_a_misfit_is_bannered(
     assert "background-color" in widget.fit_banner.native.styleSheet()
 
 
+def test_the_object_diameter_field_is_offered_for_nuclei_only_and_reaches_the_engine(
+        make_napari_viewer) -> None:
+    """The diameter a biologist knows (Cellpose's knob) is asked only for a model that
+    records one (instance models trained in pixels); 0 means native pixels."""
+    widget = SegmentWidget(make_napari_viewer())
+    widget.model_box.value = "nuclei"
+    assert widget._diameter_applies and "the model learned 21 px" in widget.diameter.tooltip
+    assert widget._options().inference.object_diameter is None  # 0: native pixels
+    widget.diameter.value = 40.0
+    assert widget._options().inference.object_diameter == 40.0
+    widget.model_box.value = "isbi2012"  # semantic EM model: no object size to scale to
+    assert not widget._diameter_applies
+    assert widget._options().inference.object_diameter is None
+
+
 def test_a_long_error_wraps_instead_of_widening_the_dock(make_napari_viewer) -> None:
     viewer = make_napari_viewer()
     widget = SegmentWidget(viewer)
