@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from nuclei_postprocess import score_line
 from PIL import Image
 
 from medseg.inference import Segmenter
@@ -64,10 +65,7 @@ def main() -> None:
     print(f"model {args.model} (training diameter {trained} px), {len(ids)} {args.split} images "
           f"(every {args.every}), {args.threads} threads, machine {platform.machine()}")
     for name, pairs in runs.items():
-        s = pooled_scores(pairs)
-        print(f"{name:12s}: AP@0.5 pooled {s['ap50_pooled']:.4f}, DSB pooled "
-              f"{s['dsb_score_pooled']:.4f}, AP@0.5 mean/img {s['ap50_mean_per_image']:.4f}, "
-              f"objects {s['n_pred']}/{s['n_true']}, {seconds[name]:.1f} s")
+        print(f"{name:12s}: {score_line(pooled_scores(pairs))}, {seconds[name]:.1f} s")
 
 
 if __name__ == "__main__":

@@ -55,6 +55,14 @@ VARIANTS = [
 ]
 
 
+def score_line(s: dict) -> str:
+    """One line of pooled scores (``medseg.metrics.pooled_scores``), as the nuclei
+    benchmarks print them."""
+    return (f"AP@0.5 pooled {s['ap50_pooled']:.4f}, DSB pooled {s['dsb_score_pooled']:.4f}, "
+            f"AP@0.5 mean/img {s['ap50_mean_per_image']:.4f}, "
+            f"objects {s['n_pred']}/{s['n_true']}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True)
@@ -82,10 +90,7 @@ def main() -> None:
         for truth, probs in results:
             labels = probs.argmax(0).astype(np.uint8)
             pairs.append((truth, instances_from_classes(labels, probs, spec)))
-        s = pooled_scores(pairs)
-        print(f"{spec}: AP@0.5 pooled {s['ap50_pooled']:.4f}, DSB pooled "
-              f"{s['dsb_score_pooled']:.4f}, AP@0.5 mean/img {s['ap50_mean_per_image']:.4f}, "
-              f"objects {s['n_pred']}/{s['n_true']}")
+        print(f"{spec}: {score_line(pooled_scores(pairs))}")
 
 
 if __name__ == "__main__":
