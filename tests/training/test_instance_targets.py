@@ -183,3 +183,27 @@ def test_batch_weight_maps_shape_and_values() -> None:
     assert n_fg == int((ids > 0).sum()) - 12
     wc_bg = H * W / (2 * (H * W - n_fg))
     assert float(maps[0, 0, 0]) == pytest.approx(wc_bg, abs=1e-3)
+
+
+def test_object_diameter_is_the_median_equivalent_diameter_of_all_training_objects() -> None:
+    """Squares of 16, 100 and 400 px in one image and 64 px in another: the median area
+    over the four objects is (64 + 100) / 2 = 82 px^2, an equivalent circle of diameter
+    2 * sqrt(82 / pi) = 10.218 px; a 0.5-unit spacing makes the same objects 4x smaller."""
+    from medseg.io import ImageMeta, MedImage
+    from medseg.training.dataset import RawCase
+    from medseg.training.domain import object_diameter
+
+    def case(boxes: list[int], spacing: float) -> RawCase:
+        ids = np.zeros((96, 32), np.uint16)
+        for n, side in enumerate(boxes, start=1):
+            ids[n * 3 + 20 * (n - 1): n * 3 + 20 * (n - 1) + side, 2:2 + side] = n
+        meta = ImageMeta.identity(2).replace(spacing=(spacing, spacing))
+        assert np.bincount(ids.ravel())[1:].tolist() == [side * side for side in boxes]
+        return RawCase("c", MedImage(np.zeros((1, 96, 32), np.float32), meta),
+                       MedImage(ids[None], meta))
+
+    assert object_diameter([case([4, 10, 20], 1.0), case([8], 1.0)]) == \
+        pytest.approx(2 * np.sqrt(82 / np.pi), abs=1e-3)
+    assert object_diameter([case([4, 10, 20], 0.5), case([8], 0.5)]) == \
+        pytest.approx(2 * np.sqrt(82 * 0.25 / np.pi), abs=1e-3)
+    assert object_diameter([case([], 1.0)]) == 0.0
