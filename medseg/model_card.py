@@ -78,10 +78,9 @@ class ModelCard:
         name: Short name (``"hippocampus"``).
         network: Rebuilds the network.
         label_names: ``{class index: name}``, background (0) included.
-        target_spacing: Spacing (array axis order, in ``domain["unit"]``: mm unless the
-            training images had no pixel size) the model works at; ``None`` = native. Only an
-            input whose spacing is in that unit is resampled to it: a model trained in px
-            (DSB2018 PNGs, ISBI 2012) runs every image on its native pixels.
+        target_spacing: Spacing (array axis order; mm, or px when ``domain["unit"]`` is px)
+            the model works at; ``None`` = native. A model trained in px (DSB2018 PNGs, ISBI
+            2012) runs an image that has a pixel size (um TIFF) on its native pixels.
         roi_size: Sliding-window patch size (a multiple of the network's divisor).
         normalization: Intensity normalisation.
         modality: Expected input modality (``"MR"``, ``"CT"``, ``"EM"``...).

@@ -248,7 +248,8 @@ def requested_options(model_path: Path | None, options: InferenceOptions,
         opts = segmenter.options()
         return {"overlap": opts["overlap"], "tta": opts["tta"],
                 "keep_largest": opts["keep_largest"], "min_size_ml": opts["min_size_ml"],
-                "amp": opts["amp_dtype"] is not None}
+                "amp": opts["amp_dtype"] is not None,
+                "object_diameter": opts["object_diameter"]}
     from medseg.inference.postprocess import PostprocessConfig
 
     post = options.postprocess
@@ -256,8 +257,10 @@ def requested_options(model_path: Path | None, options: InferenceOptions,
         from medseg.model_card import read_model_card
 
         post = PostprocessConfig(**(read_model_card(model_path).postprocess or {}))
+    # a record made before object_diameter existed has none: it matches a run without one
     wanted: dict[str, Any] = {"overlap": options.overlap, "tta": options.tta,
-                              "keep_largest": post.keep_largest, "min_size_ml": post.min_size_ml}
+                              "keep_largest": post.keep_largest, "min_size_ml": post.min_size_ml,
+                              "object_diameter": options.object_diameter}
     if options.amp is not None:
         wanted["amp"] = bool(options.amp)
     return wanted

@@ -296,6 +296,7 @@ class Segmenter:
             "target_spacing": self.card.target_spacing,
             "low_memory": self.inference_options.low_memory,
             "whole_image": self.inference_options.whole_image,
+            "object_diameter": self.inference_options.object_diameter,
         }
 
     def provenance(self) -> dict[str, Any]:
@@ -450,14 +451,14 @@ class Segmenter:
                               + "; ".join(c.message for c in fit.warnings))
 
     def _spacing_comparable(self, image: MedImage) -> bool:
-        """Is ``image``'s spacing in the unit of the card's target spacing? Only then is the
-        image resampled to it. A model trained on images without a pixel size (unit px: the
-        DSB2018 PNGs, the ISBI 2012 TIFF) works on native pixels: a microscopy TIFF's pixel
-        size in micrometres says nothing about the magnification it was trained at, and
-        reading 0.325 um as 0.325 px would shrink the image threefold. Cards without a domain
-        record millimetres."""
+        """May ``image`` be resampled to the card's target spacing? Not when the model was
+        trained on images without a pixel size (domain unit px: the DSB2018 PNGs, the ISBI
+        2012 TIFF) and the image has one: those models work on native pixels, since a
+        microscopy TIFF's pixel size in micrometres says nothing about the magnification they
+        were trained at (reading 0.325 um as 0.325 px shrank the image threefold). Every
+        other pairing is resampled as before (cards without a domain count as mm)."""
         unit = (self.card.domain or {}).get("unit", "mm")
-        return spacing_unit(image) == unit
+        return unit != "px" or spacing_unit(image) == "px"
 
     def _trained_diameter(self) -> float:
         """The card's object diameter in pixels (``domain.object_diameter``).
@@ -474,15 +475,27 @@ class Segmenter:
                              "do): object_diameter cannot be used with it")
         return float(trained)
 
-    def _model_spacing(self, image: MedImage) -> list[float] | None:
-        """The spacing ``image`` is resampled to before the network (``None``: as it is): the
-        card's target spacing when comparable, zoomed by ``object_diameter`` when set."""
+    def _model_grid(self, image: MedImage) -> tuple[list[float], tuple[int, ...]] | None:
+        """The spacing and shape ``image`` is resampled to before the network (``None``: as
+        it is): the card's target spacing (when :meth:`_spacing_comparable`), zoomed by
+        ``object_diameter`` when set. A zoomed grid spans the image exactly (first and last
+        pixel centres coincide), so every input pixel gets its result back."""
+        spacing = [float(s) for s in image.meta.spacing]
         target = self.card.target_spacing if self._spacing_comparable(image) else None
         wanted = self.inference_options.object_diameter
         if wanted is None:
-            return target
+            if not target or spacing_matches(spacing, target):
+                return None
+            shape = resampled_shape(image.spatial_shape, spacing, target)
+            return [float(t) for t in target], shape
         zoom = float(np.clip(self._trained_diameter() / float(wanted), 1 / MAX_ZOOM, MAX_ZOOM))
-        return [float(s) / zoom for s in image.meta.spacing]
+        base = [float(t) for t in target] if target else spacing
+        shape = tuple(max(2, round(n * s / b * zoom)) if n > 1 else 1
+                      for n, s, b in zip(image.spatial_shape, spacing, base, strict=True))
+        if shape == tuple(image.spatial_shape):
+            return None
+        return [s * (n - 1) / (m - 1) if n > 1 else s
+                for n, m, s in zip(image.spatial_shape, shape, spacing, strict=True)], shape
 
     def _predict(self, image: MedImage, *, progress: ProgressFn | None,
                  should_cancel: CancelFn | None, return_probabilities: bool) -> Prediction:
@@ -499,12 +512,13 @@ class Segmenter:
         timings: dict[str, float] = {}
         t = time.perf_counter()
         work = image
-        target = self._model_spacing(image)
-        resample = bool(target) and not spacing_matches(image.meta.spacing, target)
-        if resample:
-            shape = resampled_shape(image.spatial_shape, image.meta.spacing, target)
+        grid = self._model_grid(image)
+        resample = grid is not None
+        if grid is not None:
+            target, shape = grid
             check_voxel_count((image.num_channels, *shape),
-                              source=f"model {self.card.name!r} at spacing {list(target)} mm")
+                              source=f"model {self.card.name!r} at spacing "
+                              f"{[round(t, 4) for t in target]}")
             work = _to_model_grid(image, target, shape)
         # Outputs take the input's memory layout: a NIfTI volume (first axis fastest) gets its
         # labels back in that order, and writing them is a plain copy, not a transpose.

@@ -94,10 +94,8 @@ def sorted_spacing(image: MedImage) -> list[float]:
 
 
 def spacing_unit(image: MedImage) -> str:
-    """``"px"`` for an image without a pixel size (PNG, most TIFF), ``"um"`` for a microscopy
-    image with one (OME-TIFF, ImageJ TIFF), else ``"mm"`` (DICOM, NIfTI and the like)."""
-    unit = image.meta.provenance.spacing_unit
-    return unit if unit in ("px", "um") else "mm"
+    """``"px"`` for an image without a pixel size (PNG, most TIFF), else ``"mm"``."""
+    return "px" if image.meta.provenance.spacing_unit == "px" else "mm"
 
 
 def _format_size(values: list[float] | tuple[float, ...], unit: str) -> str:

@@ -32,8 +32,7 @@ def compute_domain(cases: Sequence[RawCase], *, label_names: dict[int, str], nor
     together); ``synthetic``, ``intended_use``, ``limitations``; for instance models
     ``object_diameter`` (:func:`object_diameter`).
     """
-    units = {spacing_unit(c.image) for c in cases}
-    unit = units.pop() if len(units) == 1 else "mm"
+    unit = "px" if all(spacing_unit(c.image) == "px" for c in cases) else "mm"
     ndim = cases[0].image.meta.ndim
     size_unit = "mL" if ndim == 3 and unit == "mm" else f"{unit}^2" if ndim == 2 else "px^3"
     extents = np.array([extent(c.image) for c in cases])

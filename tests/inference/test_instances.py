@@ -121,11 +121,38 @@ def test_object_diameter_zooms_a_magnified_image_back_to_the_size_the_model_lear
     ap_zoomed, shape = ap(plain.replace(object_diameter=2 * trained), big, big_truth)
     assert shape == (1, 512, 512)
     assert ap_zoomed >= ap_2x + 0.05 and ap_zoomed >= ap_1x - 0.02
+    # zooming out of real (not repeated) pixels, odd sizes: the model grid spans the image,
+    # so the last rows and columns get probabilities back like every other pixel
+    odd = image.with_array(image.array[:, :255, :253])
+    out = Segmenter(native.model, native.card, plain.replace(object_diameter=2 * trained)
+                    ).predict(odd, return_probabilities=True)
+    total = out.probabilities.array.astype(np.float32).sum(0)
+    assert out.labels.array.shape == (1, 255, 253)
+    np.testing.assert_allclose(total, 1.0, atol=0.01)
     # the model's own diameter is no zoom at all
     same = Segmenter(native.model, native.card, plain.replace(object_diameter=trained))
     np.testing.assert_array_equal(same.predict(image).labels.array,
                                   native.predict(image).labels.array)
-    # a model that records no object diameter refuses the option, naming it
+    # a model that records no object diameter refuses the option when it is loaded
     with pytest.raises(ModelError, match="object diameter"):
-        Segmenter.from_file("isbi2012", device="cpu", object_diameter=20.0).predict(
-            image.with_array(image.array[:1]))
+        Segmenter.from_file("isbi2012", device="cpu", object_diameter=20.0)
+
+
+def test_a_resumed_batch_redoes_cases_made_with_another_object_diameter(tmp_path) -> None:
+    """Resume counts a case as done only if it was made with the same object diameter: a run
+    with --diameter after one without redoes the case, and a repeat of it does not."""
+    from medseg.inference import InferenceOptions
+    from medseg.inference.batch import run_batch
+    from medseg.samples import nuclei_samples
+
+    png, _ = nuclei_samples()[0]
+    out = tmp_path / "out"
+
+    def run(diameter: float | None):  # noqa: ANN202 - BatchSummary
+        return run_batch([png], "nuclei", out,
+                         inference=InferenceOptions(device="cpu", object_diameter=diameter))
+
+    assert run(None).completed == 1
+    assert run(None).already_done == 1
+    assert run(41.5).completed == 1
+    assert run(41.5).already_done == 1
