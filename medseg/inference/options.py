@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,11 +75,13 @@ class InferenceOptions:
             raise ConfigError(f"blend must be one of {BLENDS}, got {self.blend!r}")
         if not (math.isfinite(self.min_size_ml) and self.min_size_ml >= 0):
             raise ConfigError(f"min_size_ml must be >= 0, got {self.min_size_ml!r}")
-        if self.object_diameter is not None and not (
-                isinstance(self.object_diameter, (int, float))
-                and math.isfinite(self.object_diameter) and self.object_diameter > 0):
-            raise ConfigError(f"object_diameter must be a positive number of pixels, got "
-                              f"{self.object_diameter!r}")
+        if self.object_diameter is not None:
+            d = self.object_diameter
+            if isinstance(d, bool) or not isinstance(d, numbers.Real) \
+                    or not (math.isfinite(d) and d > 0):
+                raise ConfigError(f"object_diameter must be a positive number of pixels, got "
+                                  f"{d!r}")
+            object.__setattr__(self, "object_diameter", float(d))  # numpy scalars too
         if isinstance(self.margin, list):
             object.__setattr__(self, "margin", tuple(self.margin))
 

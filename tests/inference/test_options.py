@@ -85,3 +85,14 @@ def test_cuda_on_a_machine_without_it_is_one_line(tmp_path: Path, tiny_model_fil
     bad = CliRunner().invoke(app, ["-m", str(tiny_model_file), "-o", str(tmp_path / "o"),
                                    "--overlap", "1.5", str(tmp_path)])
     assert bad.exit_code == 2 and "overlap must be in [0, 1)" in bad.stderr
+
+
+def test_object_diameter_takes_positive_pixel_counts_only() -> None:
+    import numpy as np
+
+    assert InferenceOptions(object_diameter=np.float32(12.5)).object_diameter == 12.5
+    assert type(InferenceOptions(object_diameter=np.int64(30)).object_diameter) is float
+    assert InferenceOptions().object_diameter is None
+    for bad in (0, -3.0, float("nan"), float("inf"), True, "20"):
+        with pytest.raises(ConfigError, match="object_diameter"):
+            InferenceOptions(object_diameter=bad)
