@@ -203,6 +203,15 @@ class ModelCard:
         return self.network.spatial_dims
 
     @property
+    def object_diameter_px(self) -> float | None:
+        """The median diameter in pixels of the objects an instance model trained on images
+        without a pixel size learned (``domain.object_diameter``), which
+        ``InferenceOptions.object_diameter`` zooms an input to; ``None`` for any other model."""
+        domain = self.domain or {}
+        trained = domain.get("object_diameter")
+        return float(trained) if trained and domain.get("unit") == "px" else None
+
+    @property
     def num_classes(self) -> int:
         return self.network.out_channels
 

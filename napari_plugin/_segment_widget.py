@@ -117,11 +117,9 @@ class SegmentWidget(Container):
         self.tta = CheckBox(text="test-time augmentation (mirroring)", value=False)
         self.uncertainty = CheckBox(text="uncertainty layer (where to look)", value=False)
         # instance models trained in pixels: zoom the image to the size the model learned
+        # (shown, with its tooltip, by _show_model_card for a model that records a diameter)
         self.diameter = FloatSpinBox(label="diameter (px)", value=0.0, min=0.0,
                                      max=1000.0, step=1.0, visible=False)
-        self.diameter.tooltip = ("typical object diameter in this image's pixels; the image "
-                                 "is zoomed to the model's training size (at most 2x either "
-                                 "way). 0: native pixels")
         self.keep_probabilities = CheckBox(
             text="probability layer + threshold / min-size controls", value=False)
         # act on the last result with kept probabilities, without re-running the network
@@ -194,9 +192,9 @@ class SegmentWidget(Container):
             model = chosen_model(str(self.model_box.value), str(self.checkpoint.value or ""))
             card = read_model_card(resolve_model(model))
             self.model_info.value = model_card_summary(card)
-            trained = (card.domain or {}).get("object_diameter")
+            trained = card.object_diameter_px
             # kept apart from .visible, which Qt reports False while the dock is hidden
-            self._diameter_applies = bool(trained) and (card.domain or {}).get("unit") == "px"
+            self._diameter_applies = trained is not None
             self.diameter.visible = self._diameter_applies
             if self._diameter_applies:
                 self.diameter.tooltip = (f"typical object diameter in this image's pixels "

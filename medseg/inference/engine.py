@@ -467,13 +467,12 @@ class Segmenter:
             ModelError: The model records none (not an instance model trained on images
                 without a pixel size), so ``object_diameter`` cannot be used with it.
         """
-        domain = self.card.domain or {}
-        trained = domain.get("object_diameter")
-        if not trained or domain.get("unit") != "px":
+        trained = self.card.object_diameter_px
+        if trained is None:
             raise ModelError(f"model {self.card.name!r} records no object diameter in pixels "
                              "(only instance models trained on images without a pixel size "
                              "do): object_diameter cannot be used with it")
-        return float(trained)
+        return trained
 
     def _model_grid(self, image: MedImage) -> tuple[list[float], tuple[int, ...]] | None:
         """The spacing and shape ``image`` is resampled to before the network (``None``: as
