@@ -1,6 +1,7 @@
 """Instance post-processing variants of a nuclei model, scored on its validation images.
 
-The network runs once per image (probabilities kept); each variant of
+The network runs once per image (probabilities kept); each variant (``VARIANTS``, or
+``CENTRE_VARIANTS`` for a model of the ``"centre"`` method) of
 :func:`medseg.inference.instances.instances_from_classes` (seed rule, smallest object) is then
 scored by pooled AP at IoU 0.5 and the DSB score, on the card's validation images or (``--split
 train --every 5``) on every fifth training image, where settings can be chosen without looking
@@ -54,6 +55,18 @@ VARIANTS = [
                     {"max_grow": 3, "min_score": 0.85}]),
 ]
 
+#: Variants for a ``"centre"`` model (data.instance_targets: centre; 4 classes): centre
+#: threshold, interior threshold, and the object filters of the boundary variants above.
+CENTRE_VARIANTS = [
+    *({"method": "centre", "centre_threshold": c, "seed_threshold": t, "min_size": m}
+      for c, t, m in [(0.5, 0.5, 8), (0.5, 0.5, 32), (0.3, 0.5, 32), (0.7, 0.5, 32),
+                      (0.5, 0.7, 32), (0.5, 0.6, 32), (0.5, 0.4, 32)]),
+    *({"method": "centre", "centre_threshold": 0.5, "seed_threshold": 0.5, "min_size": 32,
+       **extra}
+      for extra in [{"max_grow": 3}, {"min_score": 0.85}, {"max_grow": 3, "min_score": 0.85},
+                    {"max_grow": 2, "min_score": 0.9}]),
+]
+
 
 def score_line(s: dict) -> str:
     """One line of pooled scores (``medseg.metrics.pooled_scores``), as the nuclei
@@ -85,7 +98,9 @@ def main() -> None:
     print(f"model {args.model}, {len(ids)} {args.split} images (every {args.every}), "
           f"tta={args.tta}, "
           f"machine {platform.machine()}")
-    for spec in VARIANTS:
+    variants = CENTRE_VARIANTS if (seg.card.instances or {}).get("method") == "centre" \
+        else VARIANTS
+    for spec in variants:
         pairs = []
         for truth, probs in results:
             labels = probs.argmax(0).astype(np.uint8)

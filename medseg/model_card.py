@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # reading a card needs no torch (the napari widgets read card
 CARD_METADATA_KEY = "medseg.model_card"
 CARD_FORMAT_VERSION = 1
 #: How an instance model's classes become objects (:mod:`medseg.inference.instances`).
-INSTANCE_METHODS = ("boundary", "components")
+INSTANCE_METHODS = ("boundary", "centre", "components")
 #: Largest window side a card may ask for (a damaged card asking for 10^5 fails at load).
 MAX_ROI = 4096
 
@@ -98,9 +98,11 @@ class ModelCard:
             (LGG slices: a 220-240 mm head over 256 x 256); ``None`` runs on native pixels.
         instances: How objects are separated into instances after the class map, for instance
             models: ``{"method": "boundary"}`` (classes background / interior / boundary;
-            seeds are connected interiors grown over the foreground by a watershed) or
-            ``{"method": "components"}`` (connected components of the foreground, grown back
-            over the gaps the model draws between touching objects); ``None``: semantic only.
+            seeds are connected interiors grown over the foreground by a watershed),
+            ``{"method": "centre"}`` (those classes and a fourth, centre: the centres seed the
+            watershed) or ``{"method": "components"}`` (connected components of the
+            foreground, grown back over the gaps the model draws between touching objects);
+            ``None``: semantic only.
         postprocess: The clean-up a run applies when it asks for none itself
             (``{"min_size_ml": float, "keep_largest": bool}``, see
             :class:`medseg.inference.postprocess.PostprocessConfig`); ``None``: none.
@@ -143,10 +145,14 @@ class ModelCard:
         if seeds not in ("interior", "distance"):
             raise ModelError(f"model card {self.name!r}: instances.seeds must be 'interior' or "
                              f"'distance', got {seeds!r}")
-        if spec.get("method", "boundary") != "boundary" and "max_grow" in spec:
+        if spec.get("method", "boundary") == "components" and "max_grow" in spec:
             raise ModelError(f"model card {self.name!r}: instances.max_grow applies to the "
-                             "'boundary' method only")
+                             "'boundary' and 'centre' methods only")
+        if spec.get("method") == "centre" and 3 not in self.label_names:
+            raise ModelError(f"model card {self.name!r}: instances.method 'centre' needs a "
+                             "centre class (3) in label_names")
         ranges = {"seed_threshold": (0.0, 1.0), "foreground_threshold": (0.0, 1.0),
+                  "centre_threshold": (0.0, 1.0),
                   "h": (0.0, 1e3), "sigma": (0.0, 1e2), "min_size": (0.0, 1e9),
                   "max_grow": (0.0, 1e3), "min_score": (0.0, 1.0)}
         for key, (lo, hi) in ranges.items():

@@ -109,8 +109,17 @@ def test_card_refuses_an_unknown_instance_method_or_negative_channels() -> None:
                 {"h": True}, {"max_grow": -1}, {"min_score": 1.5}):
         with pytest.raises(ModelError, match=f"instances.{next(iter(bad))} must be a number"):
             ModelCard(**base, instances={"method": "boundary", **bad})
-    with pytest.raises(ModelError, match="max_grow applies to the 'boundary' method only"):
+    with pytest.raises(ModelError, match="max_grow applies to the 'boundary' and 'centre'"):
         ModelCard(**base, instances={"method": "components", "max_grow": 2})
+    # the centre method needs its fourth class; its threshold is a probability
+    with pytest.raises(ModelError, match="'centre' needs a centre class"):
+        ModelCard(**base, instances={"method": "centre"})
+    net4 = plan_network(spatial_dims=2, in_channels=1, out_channels=4, patch_size=[16, 16])
+    four = {**base, "network": net4, "label_names": {0: "bg", 1: "a", 2: "b", 3: "centre"}}
+    assert ModelCard(**four, instances={"method": "centre", "centre_threshold": 0.4,
+                                        "max_grow": 3}).instances["centre_threshold"] == 0.4
+    with pytest.raises(ModelError, match="instances.centre_threshold must be a number"):
+        ModelCard(**four, instances={"method": "centre", "centre_threshold": 2})
     with pytest.raises(ModelError, match="input_channels must list non-negative"):
         ModelCard(**base, input_channels=[-1])
 

@@ -1,6 +1,6 @@
 """Instance label maps from a model's classes: objects numbered 1..N (scikit-image, SciPy).
 
-Two methods, matching how instance models are trained (:mod:`medseg.training.instances`):
+Three methods, matching how instance models are trained (:mod:`medseg.training.instances`):
 
 * ``"boundary"`` (classes background / interior / boundary): seeds are the connected regions
   where the interior wins; each seed grows by a watershed on the interior probability over
@@ -11,6 +11,11 @@ Two methods, matching how instance models are trained (:mod:`medseg.training.ins
   ``seed_threshold``), and the watershed runs on that distance: one seed per roundish
   interior even where two touching interiors were not split by a predicted boundary (the
   marker-controlled watershed of classical nucleus segmentation).
+* ``"centre"`` (classes background / interior / boundary / centre, the centre being the
+  deeper half of each interior): seeds are the connected centres (``centre_threshold``,
+  default 0.5), plus any interior component without one; the watershed runs on the interior
+  and centre probabilities over the foreground. Two nuclei whose interiors touch keep apart
+  by their centres, learned rather than guessed from the interior's shape.
 * ``"components"`` (classes background / object, with gaps drawn between touching objects):
   connected components of the object class, grown back by one pixel into the gap they were
   trained to leave (``skimage.segmentation.expand_labels``).
@@ -38,15 +43,17 @@ def instances_from_classes(labels: np.ndarray, probabilities: np.ndarray | None,
         labels: Class map (spatial shape), as the engine's argmax gives it.
         probabilities: ``(K, *spatial)`` softmax (float16/float32), for the watershed's
             relief; without it the distance to the background is used.
-        spec: The model card's ``instances`` entry: ``{"method": "boundary" | "components",
+        spec: The model card's ``instances`` entry: ``{"method": "boundary" | "centre" |
+            "components", "centre_threshold": float,
             "min_size": int, "seed_threshold": float, "foreground_threshold": float,
             "seeds": "interior" | "distance", "h": float, "sigma": float, "max_grow": float,
             "min_score": float}``; the thresholds
-            (``"boundary"`` with probabilities only) replace the argmax: seeds where the
+            (``"boundary"``/``"centre"`` with probabilities only; for ``"centre"`` the interior
+            probability is that of classes 1 and 3 together) replace the argmax: seeds where the
             interior probability exceeds ``seed_threshold``, objects where background's is
             below ``1 - foreground_threshold``. ``"seeds": "distance"`` takes the seeds from
             the h-maxima (``h``, default 0.5 px) of the interior's distance map smoothed by a
-            Gaussian of ``sigma`` (default 1 px). ``max_grow`` (px, ``"boundary"`` only)
+            Gaussian of ``sigma`` (default 1 px). ``max_grow`` (px, not ``"components"``)
             keeps objects within that distance of the interior (a boundary ring is 1-2 px
             thick; foreground further out is glow, not a rim). ``min_score`` (needs
             ``probabilities``) drops objects whose mean foreground probability
@@ -63,10 +70,17 @@ def instances_from_classes(labels: np.ndarray, probabilities: np.ndarray | None,
     method = spec.get("method", "boundary")
     min_size = int(spec.get("min_size", DEFAULT_MIN_SIZE))
     structure = ndimage.generate_binary_structure(labels.ndim, 1)
-    if method == "boundary":
-        interior, foreground = labels == 1, labels > 0
-        if probabilities is not None and "seed_threshold" in spec:
-            interior = np.asarray(probabilities[1], np.float32) > float(spec["seed_threshold"])
+    if method in ("boundary", "centre"):
+        centre = method == "centre"
+        interior_p = None
+        if probabilities is not None:
+            interior_p = np.asarray(probabilities[1], np.float32)
+            if centre:  # the centre is the interior's core: interior = classes 1 and 3
+                interior_p = interior_p + np.asarray(probabilities[3], np.float32)
+        interior = ((labels == 1) | (labels == 3)) if centre else labels == 1
+        foreground = labels > 0
+        if interior_p is not None and "seed_threshold" in spec:
+            interior = interior_p > float(spec["seed_threshold"])
         if probabilities is not None and "foreground_threshold" in spec:
             foreground = (1.0 - np.asarray(probabilities[0], np.float32)
                           ) > float(spec["foreground_threshold"])
@@ -76,7 +90,12 @@ def instances_from_classes(labels: np.ndarray, probabilities: np.ndarray | None,
             # thick, so anything further out is out-of-focus glow called "object", not a rim
             reach = ndimage.distance_transform_edt(~interior)
             foreground &= reach <= float(spec["max_grow"])
-        if spec.get("seeds", "interior") == "distance":
+        if centre:
+            seeds = _centre_seeds(labels, probabilities, interior, spec)
+            relief = (-(interior_p + np.asarray(probabilities[3], np.float32))
+                      if interior_p is not None
+                      else -ndimage.distance_transform_edt(foreground).astype(np.float32))
+        elif spec.get("seeds", "interior") == "distance":
             from skimage.morphology import h_maxima
 
             distance = ndimage.distance_transform_edt(interior).astype(np.float32)
@@ -98,7 +117,7 @@ def instances_from_classes(labels: np.ndarray, probabilities: np.ndarray | None,
             relief = -distance
         else:
             seeds, _ = ndimage.label(interior, structure=structure)
-            relief = (-np.asarray(probabilities[1], dtype=np.float32) if probabilities is not None
+            relief = (-interior_p if interior_p is not None
                       else -ndimage.distance_transform_edt(foreground).astype(np.float32))
         ids = watershed(relief, seeds, mask=foreground)
     elif method == "components":
@@ -120,3 +139,24 @@ def instances_from_classes(labels: np.ndarray, probabilities: np.ndarray | None,
     ids, _, _ = relabel_sequential(ids)
     dtype = np.uint16 if ids.max() <= np.iinfo(np.uint16).max else np.uint32
     return ids.astype(dtype, copy=False)
+
+
+def _centre_seeds(labels: np.ndarray, probabilities: np.ndarray | None, interior: np.ndarray,
+                  spec: dict[str, Any]) -> np.ndarray:
+    """Watershed seeds of the ``"centre"`` method: the connected centres (centre probability
+    above ``centre_threshold``, default 0.5, or the argmax's class 3) inside the interior, and
+    each interior component that holds no centre as a seed of its own (a small object whose
+    centre the model missed is still an object)."""
+    from scipy import ndimage
+
+    structure = ndimage.generate_binary_structure(labels.ndim, 1)
+    if probabilities is not None:
+        core = np.asarray(probabilities[3], np.float32) > float(spec.get("centre_threshold", 0.5))
+    else:
+        core = labels == 3
+    seeds, n = ndimage.label(core & interior, structure=structure)
+    parts, _ = ndimage.label(interior, structure=structure)
+    seeded = np.zeros(int(parts.max()) + 1, bool)
+    seeded[np.unique(parts[seeds > 0])] = True
+    orphan = (parts > 0) & ~seeded[parts]
+    return np.where(orphan, parts + n, seeds)

@@ -21,7 +21,9 @@ from medseg.errors import ConfigError
 CASE_SAMPLING = ("uniform", "area")
 
 SOURCES = ("msd", "dicom", "folder2d", "manifest", "slices")
-INSTANCE_TARGETS = ("boundary", "gap")
+INSTANCE_TARGETS = ("boundary", "centre", "gap")
+#: The inference method (model card ``instances.method``) of each instance target mode.
+INSTANCE_METHOD = {"boundary": "boundary", "centre": "centre", "gap": "components"}
 
 
 @dataclass
@@ -49,7 +51,8 @@ class DataConfig:
             T1/FLAIR/T1c slices; ``[0]``: one grey channel of an RGBA PNG); ``None`` keeps all.
             The model card records it so inference takes the same channels.
         instance_targets: Label maps hold instance ids 1..N; the network learns
-            ``"boundary"`` (background / interior / boundary, 3 classes) or ``"gap"``
+            ``"boundary"`` (background / interior / boundary, 3 classes), ``"centre"`` (those
+            and the centre of each object's interior, 4 classes) or ``"gap"``
             (background / object with a background gap between touching objects, 2 classes;
             pair with ``weight_map``). Targets are made after augmentation, from the
             augmented ids.

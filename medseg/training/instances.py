@@ -8,6 +8,11 @@ with nearest-neighbour sampling, so targets are made afterwards, from the augmen
   background). Touching objects are then separated by two boundary pixels; instances come back
   as connected interiors grown over the foreground by a watershed
   (:func:`medseg.inference.instances.instances_from_classes`).
+* ``"centre"``: the boundary classes plus a fourth, centre (3): the interior pixels whose
+  distance to their object's edge is at least half that object's largest (a quantised
+  distance map, as in the Deep Watershed Transform, Bai & Urtasun 2017). Touching objects
+  whose interiors merge still have separate centres, which seed the watershed
+  (:func:`medseg.inference.instances.instances_from_classes`, method ``"centre"``).
 * ``"gap"``: two classes, as in the U-Net paper: objects with a background gap drawn where two
   objects touch (the pixels of an object whose 3x3 neighbourhood holds another object's id).
   Paired with the paper's weight map (:func:`unet_weight_map`), which makes those thin gaps
@@ -40,14 +45,18 @@ def instance_targets(ids: torch.Tensor, mode: str) -> torch.Tensor:
         [0, 1, 0, 0, 1, 0]
         >>> instance_targets(ids, "boundary")[0, 0].tolist()[2]
         [0, 2, 2, 2, 2, 0]
+        >>> ids = torch.zeros(1, 1, 9, 9, dtype=torch.long); ids[0, 0, 1:8, 1:8] = 1
+        >>> instance_targets(ids, "centre")[0, 0].tolist()[4]
+        [0, 2, 1, 3, 3, 3, 1, 2, 0]
     """
     x = ids.float()
     fg = ids > 0
     high = _neighbourhood_max(x)
-    if mode == "boundary":
+    if mode in ("boundary", "centre"):
         low = -_neighbourhood_max(-x)
         edge = fg & ((high != x) | (low != x))
-        return torch.where(edge, 2, fg.long()).long()
+        classes = torch.where(edge, 2, fg.long()).long()
+        return classes if mode == "boundary" else _with_centres(ids, classes)
     if mode == "gap":
         # another object's id nearby: the neighbourhood's largest id differs, or its smallest
         # non-background id does (background counted as 1e9, so a background pixel alone
@@ -56,6 +65,30 @@ def instance_targets(ids: torch.Tensor, mode: str) -> torch.Tensor:
         touching = fg & ((high != x) | ((other_low != x) & (other_low < 1e9)))
         return (fg & ~touching).long()
     raise ValueError(f"unknown instance target mode {mode!r}")
+
+
+#: Centre pixels are at least this fraction of their object's largest edge distance.
+CENTRE_FRACTION = 0.5
+
+
+def _with_centres(ids: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """``classes`` (background / interior / boundary) with class 3 (centre) on the interior
+    pixels whose Euclidean distance to the nearest non-interior pixel is at least
+    :data:`CENTRE_FRACTION` of the largest such distance in their object (SciPy, per sample).
+    Every object with an interior gets a centre (its deepest pixels)."""
+    ids_np = ids[:, 0].cpu().numpy().astype(np.int64)
+    out = classes.clone()
+    for b, (sample, cls) in enumerate(zip(ids_np, classes[:, 0].cpu().numpy(), strict=True)):
+        interior = cls == 1
+        if not interior.any():
+            continue
+        depth = ndimage.distance_transform_edt(interior)
+        n = int(sample.max())
+        deepest = np.zeros(n + 1, dtype=np.float64)
+        deepest[1:] = ndimage.maximum(depth, sample, np.arange(1, n + 1))
+        centre = interior & (depth >= CENTRE_FRACTION * deepest[sample])
+        out[b, 0][torch.from_numpy(centre)] = 3
+    return out
 
 
 def unet_weight_map(ids: np.ndarray, *, w0: float = 10.0, sigma: float = 5.0,

@@ -105,6 +105,7 @@ def compute_fingerprint(cases: Sequence[RawCase], *, modality: str | None = None
 
 #: The classes of each instance target mode (see :mod:`medseg.training.instances`).
 INSTANCE_CLASSES = {"boundary": {0: "background", 1: "interior", 2: "boundary"},
+                    "centre": {0: "background", 1: "interior", 2: "boundary", 3: "centre"},
                     "gap": {0: "background", 1: "object"}}
 
 

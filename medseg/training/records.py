@@ -14,6 +14,7 @@ import numpy as np
 
 from medseg.errors import DatasetError
 from medseg.model_card import ModelCard, library_versions
+from medseg.training.config import INSTANCE_METHOD
 
 if TYPE_CHECKING:
     from medseg.training.config import TrainConfig
@@ -152,6 +153,6 @@ def build_card(config: TrainConfig, plan: TrainingPlan, data: PreparedRun, *,
         versions=library_versions(),
         input_channels=list(config.data.channels) if config.data.channels else None,
         fov_pixels=list(config.fov_pixels) if config.fov_pixels else None,
-        instances=({"method": "boundary" if config.data.instance_targets == "boundary"
-                    else "components"} if config.data.instance_targets else None),
+        instances=({"method": INSTANCE_METHOD[config.data.instance_targets]}
+                   if config.data.instance_targets else None),
     )

@@ -37,6 +37,51 @@ def test_distance_seeds_split_touching_interiors_the_interior_seeds_merge() -> N
     assert np.all((split > 0) == (labels > 0))  # every foreground pixel is in an object
 
 
+def _with_centres(p: np.ndarray, centres, radius: float) -> np.ndarray:
+    """The 4-class probabilities of a ``"centre"`` model from :func:`_two_touching_discs`'s:
+    within ``radius`` of each given centre, most of the interior's probability moves to
+    class 3 (centre)."""
+    yy, xx = np.mgrid[: p.shape[1], : p.shape[2]]
+    core = np.zeros(p.shape[1:], bool)
+    for r, c in centres:
+        core |= (yy - r) ** 2 + (xx - c) ** 2 <= radius**2
+    out = np.zeros((4, *p.shape[1:]), np.float32)
+    out[:3] = p
+    out[3] = np.where(core, 0.8 * p[1], 0.0)
+    out[1] -= out[3]
+    return out
+
+
+def test_centre_seeds_split_touching_interiors_one_object_per_centre() -> None:
+    p3, discs = _two_touching_discs()
+    p = _with_centres(p3, ((30, 28), (30, 50)), 6)
+    np.testing.assert_allclose(p.sum(0), 1.0, atol=1e-6)
+    labels = p.argmax(0).astype(np.uint8)
+    assert set(np.unique(labels).tolist()) == {0, 1, 3}
+    spec = {"method": "centre", "seed_threshold": 0.5, "min_size": 8}
+    for probs in (p, None):  # with the probabilities, and from the argmax alone
+        got = instances_from_classes(labels, probs, spec)
+        assert got.max() == 2 and got.dtype == np.uint16
+        for disc in discs:  # each object is mostly one disc
+            ids, counts = np.unique(got[disc], return_counts=True)
+            assert counts.max() / disc.sum() > 0.85 and ids[np.argmax(counts)] > 0
+        assert np.all((got > 0) == (labels > 0))  # every foreground pixel is in an object
+    # the same interior read as a boundary model's (centre counted as interior): one object
+    merged = instances_from_classes(labels, p, {"method": "boundary", "seed_threshold": 0.5})
+    assert merged.max() == 1
+
+
+def test_centre_method_keeps_an_interior_whose_centre_was_missed() -> None:
+    """Two separate discs; the model found the centre of one only: both are objects."""
+    p3, discs = _two_touching_discs(centres=((30, 18), (30, 60)), radius=10)
+    p = _with_centres(p3, ((30, 18),), 5)
+    got = instances_from_classes(p.argmax(0).astype(np.uint8), p,
+                                 {"method": "centre", "centre_threshold": 0.5, "min_size": 8})
+    assert got.max() == 2
+    assert len(np.unique(got[discs[0]])) == 1 and len(np.unique(got[discs[1]])) == 1
+    assert got[30, 18] != got[30, 60]
+
+
 def test_distance_seeds_keep_one_round_object_whole() -> None:
     p, (disc, _) = _two_touching_discs(centres=((30, 30), (30, 30)))
     labels = p.argmax(0).astype(np.uint8)

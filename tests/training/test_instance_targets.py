@@ -57,6 +57,34 @@ def test_boundary_targets() -> None:
     assert set(np.unique(got).tolist()) == {0, 1, 2}
 
 
+def test_centre_targets_mark_each_discs_deepest_half() -> None:
+    """Centre (3) = interior pixels at least half as deep as their disc's deepest, depth
+    being the distance to the nearest pixel outside the interior; computed here by brute
+    force over pixel pairs."""
+    ids = _two_touching_discs()
+    got = instance_targets(torch.from_numpy(ids)[None, None], "centre")[0, 0].numpy()
+    boundary = instance_targets(torch.from_numpy(ids)[None, None], "boundary")[0, 0].numpy()
+    # classes 0 and 2 are the boundary mode's; the interior is split into 1 and 3
+    np.testing.assert_array_equal(got == 0, boundary == 0)
+    np.testing.assert_array_equal(got == 2, boundary == 2)
+    np.testing.assert_array_equal((got == 1) | (got == 3), boundary == 1)
+    interior = boundary == 1
+    inside = np.argwhere(interior)
+    outside = np.argwhere(~interior)
+    depth = np.zeros((H, W))
+    for r, c in inside:
+        depth[r, c] = np.sqrt(((outside - (r, c)) ** 2).sum(1)).min()
+    for disc in (1, 2):
+        sel = interior & (ids == disc)
+        expected = sel & (depth >= 0.5 * depth[sel].max())
+        np.testing.assert_array_equal((got == 3) & (ids == disc), expected)
+        assert expected.sum() >= 1
+    # each disc's centre is one blob around its own middle, apart from the other's
+    centres, n = ndimage.label(got == 3)
+    assert n == 2
+    assert got[20, 22] == 3 and got[20, 38] == 3 and got[20, 29] == 2
+
+
 def test_gap_targets_remove_only_pixels_touching_the_other_object() -> None:
     ids = _two_touching_discs()
     got = instance_targets(torch.from_numpy(ids)[None, None], "gap")[0, 0].numpy()
