@@ -189,6 +189,7 @@ def predict_case(case: CaseInput, segmenter: Segmenter, out_dir: str | Path,
             image, return_probabilities=any(f in PROBABILITY_FORMATS for f in options.formats),
             should_cancel=should_cancel)
         timings.update(prediction.timings)
+        record.geometry["model_grid"] = prediction.model_grid
         record.fit = prediction.fit.to_dict()  # a strict engine has refused a misfit already
         t = time.perf_counter()
         if prediction.labels.meta.ndim == 3 and not prediction.instances:

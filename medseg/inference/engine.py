@@ -87,6 +87,10 @@ class Prediction:
             (:mod:`medseg.inference.fit`); its warnings are also logged.
         region: The ``(start, stop)`` index range per axis the model ran on, when it ran on
             a box of the image only (``predict(..., region=...)``); ``None``: the whole image.
+        model_grid: ``{"shape", "spacing"}`` of the grid the network ran on when the image
+            was resampled for it (to the card's target spacing, zoomed by
+            ``object_diameter``); ``None``: the input's own grid (a 2D model over a volume's
+            slices records ``{"slice_shape"}`` when each slice is resampled to ``fov_pixels``).
     """
 
     labels: MedImage
@@ -100,6 +104,7 @@ class Prediction:
     num_objects: int | None = None
     fit: FitReport = field(default_factory=FitReport)
     region: tuple[tuple[int, int], ...] | None = None
+    model_grid: dict[str, list[float]] | None = None
 
     def uncertainty(self) -> MedImage:
         """Normalised entropy of the probabilities, in ``[0, 1]`` (float16, one channel):
@@ -505,9 +510,13 @@ class Segmenter:
             if self.inference_options.object_diameter is not None:
                 raise ModelError(f"{image.meta.provenance.path or 'the image'}: "
                                  "object_diameter zooms 2D images; this one is a volume")
-            return self._finish(image, *self._predict_slices(
+            prediction = self._finish(image, *self._predict_slices(
                 image, progress=progress, should_cancel=should_cancel,
                 probabilities=want_probabilities), return_probabilities=return_probabilities)
+            fov = self.card.fov_pixels
+            if fov and list(fov) != list(image.spatial_shape[:2]):
+                prediction.model_grid = {"slice_shape": [int(n) for n in fov]}
+            return prediction
         timings: dict[str, float] = {}
         t = time.perf_counter()
         work = image
@@ -551,8 +560,12 @@ class Segmenter:
             assert out.labels is not None
             labels, probabilities = out.labels, out.probabilities
         timings["resample"] = time.perf_counter() - t
-        return self._finish(image, labels, probabilities, timings, out.num_windows,
-                            return_probabilities=return_probabilities)
+        prediction = self._finish(image, labels, probabilities, timings, out.num_windows,
+                                  return_probabilities=return_probabilities)
+        if grid is not None:
+            prediction.model_grid = {"shape": [int(n) for n in grid[1]],
+                                     "spacing": [float(v) for v in grid[0]]}
+        return prediction
 
     def _windowed_outputs(self, work: MedImage, timings: dict[str, float], *, labels: bool,
                           probabilities: bool, order: str, progress: ProgressFn | None,

@@ -51,7 +51,9 @@ class CaseRecord:
             ``MAX_LESION_ROWS`` only.
         num_lesions: How many lesions the 3D result has (more than ``lesions`` lists when it
             is fragmented into more than ``MAX_LESION_ROWS``).
-        geometry: Shape and spacing of the input grid.
+        geometry: Shape and spacing of the input grid, and ``model_grid``: the grid the
+            network ran on when the image was resampled for it (``None``: the input's own;
+            see ``Prediction.model_grid``).
         fit: The fit report (:mod:`medseg.inference.fit`): ``{"level", "checks"}``, each check
             ``{"check", "level", "message"}``; ``level`` ``"warn"`` when the image does not
             look like the model's training images.

@@ -174,6 +174,12 @@ def test_object_diameter_zooms_a_magnified_image_back_to_the_size_the_model_lear
     total = out.probabilities.array.astype(np.float32).sum(0)
     assert out.labels.array.shape == (1, 255, 253)
     np.testing.assert_allclose(total, 1.0, atol=0.01)
+    # the prediction says which grid the network saw: half the pixels, spanning the image
+    shape = [round(255 / 2), round(253 / 2)]
+    assert out.model_grid["shape"] == shape
+    np.testing.assert_allclose(out.model_grid["spacing"],
+                               [(n - 1) / (m - 1) for n, m in zip((255, 253), shape, strict=True)])
+    assert native.predict(odd).model_grid is None  # native pixels: the input's own grid
     # the model's own diameter is no zoom at all
     same = Segmenter(native.model, native.card, plain.replace(object_diameter=trained))
     np.testing.assert_array_equal(same.predict(image).labels.array,
@@ -197,7 +203,15 @@ def test_a_resumed_batch_redoes_cases_made_with_another_object_diameter(tmp_path
         return run_batch([png], "nuclei", out,
                          inference=InferenceOptions(device="cpu", object_diameter=diameter))
 
-    assert run(None).completed == 1
+    first = run(None)
+    assert first.completed == 1 and first.records[0].geometry["model_grid"] is None
     assert run(None).already_done == 1
-    assert run(41.5).completed == 1
+    zoomed = run(41.5)
+    assert zoomed.completed == 1
+    # the record names the grid the network ran on: 256 px zoomed by trained / 41.5
+    from medseg.model_card import read_model_card
+    from medseg.models import resolve_model
+
+    trained = read_model_card(resolve_model("nuclei")).object_diameter_px
+    assert zoomed.records[0].geometry["model_grid"]["shape"] == [round(256 * trained / 41.5)] * 2
     assert run(41.5).already_done == 1
