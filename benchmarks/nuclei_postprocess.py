@@ -58,6 +58,7 @@ VARIANTS = [
 #: Variants for a ``"centre"`` model (data.instance_targets: centre; 4 classes): centre
 #: threshold, interior threshold, and the object filters of the boundary variants above.
 CENTRE_VARIANTS = [
+    {"method": "centre"},  # what a trained run's card does (argmax classes, min_size 8)
     *({"method": "centre", "centre_threshold": c, "seed_threshold": t, "min_size": m}
       for c, t, m in [(0.5, 0.5, 8), (0.5, 0.5, 32), (0.3, 0.5, 32), (0.7, 0.5, 32),
                       (0.5, 0.7, 32), (0.5, 0.6, 32), (0.5, 0.4, 32)]),
@@ -65,6 +66,10 @@ CENTRE_VARIANTS = [
        **extra}
       for extra in [{"max_grow": 3}, {"min_score": 0.85}, {"max_grow": 3, "min_score": 0.85},
                     {"max_grow": 2, "min_score": 0.9}]),
+    # higher centre thresholds (0.7 was the best of the above on the training images)
+    *({"method": "centre", "centre_threshold": c, "seed_threshold": 0.5, "min_size": 32,
+       **extra}
+      for c in (0.7, 0.8, 0.9) for extra in [{}, {"max_grow": 3, "min_score": 0.85}]),
 ]
 
 

@@ -29,6 +29,8 @@ CARD_METADATA_KEY = "medseg.model_card"
 CARD_FORMAT_VERSION = 1
 #: How an instance model's classes become objects (:mod:`medseg.inference.instances`).
 INSTANCE_METHODS = ("boundary", "centre", "components")
+#: The classes (background included) each instance method reads.
+INSTANCE_CLASSES = {"boundary": 3, "centre": 4, "components": 2}
 #: Largest window side a card may ask for (a damaged card asking for 10^5 fails at load).
 MAX_ROI = 4096
 
@@ -148,9 +150,15 @@ class ModelCard:
         if spec.get("method", "boundary") == "components" and "max_grow" in spec:
             raise ModelError(f"model card {self.name!r}: instances.max_grow applies to the "
                              "'boundary' and 'centre' methods only")
-        if spec.get("method") == "centre" and 3 not in self.label_names:
-            raise ModelError(f"model card {self.name!r}: instances.method 'centre' needs a "
-                             "centre class (3) in label_names")
+        method = spec.get("method", "boundary")
+        if self.instances is not None and method in INSTANCE_CLASSES \
+                and len(self.label_names) != INSTANCE_CLASSES[method]:
+            raise ModelError(f"model card {self.name!r}: instances.method {method!r} reads "
+                             f"{INSTANCE_CLASSES[method]} classes, the card has "
+                             f"{len(self.label_names)} ({sorted(self.label_names)})")
+        if method == "centre" and any(k in spec for k in ("seeds", "h", "sigma")):
+            raise ModelError(f"model card {self.name!r}: the 'centre' method is seeded by its "
+                             "centres: instances.seeds, h and sigma apply to 'boundary' only")
         ranges = {"seed_threshold": (0.0, 1.0), "foreground_threshold": (0.0, 1.0),
                   "centre_threshold": (0.0, 1.0),
                   "h": (0.0, 1e3), "sigma": (0.0, 1e2), "min_size": (0.0, 1e9),

@@ -31,6 +31,8 @@ def main() -> None:
     path = MODELS_DIR / f"{args.name}.safetensors"
     model, card = load_model(path)
     new = json.loads(args.instances)
+    if card.instances and "method" not in new:  # the method follows the weights' classes
+        new = {"method": card.instances.get("method", "boundary"), **new}
     ModelCard(**{**{f.name: getattr(card, f.name) for f in dataclasses.fields(card)},
                  "instances": new})  # validated before anything is written
     edits = list(card.training.get("card_edits", []))

@@ -99,8 +99,14 @@ def test_card_refuses_an_unknown_instance_method_or_negative_channels() -> None:
     net = plan_network(spatial_dims=2, in_channels=1, out_channels=3, patch_size=[16, 16])
     base = {"name": "x", "network": net, "label_names": {0: "bg", 1: "a", 2: "b"},
             "roi_size": [16, 16]}
-    assert ModelCard(**base, instances={"method": "components"}).instances == {
+    net2 = plan_network(spatial_dims=2, in_channels=1, out_channels=2, patch_size=[16, 16])
+    two = {**base, "network": net2, "label_names": {0: "bg", 1: "object"}}
+    assert ModelCard(**two, instances={"method": "components"}).instances == {
         "method": "components"}
+    # each method reads its own classes: a card whose classes are another method's is refused
+    # (a 4-class centre model relabelled 'boundary' would seed on rings around its centres)
+    with pytest.raises(ModelError, match="'components' reads 2 classes, the card has 3"):
+        ModelCard(**base, instances={"method": "components"})
     with pytest.raises(ModelError, match="instances.method must be one of"):
         ModelCard(**base, instances={"method": "stardist"})
     with pytest.raises(ModelError, match="instances.seeds must be"):
@@ -110,16 +116,21 @@ def test_card_refuses_an_unknown_instance_method_or_negative_channels() -> None:
         with pytest.raises(ModelError, match=f"instances.{next(iter(bad))} must be a number"):
             ModelCard(**base, instances={"method": "boundary", **bad})
     with pytest.raises(ModelError, match="max_grow applies to the 'boundary' and 'centre'"):
-        ModelCard(**base, instances={"method": "components", "max_grow": 2})
+        ModelCard(**two, instances={"method": "components", "max_grow": 2})
     # the centre method needs its fourth class; its threshold is a probability
-    with pytest.raises(ModelError, match="'centre' needs a centre class"):
+    with pytest.raises(ModelError, match="'centre' reads 4 classes, the card has 3"):
         ModelCard(**base, instances={"method": "centre"})
     net4 = plan_network(spatial_dims=2, in_channels=1, out_channels=4, patch_size=[16, 16])
     four = {**base, "network": net4, "label_names": {0: "bg", 1: "a", 2: "b", 3: "centre"}}
     assert ModelCard(**four, instances={"method": "centre", "centre_threshold": 0.4,
                                         "max_grow": 3}).instances["centre_threshold"] == 0.4
+    with pytest.raises(ModelError, match="'boundary' reads 3 classes, the card has 4"):
+        ModelCard(**four, instances={"centre_threshold": 0.4})  # method defaults to boundary
     with pytest.raises(ModelError, match="instances.centre_threshold must be a number"):
         ModelCard(**four, instances={"method": "centre", "centre_threshold": 2})
+    for other in ({"seeds": "distance"}, {"h": 1.0}, {"sigma": 1.0}):
+        with pytest.raises(ModelError, match="seeded by its centres"):
+            ModelCard(**four, instances={"method": "centre", **other})
     with pytest.raises(ModelError, match="input_channels must list non-negative"):
         ModelCard(**base, input_channels=[-1])
 

@@ -91,8 +91,6 @@ def instances_command(
 ) -> None:
     """Score instance label images: AP at IoU 0.5, DSB score (IoU 0.5..0.95), F1, Dice."""
     from medseg.errors import MedsegError
-    from medseg.inference.measure import csv_text
-    from medseg.io.atomic import atomic_write_text
     from medseg.metrics import evaluate_instance_folders
 
     try:
@@ -100,6 +98,16 @@ def instances_command(
     except MedsegError as exc:
         typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
         raise typer.Exit(code=2) from exc
+    _instance_report(summary, rows, json_out=json_out, csv_out=csv_out)
+
+
+def _instance_report(summary: dict[str, Any], rows: list[dict[str, Any]], *,
+                     json_out: Path | None, csv_out: Path | None,
+                     extra: dict[str, Any] | None = None) -> None:
+    """Print pooled object scores; write them (and ``extra``) as JSON and the rows as CSV."""
+    from medseg.inference.measure import csv_text
+    from medseg.io.atomic import atomic_write_text
+
     typer.echo(f"{summary['n_images']} image(s), {summary['n_true']} true and "
                f"{summary['n_pred']} predicted objects (match: IoU > t, one to one)\n"
                f"AP@0.5 pooled {summary['ap50_pooled']:.4f}   DSB score pooled "
@@ -108,8 +116,8 @@ def instances_command(
                f"per image {summary['dsb_score_mean_per_image']:.4f}   pixel Dice mean "
                f"{summary['pixel_dice_mean']:.4f}")
     if json_out is not None:
-        atomic_write_text(json_out, json.dumps({"summary": summary, "per_image": rows},
-                                               indent=2, default=float))
+        atomic_write_text(json_out, json.dumps({**(extra or {}), "summary": summary,
+                                                "per_image": rows}, indent=2, default=float))
     if csv_out is not None:
         atomic_write_text(csv_out, csv_text(rows, list(rows[0]) if rows else ["case_id"]))
 
@@ -130,7 +138,8 @@ def model_command(
     json_out: Path | None = typer.Option(None, "--json", help="Write the summary as JSON."),
     csv_out: Path | None = typer.Option(None, "--csv", help="Write per-case scores as CSV."),
 ) -> None:
-    """Run MODEL on labelled cases of a dataset and score the predictions."""
+    """Run MODEL on labelled cases of a dataset and score the predictions (objects matched
+    by IoU for an instance model, as the instances command scores them)."""
     from medseg.errors import MedsegError
     from medseg.metrics import scores_to_csv
     from medseg.training.evaluation import evaluate_model
@@ -146,6 +155,11 @@ def model_command(
         raise typer.Exit(code=2) from exc
     typer.echo(f"model {result['model']}: {len(result['cases'])} case(s) in "
                f"{result['seconds']} s")
+    if result["instances"]:  # an instance model: its objects are scored
+        _instance_report(result["summary"], result["per_case"], json_out=json_out,
+                         csv_out=csv_out, extra={"model": result["model"],
+                                                 "cases": result["cases"]})
+        return
     _report(result["summary"], scores_to_csv(result["per_case"]), json_out=json_out,
             csv_out=csv_out, extra={"model": result["model"], "cases": result["cases"]})
 

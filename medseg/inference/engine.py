@@ -89,8 +89,9 @@ class Prediction:
             a box of the image only (``predict(..., region=...)``); ``None``: the whole image.
         model_grid: ``{"shape", "spacing"}`` of the grid the network ran on when the image
             was resampled for it (to the card's target spacing, zoomed by
-            ``object_diameter``); ``None``: the input's own grid (a 2D model over a volume's
-            slices records ``{"slice_shape"}`` when each slice is resampled to ``fov_pixels``).
+            ``object_diameter``; with ``region``, the box's grid); ``None``: the input's own
+            grid. A 2D model over a volume's slices records ``{"slice_shape"}`` instead, when
+            each slice is resampled to the card's ``fov_pixels``.
     """
 
     labels: MedImage
@@ -222,6 +223,11 @@ class Segmenter:
         model_path: The file the model came from (for provenance).
         **settings: Single settings of ``InferenceOptions`` (``device=``, ``overlap=``,
             ``tta=``, ... and ``postprocess=PostprocessConfig``) applied over ``options``.
+
+    Raises:
+        ModelError: Options the model cannot take: ``object_diameter`` for a model that
+            records none, a class-map clean-up (``keep_largest``, ``min_size_ml``) for an
+            instance model.
     """
 
     def __init__(
@@ -249,6 +255,11 @@ class Segmenter:
         postprocess = options.postprocess
         if not postprocess.active:  # the model's own default, if any
             postprocess = PostprocessConfig(**(card.postprocess or {}))
+        if card.instances and postprocess.active:
+            raise ModelError(f"model {card.name!r} separates objects (its card's "
+                             "instances.min_size drops small ones): keep_largest and "
+                             "min_size_ml clean class maps, and on its classes would cut "
+                             "holes in objects")
         self.postprocess = postprocess
         self.channels_last = (self.device.type == "cpu") if options.channels_last is None \
             else options.channels_last

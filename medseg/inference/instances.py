@@ -44,22 +44,24 @@ def instances_from_classes(labels: np.ndarray, probabilities: np.ndarray | None,
         probabilities: ``(K, *spatial)`` softmax (float16/float32), for the watershed's
             relief; without it the distance to the background is used.
         spec: The model card's ``instances`` entry: ``{"method": "boundary" | "centre" |
-            "components", "centre_threshold": float,
-            "min_size": int, "seed_threshold": float, "foreground_threshold": float,
+            "components", "min_size": int, "seed_threshold": float,
+            "foreground_threshold": float, "centre_threshold": float,
             "seeds": "interior" | "distance", "h": float, "sigma": float, "max_grow": float,
-            "min_score": float}``; the thresholds
-            (``"boundary"``/``"centre"`` with probabilities only; for ``"centre"`` the interior
-            probability is that of classes 1 and 3 together) replace the argmax: seeds where the
-            interior probability exceeds ``seed_threshold``, objects where background's is
-            below ``1 - foreground_threshold``. ``"seeds": "distance"`` takes the seeds from
-            the h-maxima (``h``, default 0.5 px) of the interior's distance map smoothed by a
-            Gaussian of ``sigma`` (default 1 px). ``max_grow`` (px, not ``"components"``)
-            keeps objects within that distance of the interior (a boundary ring is 1-2 px
-            thick; foreground further out is glow, not a rim). ``min_score`` (needs
-            ``probabilities``) drops objects whose mean foreground probability
-            (1 - background) is below it, scored after they have grown: without
-            ``max_grow`` a real nucleus that flooded into glow scores low and goes too, so
-            use the two together. Both are off when absent.
+            "min_score": float}``. The thresholds (``"boundary"``/``"centre"``, with
+            probabilities only) replace the argmax: the interior is where the interior
+            probability (for ``"centre"``: classes 1 and 3 together) exceeds
+            ``seed_threshold``, the objects where background's is below
+            ``1 - foreground_threshold``; the interior is always kept within the objects.
+            ``"boundary"`` seeds are the interior's components, or with ``"seeds":
+            "distance"`` the h-maxima (``h``, default 0.5 px) of the interior's distance map
+            smoothed by a Gaussian of ``sigma`` (default 1 px). ``"centre"`` seeds are the
+            centres (probability above ``centre_threshold``, default 0.5) inside the
+            interior. ``max_grow`` (px, not ``"components"``) keeps objects within that
+            distance of the interior (a boundary ring is 1-2 px thick; foreground further
+            out is glow, not a rim). ``min_score`` (needs ``probabilities``) drops objects
+            whose mean foreground probability (1 - background) is below it, scored after
+            they have grown: without ``max_grow`` a real nucleus that flooded into glow
+            scores low and goes too, so use the two together. Both are off when absent.
 
     Raises:
         ValueError: Unknown method.
@@ -84,7 +86,9 @@ def instances_from_classes(labels: np.ndarray, probabilities: np.ndarray | None,
         if probabilities is not None and "foreground_threshold" in spec:
             foreground = (1.0 - np.asarray(probabilities[0], np.float32)
                           ) > float(spec["foreground_threshold"])
-            interior &= foreground
+        # seeds outside the foreground would be dropped by the watershed's mask (and a
+        # centre there would leave its interior without a seed): the interior is object
+        interior &= foreground
         if spec.get("max_grow") is not None:
             # objects reach at most max_grow px past the interior: a boundary ring is 1-2 px
             # thick, so anything further out is out-of-focus glow called "object", not a rim
@@ -148,6 +152,7 @@ def _centre_seeds(labels: np.ndarray, probabilities: np.ndarray | None, interior
     each interior component that holds no centre as a seed of its own (a small object whose
     centre the model missed is still an object)."""
     from scipy import ndimage
+    from skimage.segmentation import relabel_sequential
 
     structure = ndimage.generate_binary_structure(labels.ndim, 1)
     if probabilities is not None:
@@ -159,4 +164,5 @@ def _centre_seeds(labels: np.ndarray, probabilities: np.ndarray | None, interior
     seeded = np.zeros(int(parts.max()) + 1, bool)
     seeded[np.unique(parts[seeds > 0])] = True
     orphan = (parts > 0) & ~seeded[parts]
-    return np.where(orphan, parts + n, seeds)
+    seeds, _, _ = relabel_sequential(np.where(orphan, parts + n, seeds))  # ids 1..N
+    return seeds

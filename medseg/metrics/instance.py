@@ -370,9 +370,12 @@ def evaluate_instance_folders(prediction_dir: str | Path, label_dir: str | Path
         if truth.shape != pred.shape:
             raise DatasetError(f"case {case_id}: prediction shape {pred.shape} differs from "
                                f"the label's {truth.shape}")
-        s = instance_scores(truth, pred)
         arrays.append((truth, pred))
-        rows.append({"case_id": case_id, "n_true": s.n_true, "n_pred": s.n_pred,
-                     "ap50": s.ap50, "dsb_score": s.dsb_score, "f1_50": s.f1_50,
-                     "pixel_dice": s.pixel_dice})
+        rows.append(instance_row(case_id, instance_scores(truth, pred)))
     return pooled_scores(arrays), rows
+
+
+def instance_row(case_id: str, s: InstanceScores) -> dict[str, Any]:
+    """One image's row of object scores: id, objects, AP@0.5, DSB score, F1@0.5, Dice."""
+    return {"case_id": case_id, "n_true": s.n_true, "n_pred": s.n_pred, "ap50": s.ap50,
+            "dsb_score": s.dsb_score, "f1_50": s.f1_50, "pixel_dice": s.pixel_dice}

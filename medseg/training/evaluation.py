@@ -17,6 +17,7 @@ import numpy as np
 
 from medseg.errors import DatasetError
 from medseg.metrics import CaseScores, score_case, summarize
+from medseg.metrics.instance import instance_row, instance_scores, pooled_scores
 from medseg.training.dataset import load_raw_case
 from medseg.training.sources import index_dataset
 
@@ -64,7 +65,11 @@ def evaluate_model(
             overrides theirs).
 
     Returns:
-        ``{"model", "cases", "summary", "per_case", "seconds"}``.
+        ``{"model", "cases", "summary", "per_case", "seconds", "instances"}``. For an instance
+        model (its card has ``instances``) the label maps are read as object ids and scored
+        as objects: ``summary`` is :func:`medseg.metrics.pooled_scores` (AP@0.5 pooled and
+        per image, DSB score, F1, pixel Dice) and ``per_case`` one dict per case (case id,
+        objects, AP@0.5, DSB score, F1@0.5, pixel Dice); ``instances`` is then ``True``.
     """
     from medseg.inference import Segmenter
     from medseg.inference.options import merge_options
@@ -92,12 +97,26 @@ def evaluate_model(
         mapping = card.training.get("config", {}).get("data", {}).get("label_values")
         label_values = {int(k): int(v) for k, v in mapping.items()} if mapping else None
     labels = [k for k in sorted(card.label_names) if k != 0]
+    instances = bool(card.instances)
     scores: list[CaseScores] = []
+    pairs: list[tuple[np.ndarray, np.ndarray]] = []
+    rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     for i, case_id in enumerate(wanted):
+        # an instance model's labels are object ids 1..N, not its classes
         raw = load_raw_case(by_id[case_id], label_values=label_values,
-                            num_classes=len(card.label_names))
+                            num_classes=None if instances else len(card.label_names))
         result = segmenter.predict(raw.image, return_probabilities=em)
+        if instances:
+            truth, pred = raw.label.array[0], result.labels.array[0]
+            pairs.append((truth, pred))
+            rows.append(instance_row(case_id, instance_scores(truth, pred)))
+            if save_predictions is not None:
+                _save_prediction(result.labels, Path(save_predictions), case_id,
+                                 instances=True)
+            if progress is not None:
+                progress(i + 1, len(wanted))
+            continue
         prediction = result.labels
         membrane = None
         if em and result.probabilities is not None:
@@ -113,17 +132,23 @@ def evaluate_model(
     return {
         "model": card.name,
         "cases": wanted,
-        "summary": summarize(scores, card.label_names),
-        "per_case": scores,
+        "summary": pooled_scores(pairs) if instances else summarize(scores, card.label_names),
+        "per_case": rows if instances else scores,
         "seconds": round(seconds, 1),
+        "instances": instances,
     }
 
 
-def _save_prediction(prediction: Any, folder: Path, case_id: str) -> None:
+def _save_prediction(prediction: Any, folder: Path, case_id: str, *,
+                     instances: bool = False) -> None:
     from medseg.io import write_nifti
 
     folder.mkdir(parents=True, exist_ok=True)
-    if prediction.meta.ndim == 2:
+    if prediction.meta.ndim == 2 and instances:
+        from medseg.io.image2d import write_label_image_2d
+
+        write_label_image_2d(prediction, folder / f"{case_id}.tif")  # ids kept (uint16/32)
+    elif prediction.meta.ndim == 2:
         from PIL import Image
 
         from medseg.io.atomic import atomic_path

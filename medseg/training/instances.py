@@ -75,7 +75,9 @@ def _with_centres(ids: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
     """``classes`` (background / interior / boundary) with class 3 (centre) on the interior
     pixels whose Euclidean distance to the nearest non-interior pixel is at least
     :data:`CENTRE_FRACTION` of the largest such distance in their object (SciPy, per sample).
-    Every object with an interior gets a centre (its deepest pixels)."""
+    Every object with an interior gets a centre (its deepest pixels). Distances are in
+    pixels of the training grid (2D microscopy images are isotropic); an id cut into pieces
+    by a crop keeps its centre in the piece that holds its deepest pixels only."""
     ids_np = ids[:, 0].cpu().numpy().astype(np.int64)
     out = classes.clone()
     for b, (sample, cls) in enumerate(zip(ids_np, classes[:, 0].cpu().numpy(), strict=True)):

@@ -72,6 +72,9 @@ def test_resampling_to_model_spacing_and_back_keeps_the_grid() -> None:
     assert dice(pred.labels.array[0], mask) > 0.93  # the ball survives 2x down and back up
     centre_shift = np.abs(np.argwhere(pred.labels.array[0]).mean(0) - np.argwhere(mask).mean(0))
     assert centre_shift.max() < 0.5  # no half-voxel drift between the grids
+    # the prediction names the grid the network ran on: the card's spacing over the same extent
+    assert pred.model_grid == {"shape": [round(45 * 0.8 / 1.6), round(40 * 0.9 / 1.6),
+                                         round(28 * 1.3 / 2.0)], "spacing": [1.6, 1.6, 2.0]}
 
 
 @pytest.mark.parametrize("batch_limit", [0, 1 << 21])  # mirrorings one by one / batched

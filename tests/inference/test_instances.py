@@ -66,19 +66,24 @@ def test_centre_seeds_split_touching_interiors_one_object_per_centre() -> None:
             ids, counts = np.unique(got[disc], return_counts=True)
             assert counts.max() / disc.sum() > 0.85 and ids[np.argmax(counts)] > 0
         assert np.all((got > 0) == (labels > 0))  # every foreground pixel is in an object
-    # the same interior read as a boundary model's (centre counted as interior): one object
-    merged = instances_from_classes(labels, p, {"method": "boundary", "seed_threshold": 0.5})
+    # without the centres (the 3-class probabilities the centres were carved from), the
+    # boundary method's interior seeds see one interior: one object
+    merged = instances_from_classes(p3.argmax(0).astype(np.uint8), p3,
+                                    {"method": "boundary", "seed_threshold": 0.5})
     assert merged.max() == 1
 
 
-def test_centre_method_keeps_an_interior_whose_centre_was_missed() -> None:
-    """Two separate discs; the model found the centre of one only: both are objects."""
+@pytest.mark.parametrize("found", [(30, 18), (30, 60)])
+def test_centre_method_keeps_an_interior_whose_centre_was_missed(found) -> None:
+    """Two separate discs; the model found the centre of one only: both are objects (either
+    one first in scan order, so the centreless disc's seed cannot reuse the centre's id)."""
     p3, discs = _two_touching_discs(centres=((30, 18), (30, 60)), radius=10)
-    p = _with_centres(p3, ((30, 18),), 5)
+    p = _with_centres(p3, (found,), 5)
     got = instances_from_classes(p.argmax(0).astype(np.uint8), p,
                                  {"method": "centre", "centre_threshold": 0.5, "min_size": 8})
     assert got.max() == 2
-    assert len(np.unique(got[discs[0]])) == 1 and len(np.unique(got[discs[1]])) == 1
+    for disc in discs:  # each disc is one whole object
+        assert len(np.unique(got[disc])) == 1 and got[disc][0] > 0
     assert got[30, 18] != got[30, 60]
 
 
@@ -187,6 +192,10 @@ def test_object_diameter_zooms_a_magnified_image_back_to_the_size_the_model_lear
     # a model that records no object diameter refuses the option when it is loaded
     with pytest.raises(ModelError, match="object diameter"):
         Segmenter.from_file("isbi2012", device="cpu", object_diameter=20.0)
+    # and an instance model refuses a class-map clean-up (it would cut holes in its classes)
+    for clean in ({"keep_largest": True}, {"min_size_ml": 0.1}):
+        with pytest.raises(ModelError, match="separates objects"):
+            Segmenter(native.model, native.card, plain.replace(**clean))
 
 
 def test_a_resumed_batch_redoes_cases_made_with_another_object_diameter(tmp_path) -> None:

@@ -11,6 +11,7 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
+from medseg.cli.evaluate import app as evaluate_app
 from medseg.cli.train import app as train_app
 from medseg.inference import Segmenter
 from medseg.io import read_image
@@ -48,7 +49,10 @@ def test_centre_run_exports_a_four_class_card_the_engine_turns_into_objects(tmp_
     export = tmp_path / "discs-centre.safetensors"
     res = CliRunner().invoke(train_app, ["--config", str(cfg), "-q", "--export", str(export)])
     assert res.exit_code == 0, res.output
-    assert json.loads(res.output[: res.output.rindex("}") + 1])["iterations"] == 2
+    report = json.loads(res.output[: res.output.rindex("}") + 1])
+    assert report["iterations"] == 2
+    # validated on the four classes the targets were made of (the centre class included)
+    assert sorted(report["best_metrics"]["val_dice"]) == ["1", "2", "3"]
     card = read_model_card(export)
     assert card.label_names == {0: "background", 1: "interior", 2: "boundary", 3: "centre"}
     assert card.network.out_channels == 4
@@ -59,4 +63,21 @@ def test_centre_run_exports_a_four_class_card_the_engine_turns_into_objects(tmp_
     assert prediction.instances
     ids = prediction.labels.array
     assert ids.dtype in (np.uint16, np.uint32) and ids.shape == (1, 56, 48)  # (C, x, y)
-    assert set(np.unique(ids).tolist()) == set(range(int(ids.max()) + 1))  # ids 0..N, no gaps
+    assert prediction.num_objects == int(ids.max())
+
+    # medseg-evaluate model scores an instance model's objects (ids read as ids, not classes)
+    out_json = tmp_path / "eval.json"
+    res = CliRunner().invoke(evaluate_app, [
+        "model", str(export), "--data", str(data), "--source", "folder2d", "--image-dir",
+        "images", "--label-dir", "masks", "--device", "cpu", "--json", str(out_json),
+        "--save-predictions", str(tmp_path / "pred")])
+    assert res.exit_code == 0, res.output
+    assert "AP@0.5 pooled" in res.output
+    report = json.loads(out_json.read_text())
+    assert report["cases"] == ["4", "5"] and report["summary"]["n_true"] == 4  # 2 discs each
+    assert [r["case_id"] for r in report["per_image"]] == ["4", "5"]
+    assert sum(r["n_pred"] for r in report["per_image"]) == report["summary"]["n_pred"]
+    import tifffile
+
+    saved = tifffile.imread(tmp_path / "pred" / "4.tif")
+    assert saved.shape == (48, 56) and saved.dtype == np.uint16  # rows x columns, ids kept
