@@ -25,7 +25,7 @@ from medseg.devices import autocast_dtype, resolve_device
 from medseg.errors import CancelledError, DomainError, ModelError
 from medseg.inference.fit import FitReport, check_input, check_output, spacing_unit
 from medseg.inference.heap import release_freed_memory, request_huge_pages
-from medseg.inference.instances import instances_from_classes
+from medseg.inference.instances import instances_from_classes, scaled_instance_spec
 from medseg.inference.options import InferenceOptions, merge_options
 from medseg.inference.postprocess import (
     PostprocessConfig,
@@ -538,7 +538,11 @@ class Segmenter:
             check_voxel_count((image.num_channels, *shape),
                               source=f"model {self.card.name!r} at spacing "
                               f"{[round(t, 4) for t in target]}")
-            work = _to_model_grid(image, target, shape)
+            # a zoom for object_diameter stands for another magnification: shrinking is
+            # anti-aliased as optics would (an image resampled to the card's spacing is
+            # resampled as its training images were, linearly)
+            work = _to_model_grid(image, target, shape,
+                                  antialias=self.inference_options.object_diameter is not None)
         # Outputs take the input's memory layout: a NIfTI volume (first axis fastest) gets its
         # labels back in that order, and writing them is a plain copy, not a transpose.
         order = "F" if fortran_spatial(image.array) else "C"
@@ -571,8 +575,17 @@ class Segmenter:
             assert out.labels is not None
             labels, probabilities = out.labels, out.probabilities
         timings["resample"] = time.perf_counter() - t
+        # objects are separated on the input's pixels: zooming out for object_diameter scales
+        # the card's pixel settings (chosen at the model's scale) by input pixels per model
+        # pixel; zooming in keeps them (below a pixel, h and max_grow pick up pixel noise;
+        # benchmarks/results/nuclei_diameter.txt)
+        scale = 1.0
+        if grid is not None and self.inference_options.object_diameter is not None:
+            scale = max(1.0, float(np.mean([g / s for g, s in zip(grid[0], image.meta.spacing,
+                                                                  strict=True)])))
         prediction = self._finish(image, labels, probabilities, timings, out.num_windows,
-                                  return_probabilities=return_probabilities)
+                                  return_probabilities=return_probabilities,
+                                  instance_scale=scale)
         if grid is not None:
             prediction.model_grid = {"shape": [int(n) for n in grid[1]],
                                      "spacing": [float(v) for v in grid[0]]}
@@ -640,7 +653,7 @@ class Segmenter:
 
     def _finish(self, image: MedImage, labels: np.ndarray, probabilities: np.ndarray | None,
                 timings: dict[str, float], num_windows: int, *,
-                return_probabilities: bool) -> Prediction:
+                return_probabilities: bool, instance_scale: float = 1.0) -> Prediction:
         """Clean-up, instances (for instance models) and measurements of a class map on the
         input grid."""
         t = time.perf_counter()
@@ -650,7 +663,8 @@ class Segmenter:
         instances = bool(self.card.instances)
         num_objects = None
         if instances:
-            labels = instances_from_classes(labels, probabilities, self.card.instances)
+            spec = scaled_instance_spec(self.card.instances, instance_scale, labels.ndim)
+            labels = instances_from_classes(labels, probabilities, spec)
             num_objects = int(labels.max())
             meta = meta.replace(label_names={})
         volumes: dict[str, float] = {}
@@ -759,16 +773,29 @@ def _placed_in(inside: Prediction, image: MedImage, box: tuple[tuple[int, int], 
                                probabilities=probabilities, region=box)
 
 
-def _to_model_grid(image: MedImage, spacing: Sequence[float], shape: tuple[int, ...]
-                   ) -> MedImage:
+def _to_model_grid(image: MedImage, spacing: Sequence[float], shape: tuple[int, ...], *,
+                   antialias: bool = False) -> MedImage:
     """``image`` resampled linearly to the model's ``spacing`` on a grid of ``shape``
     (:func:`medseg.transforms.resampled_shape`; same origin and direction), as
     :func:`medseg.transforms.resample_to_spacing` does; the grids are axis-aligned to each
     other, so :func:`medseg.transforms.onto_grid.linear_onto` computes it in slabs, in a
-    fraction of SimpleITK's time."""
+    fraction of SimpleITK's time.
+
+    With ``antialias``, each axis shrunk by a factor ``f > 1`` is first smoothed by a Gaussian
+    of ``(f - 1) / 2`` input pixels (scikit-image's ``rescale`` rule), so the coarse grid
+    averages the pixels it covers instead of sampling every f-th one."""
     meta = image.meta.replace(spacing=tuple(float(t) for t in spacing))
     order = "F" if fortran_spatial(image.array) else "C"
-    array = linear_onto(image.array, image.meta, meta, shape, order=order, dtype=np.float32)
+    source = image.array
+    if antialias:
+        sigma = [max(0.0, (float(t) / float(s) - 1.0) / 2.0)
+                 for t, s in zip(spacing, image.meta.spacing, strict=True)]
+        if any(v > 0 for v in sigma):
+            from scipy import ndimage
+
+            source = ndimage.gaussian_filter(np.asarray(source, np.float32), [0.0, *sigma],
+                                             mode="mirror")
+    array = linear_onto(source, image.meta, meta, shape, order=order, dtype=np.float32)
     if array is None:  # not reachable for a grid made this way; keep the reference anyway
         return resample_to_spacing(image, spacing, order=1)
     return MedImage(array, meta)

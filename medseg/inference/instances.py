@@ -145,6 +145,30 @@ def instances_from_classes(labels: np.ndarray, probabilities: np.ndarray | None,
     return ids.astype(dtype, copy=False)
 
 
+#: Instance settings measured in pixels (lengths; ``min_size`` is an area or volume).
+PIXEL_LENGTHS = ("h", "sigma", "max_grow")
+
+
+def scaled_instance_spec(spec: dict[str, Any], scale: float, ndim: int) -> dict[str, Any]:
+    """``spec`` for a grid with ``scale`` pixels per pixel of the grid its settings were
+    chosen on (2 for an image shown at twice the model's magnification): the pixel lengths
+    (``h``, ``sigma``, ``max_grow``) times ``scale``, ``min_size`` (and the default minimum)
+    times ``scale ** ndim``. ``scale`` 1 returns ``spec`` itself.
+
+    Examples:
+        >>> scaled_instance_spec({"method": "boundary", "max_grow": 3, "min_size": 32}, 2.0, 2)
+        {'method': 'boundary', 'max_grow': 6.0, 'min_size': 128}
+    """
+    if scale == 1.0:
+        return spec
+    out = dict(spec)
+    for key in PIXEL_LENGTHS:
+        if out.get(key) is not None:
+            out[key] = float(out[key]) * scale
+    out["min_size"] = max(1, round(int(spec.get("min_size", DEFAULT_MIN_SIZE)) * scale**ndim))
+    return out
+
+
 def _centre_seeds(labels: np.ndarray, probabilities: np.ndarray | None, interior: np.ndarray,
                   spec: dict[str, Any]) -> np.ndarray:
     """Watershed seeds of the ``"centre"`` method: the connected centres (centre probability

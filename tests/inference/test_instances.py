@@ -224,3 +224,35 @@ def test_a_resumed_batch_redoes_cases_made_with_another_object_diameter(tmp_path
     trained = read_model_card(resolve_model("nuclei")).object_diameter_px
     assert zoomed.records[0].geometry["model_grid"]["shape"] == [round(256 * trained / 41.5)] * 2
     assert run(41.5).already_done == 1
+
+
+def test_a_zoom_out_scales_the_cards_pixel_settings_and_a_zoom_in_keeps_them(monkeypatch) -> None:
+    """Objects are separated on the input's pixels: an image zoomed out 2x for the model gets
+    the card's lengths doubled and its minimum area times four; an image zoomed in keeps the
+    card's settings (sub-pixel h or max_grow would pick up pixel noise)."""
+    from medseg.inference import Segmenter, engine
+    from medseg.io import read_image
+    from medseg.samples import nuclei_samples
+
+    seen = []
+    real = engine.instances_from_classes
+
+    def spy(labels, probabilities, spec):  # noqa: ANN001, ANN202
+        seen.append(spec)
+        return real(labels, probabilities, spec)
+
+    monkeypatch.setattr(engine, "instances_from_classes", spy)
+    native = Segmenter.from_file("nuclei", device="cpu")
+    card = native.card.instances
+    trained = native.card.object_diameter_px
+    image = read_image(nuclei_samples()[0][0])
+    for diameter in (2 * trained, trained / 1.5):
+        Segmenter(native.model, native.card,
+                  native.inference_options.replace(object_diameter=diameter)).predict(image)
+    out, into = seen
+    # input pixels per model pixel (~2): the zoomed grid spans the image exactly
+    scale = np.mean([(n - 1) / (round(n / 2) - 1) for n in image.spatial_shape])
+    assert out["max_grow"] == pytest.approx(card["max_grow"] * scale)
+    assert out["h"] == pytest.approx(card["h"] * scale)
+    assert out["min_size"] == round(card["min_size"] * scale**2)
+    assert into == card
