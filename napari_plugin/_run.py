@@ -314,11 +314,8 @@ def relabel_job(request: SegmentRequest, prediction: Any) -> Relabel | None:
     if not request.options.probabilities or prediction.probabilities is None:
         return None
     spec = None
-    if getattr(prediction, "instances", False):
-        from medseg.model_card import read_model_card
-        from medseg.models import resolve_model
-
-        spec = dict(read_model_card(resolve_model(request.options.model)).instances or {})
+    if getattr(prediction, "instances", False):  # the settings the run used (zoom included)
+        spec = dict(getattr(prediction, "instance_settings", None) or {})
     return Relabel(probabilities=prediction.probabilities.array,
                    spacing=tuple(request.image.meta.spacing), instances=spec)
 

@@ -92,6 +92,10 @@ class Prediction:
             ``object_diameter``; with ``region``, the box's grid); ``None``: the input's own
             grid. A 2D model over a volume's slices records ``{"slice_shape"}`` instead, when
             each slice is resampled to the card's ``fov_pixels``.
+        instance_settings: The instance settings the objects were made with (the card's
+            ``instances``, its pixel settings scaled when ``object_diameter`` zoomed the image
+            out); ``None`` for a semantic model. A relabelling of the kept probabilities
+            (napari's threshold control) starts from these.
     """
 
     labels: MedImage
@@ -106,6 +110,7 @@ class Prediction:
     fit: FitReport = field(default_factory=FitReport)
     region: tuple[tuple[int, int], ...] | None = None
     model_grid: dict[str, list[float]] | None = None
+    instance_settings: dict[str, Any] | None = None
 
     def uncertainty(self) -> MedImage:
         """Normalised entropy of the probabilities, in ``[0, 1]`` (float16, one channel):
@@ -662,6 +667,7 @@ class Segmenter:
         labels = clean_labels(labels, image.meta.spacing, self.postprocess)
         instances = bool(self.card.instances)
         num_objects = None
+        spec = None
         if instances:
             spec = scaled_instance_spec(self.card.instances, instance_scale, labels.ndim)
             labels = instances_from_classes(labels, probabilities, spec)
@@ -686,6 +692,7 @@ class Segmenter:
                            if return_probabilities and probabilities is not None else None),
             timings=timings, volumes_ml=volumes, num_windows=num_windows, areas=areas,
             area_unit=unit, instances=instances, num_objects=num_objects,
+            instance_settings=spec,
         )
 
     def _predict_slices(self, image: MedImage, *, progress: ProgressFn | None,

@@ -246,10 +246,12 @@ def test_a_zoom_out_scales_the_cards_pixel_settings_and_a_zoom_in_keeps_them(mon
     card = native.card.instances
     trained = native.card.object_diameter_px
     image = read_image(nuclei_samples()[0][0])
-    for diameter in (2 * trained, trained / 1.5):
-        Segmenter(native.model, native.card,
-                  native.inference_options.replace(object_diameter=diameter)).predict(image)
+    used = [Segmenter(native.model, native.card,
+                      native.inference_options.replace(object_diameter=diameter)
+                      ).predict(image).instance_settings
+            for diameter in (2 * trained, trained / 1.5)]
     out, into = seen
+    assert used == seen  # the prediction says which settings made its objects
     # input pixels per model pixel (~2): the zoomed grid spans the image exactly
     scale = np.mean([(n - 1) / (round(n / 2) - 1) for n in image.spatial_shape])
     assert out["max_grow"] == pytest.approx(card["max_grow"] * scale)
