@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from nuclei_postprocess import score_line
+from nuclei_postprocess import add_split_options, score_line, split_ids
 from PIL import Image
 
 from medseg.inference import Segmenter
@@ -35,16 +35,12 @@ def median_diameter(mask: np.ndarray) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="nuclei")
-    parser.add_argument("--data", required=True)
-    parser.add_argument("--split", choices=("val", "train"), default="val")
-    parser.add_argument("--every", type=int, default=1, help="every n-th image (sorted ids)")
-    parser.add_argument("--threads", type=int, default=2)
+    add_split_options(parser, model="nuclei")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     base = Segmenter.from_file(args.model, device="cpu")
     trained = base.card.domain["object_diameter"]
-    ids = sorted(base.card.training["split"][args.split])[::args.every]
+    ids = split_ids(base.card, args)
     runs: dict[str, list] = {k: [] for k in ("native", "diameter", "2x native", "2x diameter")}
     seconds = dict.fromkeys(runs, 0.0)
     for i in ids:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from nuclei_postprocess import add_split_options, split_ids
 from PIL import Image
 
 from medseg.inference import Segmenter
@@ -65,15 +66,11 @@ def error_kinds(truth: np.ndarray, pred: np.ndarray) -> tuple[Counter, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--data", required=True)
-    parser.add_argument("--split", choices=("val", "train"), default="train")
-    parser.add_argument("--every", type=int, default=1, help="every n-th image (sorted ids)")
-    parser.add_argument("--threads", type=int, default=2)
+    add_split_options(parser, split="train")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     seg = Segmenter.from_file(args.model, device="cpu")
-    ids = sorted(seg.card.training["split"][args.split])[::args.every]
+    ids = split_ids(seg.card, args)
     total: Counter = Counter()
     fp = n_true = n_pred = 0
     for i in ids:

@@ -26,6 +26,7 @@ from medseg.inference import Segmenter
 from medseg.inference.instances import instances_from_classes
 from medseg.io import read_image
 from medseg.metrics import pooled_scores
+from medseg.model_card import ModelCard
 
 VARIANTS = [
     {"method": "boundary", "min_size": 8},
@@ -73,6 +74,25 @@ CENTRE_VARIANTS = [
 ]
 
 
+def add_split_options(parser: argparse.ArgumentParser, *, model: str | None = None,
+                      split: str = "val") -> None:
+    """The options every nuclei benchmark takes: ``--model`` (required unless ``model`` is
+    its default), ``--data``, ``--split``, ``--every``, ``--threads``."""
+    if model is None:
+        parser.add_argument("--model", required=True)
+    else:
+        parser.add_argument("--model", default=model)
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--split", choices=("val", "train"), default=split)
+    parser.add_argument("--every", type=int, default=1, help="every n-th image (sorted ids)")
+    parser.add_argument("--threads", type=int, default=2)
+
+
+def split_ids(card: ModelCard, args: argparse.Namespace) -> list[str]:
+    """Every ``--every``-th image id (sorted) of the card's ``--split``."""
+    return sorted(card.training["split"][args.split])[::args.every]
+
+
 def score_line(s: dict) -> str:
     """One line of pooled scores (``medseg.metrics.pooled_scores``), as the nuclei
     benchmarks print them."""
@@ -83,16 +103,12 @@ def score_line(s: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--data", required=True)
-    parser.add_argument("--threads", type=int, default=2)
+    add_split_options(parser)
     parser.add_argument("--tta", action="store_true")
-    parser.add_argument("--split", choices=("val", "train"), default="val")
-    parser.add_argument("--every", type=int, default=1, help="every n-th image (sorted ids)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     seg = Segmenter.from_file(args.model, tta=args.tta)
-    ids = sorted(seg.card.training["split"][args.split])[::args.every]
+    ids = split_ids(seg.card, args)
     results = []
     for i in ids:
         image = read_image(Path(args.data) / "images" / f"{i}.png")

@@ -27,10 +27,13 @@ if TYPE_CHECKING:  # reading a card needs no torch (the napari widgets read card
 
 CARD_METADATA_KEY = "medseg.model_card"
 CARD_FORMAT_VERSION = 1
-#: How an instance model's classes become objects (:mod:`medseg.inference.instances`).
-INSTANCE_METHODS = ("boundary", "centre", "components")
-#: The classes (background included) each instance method reads.
-INSTANCE_CLASSES = {"boundary": 3, "centre": 4, "components": 2}
+#: The classes (background included) each instance method reads: how an instance model's
+#: classes become objects (:mod:`medseg.inference.instances`), what its training targets are
+#: (:mod:`medseg.training.instances`).
+INSTANCE_CLASSES = {"boundary": {0: "background", 1: "interior", 2: "boundary"},
+                    "centre": {0: "background", 1: "interior", 2: "boundary", 3: "centre"},
+                    "components": {0: "background", 1: "object"}}
+INSTANCE_METHODS = tuple(INSTANCE_CLASSES)
 #: Largest window side a card may ask for (a damaged card asking for 10^5 fails at load).
 MAX_ROI = 4096
 
@@ -147,14 +150,14 @@ class ModelCard:
         if seeds not in ("interior", "distance"):
             raise ModelError(f"model card {self.name!r}: instances.seeds must be 'interior' or "
                              f"'distance', got {seeds!r}")
-        if spec.get("method", "boundary") == "components" and "max_grow" in spec:
+        method = spec.get("method", "boundary")
+        if method == "components" and "max_grow" in spec:
             raise ModelError(f"model card {self.name!r}: instances.max_grow applies to the "
                              "'boundary' and 'centre' methods only")
-        method = spec.get("method", "boundary")
         if self.instances is not None and method in INSTANCE_CLASSES \
-                and len(self.label_names) != INSTANCE_CLASSES[method]:
+                and len(self.label_names) != len(INSTANCE_CLASSES[method]):
             raise ModelError(f"model card {self.name!r}: instances.method {method!r} reads "
-                             f"{INSTANCE_CLASSES[method]} classes, the card has "
+                             f"{len(INSTANCE_CLASSES[method])} classes, the card has "
                              f"{len(self.label_names)} ({sorted(self.label_names)})")
         if method == "centre" and any(k in spec for k in ("seeds", "h", "sigma")):
             raise ModelError(f"model card {self.name!r}: the 'centre' method is seeded by its "

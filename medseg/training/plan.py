@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 
 from medseg.errors import ConfigError, DatasetError
-from medseg.model_card import NormalizationConfig
+from medseg.model_card import INSTANCE_CLASSES, NormalizationConfig
 from medseg.networks.factory import NetworkConfig, plan_network
-from medseg.training.config import TrainConfig
+from medseg.training.config import INSTANCE_METHOD, TrainConfig
 from medseg.training.dataset import RawCase
 
 # Voxels per batch that keep one step around a second on a CPU / that fit a GPU comfortably.
@@ -103,11 +103,6 @@ def compute_fingerprint(cases: Sequence[RawCase], *, modality: str | None = None
     )
 
 
-#: The classes of each instance target mode (see :mod:`medseg.training.instances`).
-INSTANCE_CLASSES = {"boundary": {0: "background", 1: "interior", 2: "boundary"},
-                    "centre": {0: "background", 1: "interior", 2: "boundary", 3: "centre"},
-                    "gap": {0: "background", 1: "object"}}
-
 
 @dataclass
 class TrainingPlan:
@@ -172,7 +167,7 @@ def resolve_plan(config: TrainConfig, fp: Fingerprint, *, label_names: dict[int,
                                  median_spacing=fp.median_spacing[:2])
     names = config.data.label_names or label_names
     if config.data.instance_targets is not None:  # the classes the targets are made of
-        names = dict(INSTANCE_CLASSES[config.data.instance_targets])
+        names = dict(INSTANCE_CLASSES[INSTANCE_METHOD[config.data.instance_targets]])
     if not names:
         names = {v: ("background" if v == 0 else f"label_{v}")
                  for v in range(max(fp.label_values) + 1)}
