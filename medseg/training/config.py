@@ -27,6 +27,41 @@ INSTANCE_METHOD = {"boundary": "boundary", "centre": "centre", "gap": "component
 
 
 @dataclass
+class MoreData:
+    """A further dataset folder trained on in the same run as ``data.path``, in its own layout.
+
+    Each case keeps its own channel pick and label mapping, so a folder of 3-channel TIFF
+    slices (FLAIR = channel 1, masks 0/255) and a folder of one-channel NIfTI volumes
+    (masks 0/1) feed the network the same input.
+
+    Attributes:
+        source: As :attr:`DataConfig.source`.
+        path: Dataset root folder (or manifest file).
+        channels: Channels to keep from this folder's images (``None``: ``data.channels``).
+        label_values: Raw label value -> class for this folder (``None``: ``data.label_values``).
+        image_dir: For ``folder2d``: the image sub-folder.
+        label_dir: For ``folder2d``: the label sub-folder.
+        label_suffix: For ``slices``: the mask file's suffix.
+    """
+
+    source: str
+    path: str
+    channels: list[int] | None = None
+    label_values: dict[int, int] | None = None
+    image_dir: str = "image"
+    label_dir: str = "label"
+    label_suffix: str = "_mask"
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise ConfigError(f"data.more: source must be one of {SOURCES}, got {self.source!r}")
+        if self.channels is not None:
+            self.channels = [int(c) for c in self.channels]
+        if self.label_values is not None:
+            self.label_values = {int(k): int(v) for k, v in self.label_values.items()}
+
+
+@dataclass
 class DataConfig:
     """Where the data is and how to split it.
 
@@ -60,6 +95,11 @@ class DataConfig:
             column: the validation split takes whole groups (tiles of one field of view).
         group_column: The group column of ``group_file``.
         label_suffix: For ``"slices"``: the mask file's suffix after the slice's stem.
+        more: Further dataset folders (:class:`MoreData`) trained on in the same run, each in
+            its own layout, channels and label values; case ids must stay unique.
+        folds: Cross-validation: split the cases (whole groups with ``group_file``) into this
+            many folds by a seeded shuffle; ``fold`` is validated on, the rest trained on.
+        fold: Which fold (``0 .. folds-1``) is the validation set.
     """
 
     source: str
@@ -77,8 +117,18 @@ class DataConfig:
     group_file: str | None = None
     group_column: str = "group"
     label_suffix: str = "_mask"
+    more: list[MoreData] = field(default_factory=list)
+    folds: int | None = None
+    fold: int = 0
 
     def __post_init__(self) -> None:
+        self.more = [m if isinstance(m, MoreData) else _strict(MoreData, m, "data.more")
+                     for m in self.more]
+        if self.folds is not None and not (int(self.folds) >= 2 and 0 <= self.fold < self.folds):
+            raise ConfigError(f"data.folds must be >= 2 and data.fold in 0..folds-1, got "
+                              f"folds={self.folds}, fold={self.fold}")
+        if self.folds is not None and self.val_cases is not None:
+            raise ConfigError("give data.val_cases or data.folds, not both")
         if self.instance_targets not in (None, *INSTANCE_TARGETS):
             raise ConfigError(f"data.instance_targets must be one of {INSTANCE_TARGETS}, got "
                               f"{self.instance_targets!r}")
@@ -274,6 +324,9 @@ class TrainConfig:
         for key in ("label_values", "label_names"):
             if d["data"][key] is not None:
                 d["data"][key] = {str(k): v for k, v in d["data"][key].items()}
+        for more in d["data"]["more"]:
+            if more["label_values"] is not None:
+                more["label_values"] = {str(k): v for k, v in more["label_values"].items()}
         return d
 
     @classmethod

@@ -64,6 +64,10 @@ def load_raw_case(
             ``0..num_classes-1`` (after ``label_values`` mapping); the message names the case.
     """
     where = f"case {pair.case_id}"
+    if pair.channels is not None:
+        channels = pair.channels
+    if pair.label_values is not None:
+        label_values = dict(pair.label_values)
     if pair.image_slices:
         from medseg.io.image2d import read_slice_stack
 

@@ -27,9 +27,9 @@ from medseg.training.dataset import PreparedCase, load_raw_cases, prepare_case
 from medseg.training.domain import compute_domain
 from medseg.training.patches import PatchSampler, case_weights
 from medseg.training.plan import Fingerprint, TrainingPlan, compute_fingerprint, resolve_plan
-from medseg.training.records import MetricsLog, build_card, split_cases
+from medseg.training.records import MetricsLog, build_card, fold_of_cases, split_cases
 from medseg.training.runtime import Runtime, pick_runtime, seed_everything
-from medseg.training.sources import group_of_cases, index_dataset
+from medseg.training.sources import group_of_cases, index_data
 from medseg.training.validate import validate
 
 logger = logging.getLogger(__name__)
@@ -63,12 +63,15 @@ class TrainResult:
 def prepare_data(config: TrainConfig, runtime: Runtime) -> PreparedRun:
     """Index, split, load, validate, fingerprint (training cases only), plan and preprocess."""
     dc = config.data
-    index = index_dataset(dc.source, dc.path, image_dir=dc.image_dir, label_dir=dc.label_dir,
-                          label_suffix=dc.label_suffix)
+    index = index_data(dc)
     pairs = index.pairs[: dc.max_cases] if dc.max_cases else index.pairs
     ids = [p.case_id for p in pairs]
     groups = group_of_cases(dc.group_file, dc.group_column, ids) if dc.group_file else None
-    train_ids, val_ids = split_cases(ids, val_cases=dc.val_cases, val_fraction=dc.val_fraction,
+    val_cases = dc.val_cases
+    if dc.folds is not None:
+        fold = fold_of_cases(ids, folds=dc.folds, seed=config.seed, groups=groups)
+        val_cases = [i for i in ids if fold[i] == dc.fold]
+    train_ids, val_ids = split_cases(ids, val_cases=val_cases, val_fraction=dc.val_fraction,
                                      seed=config.seed, groups=groups)
     names = dc.label_names or index.label_names
     instances = dc.instance_targets is not None

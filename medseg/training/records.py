@@ -28,6 +28,33 @@ DEFAULT_COLORS = [(0, 0, 0), (230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 
                   (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60)]
 
 
+def fold_of_cases(case_ids: Sequence[str], *, folds: int, seed: int,
+                  groups: dict[str, str] | None = None) -> dict[str, int]:
+    """``{case id: fold}`` for ``folds``-fold cross-validation: groups (each case its own
+    group without ``groups``) in a seeded order, dealt to the folds by size, largest first,
+    each to the fold with the fewest cases so far, so folds differ by at most one group.
+
+    Examples:
+        >>> sorted(fold_of_cases(["a", "b", "c", "d"], folds=2, seed=0).values())
+        [0, 0, 1, 1]
+    """
+    ids = list(case_ids)
+    groups = groups or {i: i for i in ids}
+    counts = Counter(groups[i] for i in ids)
+    if len(counts) < folds:
+        raise DatasetError(f"{folds} folds need at least {folds} cases or groups, found "
+                           f"{len(counts)}")
+    names = sorted(counts)
+    order = [names[k] for k in np.random.default_rng(seed).permutation(len(names))]
+    order.sort(key=lambda g: -counts[g])  # stable: seeded order among equal sizes
+    sizes, fold_of_group = [0] * folds, {}
+    for g in order:
+        f = min(range(folds), key=lambda j: (sizes[j], j))
+        fold_of_group[g] = f
+        sizes[f] += counts[g]
+    return {i: fold_of_group[groups[i]] for i in ids}
+
+
 def split_cases(case_ids: Sequence[str], *, val_cases: Sequence[str] | None,
                 val_fraction: float, seed: int, groups: dict[str, str] | None = None
                 ) -> tuple[list[str], list[str]]:

@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medseg.errors import DatasetError
 from medseg.metrics.evaluate import case_id_of, pair_by_case_id
+
+if TYPE_CHECKING:
+    from medseg.training.config import DataConfig
 
 IMAGE_2D_SUFFIXES = (".png", ".tif", ".tiff")
 DICOM_LABEL_NAMES = ("label.nii.gz", "label.nii", "label.nrrd", "label.mha", "seg.dcm")
@@ -39,6 +42,8 @@ class CasePair:
         image_slices: For the ``slices`` layout: the 2D slice files stacked into the image, in
             slice order (``image`` is then their folder).
         label_slices: The matching mask slices.
+        channels: Channels to keep from this case's image (``None``: the config's).
+        label_values: This case's raw label value -> class mapping (``None``: the config's).
     """
 
     case_id: str
@@ -47,6 +52,8 @@ class CasePair:
     label_is_seg: bool = False
     image_slices: tuple[Path, ...] = ()
     label_slices: tuple[Path, ...] = ()
+    channels: tuple[int, ...] | None = None
+    label_values: tuple[tuple[int, int], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -91,6 +98,32 @@ def index_dataset(source: str, path: str | Path, *, image_dir: str = "image",
             if not f.exists():
                 raise DatasetError(f"case {pair.case_id}: {what} {f} does not exist")
     return index
+
+
+def index_data(data: DataConfig) -> DatasetIndex:
+    """The pairs of ``data.path`` followed by those of each ``data.more`` folder, each case
+    carrying its folder's channel pick and label mapping (see
+    :class:`~medseg.training.config.MoreData`).
+
+    Raises:
+        DatasetError: as :func:`index_dataset`, or a case id found in two folders.
+    """
+    index = index_dataset(data.source, data.path, image_dir=data.image_dir,
+                          label_dir=data.label_dir, label_suffix=data.label_suffix)
+    if not data.more:
+        return index
+    pairs = list(index.pairs)
+    for more in data.more:
+        extra = index_dataset(more.source, more.path, image_dir=more.image_dir,
+                              label_dir=more.label_dir, label_suffix=more.label_suffix)
+        channels = tuple(more.channels) if more.channels is not None else None
+        values = tuple(sorted(more.label_values.items())) if more.label_values else None
+        pairs += [replace(p, channels=channels, label_values=values) for p in extra.pairs]
+    ids = [p.case_id for p in pairs]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        raise DatasetError(f"case ids {dupes[:5]} are in more than one data folder")
+    return DatasetIndex(pairs, index.label_names, index.modality)
 
 
 def _index_msd(root: Path) -> DatasetIndex:
