@@ -121,6 +121,11 @@ class ModelCard:
             intended use; see :func:`medseg.training.domain.compute_domain`); every
             prediction's fit report checks the input against it (:mod:`medseg.inference.fit`).
             ``None``: unknown, nothing is checked.
+        confidence: How a result's confidence score (:mod:`medseg.inference.confidence`) is
+            judged: ``{"threshold": float}`` (a result scoring below it is flagged "low
+            confidence", with what it was chosen on and how well it separates poor results);
+            with it the engine always computes the score. ``None``: no threshold (the score is
+            still computed whenever probabilities are).
     """
 
     name: str
@@ -141,6 +146,7 @@ class ModelCard:
     postprocess: dict[str, Any] | None = None
     label_offset: list[float] = field(default_factory=list)
     domain: dict[str, Any] | None = None
+    confidence: dict[str, Any] | None = None
     format_version: int = CARD_FORMAT_VERSION
 
     def _check_instances(self) -> None:

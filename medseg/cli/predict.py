@@ -159,7 +159,7 @@ def predict_command(
                    f"already done, {len(summary.failed)} failed ({summary.wall_s:.1f} s); "
                    f"records in {output}", err=True)
         for record in summary.records:
-            for message in record.fit_warnings if record.ok else ():
+            for message in record.warnings if record.ok else ():
                 typer.secho(f"warning {record.case_id}: {message}", err=True,
                             fg=typer.colors.YELLOW)
         for case_id, reason in summary.failed.items():

@@ -191,6 +191,8 @@ def predict_case(case: CaseInput, segmenter: Segmenter, out_dir: str | Path,
         timings.update(prediction.timings)
         record.geometry["model_grid"] = prediction.model_grid
         record.fit = prediction.fit.to_dict()  # a strict engine has refused a misfit already
+        if prediction.confidence is not None:
+            record.confidence = prediction.confidence.to_dict()
         t = time.perf_counter()
         if prediction.labels.meta.ndim == 3 and not prediction.instances:
             from medseg.inference.measure import lesion_summary

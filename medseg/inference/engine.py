@@ -23,6 +23,7 @@ import torch
 
 from medseg.devices import autocast_dtype, resolve_device
 from medseg.errors import CancelledError, DomainError, ModelError
+from medseg.inference.confidence import CaseConfidence, confidence_of
 from medseg.inference.fit import FitReport, check_input, check_output, spacing_unit
 from medseg.inference.heap import release_freed_memory, request_huge_pages
 from medseg.inference.instances import instances_from_classes, scaled_instance_spec
@@ -96,6 +97,9 @@ class Prediction:
             ``instances``, its pixel settings scaled when ``object_diameter`` zoomed the image
             out); ``None`` for a semantic model. A relabelling of the kept probabilities
             (napari's threshold control) starts from these.
+        confidence: How far the result can be trusted (the model's expected Dice,
+            :mod:`medseg.inference.confidence`), flagged ``low`` below the card's threshold;
+            computed when the card has a threshold or the probabilities were computed.
     """
 
     labels: MedImage
@@ -111,6 +115,7 @@ class Prediction:
     region: tuple[tuple[int, int], ...] | None = None
     model_grid: dict[str, list[float]] | None = None
     instance_settings: dict[str, Any] | None = None
+    confidence: CaseConfidence | None = None
 
     def uncertainty(self) -> MedImage:
         """Normalised entropy of the probabilities, in ``[0, 1]`` (float16, one channel):
@@ -521,7 +526,9 @@ class Segmenter:
                  should_cancel: CancelFn | None, return_probabilities: bool) -> Prediction:
         """:meth:`predict` after the input is adapted and checked."""
         # instance models separate objects on the softmax: they always need it
-        want_probabilities = return_probabilities or bool(self.card.instances)
+        # so do a confidence threshold
+        want_probabilities = (return_probabilities or bool(self.card.instances)
+                              or bool(self.card.confidence))
         if self.card.spatial_dims == 2 and image.meta.ndim == 3:
             if self.inference_options.object_diameter is not None:
                 raise ModelError(f"{image.meta.provenance.path or 'the image'}: "
@@ -683,6 +690,15 @@ class Segmenter:
             unit = area_unit(image.meta)
             areas = label_areas(labels, image.meta.spacing, meta.label_names,
                                 instances=instances)
+        confidence = None
+        if probabilities is not None:
+            threshold = (self.card.confidence or {}).get("threshold")
+            confidence = confidence_of(probabilities, labels, threshold=threshold,
+                                       what="object" if instances else
+                                       "lesion" if image.meta.ndim == 3 else "region")
+            if confidence.low:
+                logger.warning("%s: %s", image.meta.provenance.path or "image",
+                               confidence.message)
         timings["postprocess"] = time.perf_counter() - t
         logger.info("predicted %s: %d windows, %s", image.meta.provenance.path or "image",
                     num_windows, {k: round(v, 3) for k, v in timings.items()})
@@ -692,7 +708,7 @@ class Segmenter:
                            if return_probabilities and probabilities is not None else None),
             timings=timings, volumes_ml=volumes, num_windows=num_windows, areas=areas,
             area_unit=unit, instances=instances, num_objects=num_objects,
-            instance_settings=spec,
+            instance_settings=spec, confidence=confidence,
         )
 
     def _predict_slices(self, image: MedImage, *, progress: ProgressFn | None,

@@ -57,6 +57,11 @@ class CaseRecord:
         fit: The fit report (:mod:`medseg.inference.fit`): ``{"level", "checks"}``, each check
             ``{"check", "level", "message"}``; ``level`` ``"warn"`` when the image does not
             look like the model's training images.
+        confidence: How far the result can be trusted (:mod:`medseg.inference.confidence`):
+            ``{"score", "threshold", "low", "message", "features"}``; ``low`` with a message
+            such as "low confidence ...: review the outline of every lesion" when the score is
+            below the model card's threshold; ``None`` when the model has no threshold and no
+            probabilities were computed.
         error: Why the case failed (a message a user can act on), else ``None``.
         error_type: Exception class name of the failure.
         provenance: medseg version, model name, model card hash, weights sha256, device,
@@ -79,6 +84,7 @@ class CaseRecord:
     num_lesions: int | None = None
     geometry: dict[str, Any] = field(default_factory=dict)
     fit: dict[str, Any] = field(default_factory=dict)
+    confidence: dict[str, Any] | None = None
     error: str | None = None
     error_type: str | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
@@ -95,6 +101,13 @@ class CaseRecord:
         """The messages of the fit report's warnings (:mod:`medseg.inference.fit`)."""
         return [c["message"] for c in self.fit.get("checks", [])
                 if c["level"] in ("warn", "refuse")]
+
+    @property
+    def warnings(self) -> list[str]:
+        """What a reviewer should be told of a finished case: the fit report's warnings, then
+        the low-confidence warning if the result scored below the card's threshold."""
+        low = self.confidence is not None and self.confidence.get("low")
+        return self.fit_warnings + ([str(self.confidence["message"])] if low else [])
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -167,7 +180,9 @@ class BatchSummary:
             {"case_id": r.case_id, "status": r.status, "outputs": r.outputs, "error": r.error,
              "timings_s": r.timings_s, "volumes_ml": r.volumes_ml, "areas": r.areas,
              "area_unit": r.area_unit, "num_objects": r.num_objects,
-             "fit_level": r.fit.get("level"), "fit_warnings": r.fit_warnings}
+             "fit_level": r.fit.get("level"), "fit_warnings": r.fit_warnings,
+             "confidence": (r.confidence or {}).get("score"),
+             "low_confidence": bool((r.confidence or {}).get("low"))}
             for r in self.records
         ]
         return d
