@@ -419,12 +419,16 @@ def evaluation_figures(evaluation: Any, limit: int = 4) -> list[tuple[str, float
 def fit_banner(prediction: Any) -> tuple[str, str]:
     """``(text, level)`` of the banner shown on a result: how well the image fits the model's
     training domain (:mod:`medseg.inference.fit`)."""
+    confidence = getattr(prediction, "confidence", None)
+    low = [confidence.message] if confidence is not None and confidence.low else []
     report = getattr(prediction, "fit", None)
     if report is None or not report.checks:
+        if low:
+            return "CHECK THIS RESULT: " + low[0], "warn"
         return "fit: not checked", "ok"
     warnings = report.warnings
-    if not warnings:
+    if not warnings and not low:
         skipped = sum(c.level == "skipped" for c in report.checks)
         return ("fit: the image matches the model's training images"
                 + (f" ({skipped} check(s) skipped)" if skipped else "")), "ok"
-    return ("CHECK THIS RESULT: " + " | ".join(c.message for c in warnings)), "warn"
+    return ("CHECK THIS RESULT: " + " | ".join(low + [c.message for c in warnings])), "warn"

@@ -179,3 +179,21 @@ def test_2d_model_on_a_3d_layer_gives_a_volume_and_a_lesion_table(tmp_path: Path
     assert m.title == f"1 lesion, {32 * voxel_ml:.2f} mL in all"
     assert m.rows[0][:5] == [1, "lesion", round(32 * voxel_ml, 4), 5, 6]
     np.testing.assert_allclose(m.points[0], (4.5, 4.5, 3.5))  # napari order (k, j, i)
+
+
+def test_fit_banner_warns_on_low_confidence() -> None:
+    from types import SimpleNamespace
+
+    from medseg.inference.confidence import CaseConfidence
+    from medseg.inference.fit import FitCheck, FitReport
+    from napari_plugin._run import fit_banner
+
+    report = FitReport([FitCheck("extent", "ok", "fits")])
+    low = CaseConfidence(0.41, 0.7, True, "low confidence (0.41, below 0.70): review it")
+    text, level = fit_banner(SimpleNamespace(fit=report, confidence=low))
+    assert level == "warn" and text == "CHECK THIS RESULT: " + low.message
+    sure = CaseConfidence(0.93, 0.7, False, None)
+    text, level = fit_banner(SimpleNamespace(fit=report, confidence=sure))
+    assert level == "ok" and text.startswith("fit: the image matches")
+    text, level = fit_banner(SimpleNamespace(fit=None, confidence=low))
+    assert level == "warn" and low.message in text
