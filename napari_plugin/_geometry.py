@@ -74,18 +74,40 @@ def layer_metadata(meta: ImageMeta, spatial_shape: Sequence[int]) -> dict[str, A
     return {META_KEY: meta.to_dict(), SHAPE_KEY: [int(s) for s in spatial_shape]}
 
 
+def is_colour_image(image: MedImage) -> bool:
+    """True for a 2D image of 3 (RGB) or 4 (RGBA) channels: a colour photograph of a slide."""
+    return image.meta.ndim == 2 and image.num_channels in (3, 4)
+
+
+def to_rgb_layer_array(array: np.ndarray) -> np.ndarray:
+    """Colour channels ``(C, i, j)`` -> napari RGB data ``(j, i, 3)`` (rows, columns, RGB), the
+    alpha channel dropped (a C-contiguous copy)."""
+    return np.ascontiguousarray(np.transpose(np.asarray(array)[:3], (2, 1, 0)))
+
+
+def from_rgb_layer_array(data: Any) -> np.ndarray:
+    """napari RGB(A) data ``(j, i, C)`` -> medseg colour channels ``(C, i, j)`` (a copy)."""
+    return np.ascontiguousarray(np.transpose(np.asarray(data), (2, 1, 0)))
+
+
 def image_layer_data(image: MedImage, *, name: str) -> list[tuple[Any, dict[str, Any], str]]:
-    """napari ``LayerData`` tuples for a medseg image (one image layer per channel).
+    """napari ``LayerData`` tuples for a medseg image.
+
+    A 2D colour image (3 or 4 channels) is one RGB layer (alpha dropped: napari would draw a
+    transparent slide); any other image gives one grey layer per channel.
 
     Args:
         image: Channel-first medseg image.
-        name: Layer name (channels beyond one get `` [c<n>]`` appended).
+        name: Layer name (grey channels beyond one get `` [c<n>]`` appended).
 
     Returns:
         A list of ``(data, kwargs, "image")`` tuples with geometry and ``ImageMeta`` metadata.
     """
     kwargs = layer_transform(image.meta)
     metadata = layer_metadata(image.meta, image.spatial_shape)
+    if is_colour_image(image):
+        return [(to_rgb_layer_array(image.array),
+                 {**kwargs, "name": name, "metadata": dict(metadata), "rgb": True}, "image")]
     layers = []
     for c in range(image.num_channels):
         suffix = f" [c{c}]" if image.num_channels > 1 else ""

@@ -26,6 +26,7 @@ from napari_plugin._geometry import (
     META_KEY,
     SHAPE_KEY,
     from_layer_array,
+    from_rgb_layer_array,
     meta_from_layer,
     meta_from_world_transform,
 )
@@ -67,7 +68,8 @@ class SegmentRequest:
     Attributes:
         layer: The napari image layer the result belongs to.
         layer_name: Its name at capture time (used to name the result).
-        image: A copy of its voxels on its grid, ``(1, i, j, k)``.
+        image: A copy of its voxels on its grid, ``(1, i, j, k)`` (``(C, i, j)``: the colour
+            channels of an RGB layer).
         options: Engine settings.
         region: Segment inside this box only (one ``(start, stop)`` index range per medseg
             axis, :func:`box_from_shapes`); ``None``: the whole image.
@@ -137,27 +139,42 @@ def box_from_shapes(shapes: Any, image_layer: Any, spatial_shape: Sequence[int]
     return tuple(reversed(box))
 
 
+def layer_image(layer: Any) -> MedImage:
+    """A copy of an image layer's voxels on its grid: ``(1, i, j[, k])`` for a grey layer,
+    ``(C, i, j)`` (its colour channels) for an RGB layer.
+
+    Raises:
+        GeometryError: The layer is multiscale, not 2D/3D, or does not fit its stored grid.
+    """
+    name = str(layer.name)
+    if getattr(layer, "multiscale", False):
+        raise GeometryError(f"layer {name!r} is multiscale; medseg segments one 2D or 3D "
+                            "image (open a single resolution level)")
+    if layer.ndim not in (2, 3):
+        raise GeometryError(f"layer {name!r} has {layer.ndim} axes; medseg segments 2D or 3D "
+                            "images (split channels or time points into separate layers)")
+    data = np.array(layer.data, copy=True)
+    array = (from_rgb_layer_array(data) if getattr(layer, "rgb", False)
+             else from_layer_array(data)[None])
+    meta = layer_grid(layer)
+    stored_shape = layer.metadata.get(SHAPE_KEY)
+    if stored_shape is not None and list(array.shape[1:]) != list(stored_shape):
+        raise GeometryError(f"layer {name!r} has shape {array.shape[1:]} (i, j, k) but its "
+                            f"medseg grid was read with shape {tuple(stored_shape)}")
+    return MedImage(array, meta)
+
+
 def capture_request(layer: Any, options: EngineOptions, *,
                     region: tuple[tuple[int, int], ...] | None = None) -> SegmentRequest:
     """Snapshot an image layer for a run (GUI thread); ``region``: see ``SegmentRequest``.
 
+    An RGB layer keeps its colour channels: the engine applies the model card's channel rule
+    to them, as ``medseg-predict`` does to the colour file.
+
     Raises:
-        GeometryError: The layer is RGB, multiscale, not 2D/3D, or does not fit its stored grid.
+        GeometryError: The layer is multiscale, not 2D/3D, or does not fit its stored grid.
     """
-    name = str(layer.name)
-    if getattr(layer, "rgb", False) or getattr(layer, "multiscale", False):
-        raise GeometryError(f"layer {name!r} is RGB or multiscale; medseg segments one "
-                            "grey-level 2D or 3D image")
-    if layer.ndim not in (2, 3):
-        raise GeometryError(f"layer {name!r} has {layer.ndim} axes; medseg segments 2D or 3D "
-                            "images (split channels or time points into separate layers)")
-    array = from_layer_array(np.array(layer.data, copy=True))
-    meta = layer_grid(layer)
-    stored_shape = layer.metadata.get(SHAPE_KEY)
-    if stored_shape is not None and list(array.shape) != list(stored_shape):
-        raise GeometryError(f"layer {name!r} has shape {array.shape} (i, j, k) but its medseg "
-                            f"grid was read with shape {tuple(stored_shape)}")
-    return SegmentRequest(layer=layer, layer_name=name, image=MedImage(array[None], meta),
+    return SegmentRequest(layer=layer, layer_name=str(layer.name), image=layer_image(layer),
                           options=options, region=region)
 
 

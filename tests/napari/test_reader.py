@@ -106,3 +106,31 @@ def test_corrupt_nifti_raises_a_medseg_error_naming_the_file(tmp_path: Path) -> 
     assert reader is not None
     with pytest.raises(ImageReadError, match="broken.nii.gz"):
         reader(str(bad))
+
+
+def test_a_colour_png_opens_as_one_rgb_layer_without_alpha(tmp_path: Path) -> None:
+    from PIL import Image as PILImage
+
+    rng = np.random.default_rng(4)
+    rgba = rng.integers(0, 255, (30, 50, 4), dtype=np.uint8)  # rows x columns x RGBA
+    rgba[..., 3] = rng.integers(0, 255, (30, 50), dtype=np.uint8)  # alpha varies
+    PILImage.fromarray(rgba, mode="RGBA").save(tmp_path / "he.png")
+
+    (data, kwargs, kind), = read_layers(str(tmp_path / "he.png"))
+    assert kind == "image" and kwargs["rgb"] is True and kwargs["name"] == "he"
+    np.testing.assert_array_equal(data, rgba[..., :3])
+    layer = Image(data, **kwargs)
+    assert layer.rgb and layer.ndim == 2
+    assert layer.metadata[SHAPE_KEY] == [50, 30]  # medseg (x, y)
+
+
+def test_a_real_he_image_opens_as_one_rgb_layer(shared_data: Path) -> None:
+    from PIL import Image as PILImage
+
+    path = sorted((shared_data / "dsb2018_brightfield" / "images").glob("*.png"))[0]
+    layers = read_layers(str(path))
+    assert len(layers) == 1
+    data, kwargs, _ = layers[0]
+    with PILImage.open(path) as im:
+        assert np.array_equal(data, np.asarray(im.convert("RGB")))
+    assert kwargs["rgb"] is True and "[c0]" not in kwargs["name"]

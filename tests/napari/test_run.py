@@ -67,12 +67,19 @@ def test_a_plain_numpy_layer_is_segmented_at_its_scale() -> None:
     assert request.image.spatial_shape == (6, 5, 4)
 
 
-def test_capture_refuses_rgb_and_4d_layers() -> None:
-    with pytest.raises(GeometryError, match="layer 'photo' is RGB or multiscale"):
-        capture_request(Image(np.zeros((5, 6, 3), np.uint8), name="photo", rgb=True),
-                        EngineOptions(model="x"))
+def test_capture_keeps_the_colour_channels_of_an_rgb_layer() -> None:
+    rgb = np.random.default_rng(1).integers(0, 255, (5, 6, 3), dtype=np.uint8)  # rows, cols
+    request = capture_request(Image(rgb, name="photo", rgb=True), EngineOptions(model="x"))
+    assert request.image.array.shape == (3, 6, 5)  # (C, x, y)
+    np.testing.assert_array_equal(request.image.array[1, 4, 2], rgb[2, 4, 1])
+
+
+def test_capture_refuses_4d_and_multiscale_layers() -> None:
     with pytest.raises(GeometryError, match="layer 'movie' has 4 axes"):
         capture_request(Image(np.zeros((2, 3, 4, 5)), name="movie"), EngineOptions(model="x"))
+    pyramid = [np.zeros((64, 64), np.uint8), np.zeros((32, 32), np.uint8)]
+    with pytest.raises(GeometryError, match="layer 'slide' is multiscale"):
+        capture_request(Image(pyramid, name="slide", multiscale=True), EngineOptions(model="x"))
 
 
 def test_segmenter_cache_loads_once_per_options(tiny_model: Path) -> None:
@@ -197,3 +204,17 @@ def test_fit_banner_warns_on_low_confidence() -> None:
     assert level == "ok" and text.startswith("fit: the image matches")
     text, level = fit_banner(SimpleNamespace(fit=None, confidence=low))
     assert level == "warn" and low.message in text
+
+
+def test_an_rgb_layer_is_segmented_like_medseg_predict_on_the_png(shared_data: Path) -> None:
+    from medseg.io import read_image
+    from napari_plugin._reader import read_layers
+
+    png = sorted((shared_data / "dsb2018_brightfield" / "images").glob("*.png"))[0]
+    (data, kwargs, _), = read_layers(str(png))
+    options = EngineOptions(model="nuclei", inference=InferenceOptions(device="cpu"))
+    prediction = run_request(capture_request(Image(data, **kwargs), options), SegmenterCache())
+    # what medseg-predict does with the file: the RGBA channels, the card's channel rule
+    expected = Segmenter.from_file("nuclei", device="cpu").predict(read_image(png))
+    assert prediction.num_objects == expected.num_objects > 0
+    np.testing.assert_array_equal(prediction.labels.array, expected.labels.array)
