@@ -13,18 +13,22 @@ Usage (repository root)::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from medseg.io.atomic import atomic_write_text
 from medseg.model_card import load_model, save_model
+from medseg.training.config import DataConfig
 from medseg.training.dataset import load_raw_cases
 from medseg.training.domain import compute_domain
-from medseg.training.sources import index_dataset
+from medseg.training.sources import index_data
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "medseg" / "models"
 ROOT = Path(__file__).resolve().parents[1]
+DATA_FIELDS = {f.name for f in dataclasses.fields(DataConfig)}
 
 #: Intended use and limitations, as the model cards' descriptions state them.
 USE = {
@@ -59,9 +63,10 @@ def split_cases(card, split: str = "train") -> list:  # noqa: ANN001 - ModelCard
         path = folder
     else:
         path = (ROOT / data["path"]).resolve()
-    index = index_dataset(data["source"], path, image_dir=data.get("image_dir", "image"),
-                          label_dir=data.get("label_dir", "label"),
-                          label_suffix=data.get("label_suffix", "_mask"))
+    config = DataConfig(**{**{k: v for k, v in data.items() if k in DATA_FIELDS},
+                           "path": str(path)})
+    config.more = [replace(m, path=str((ROOT / m.path).resolve())) for m in config.more]
+    index = index_data(config)
     pairs = [p for p in index.pairs if p.case_id in train_ids]
     if len(pairs) != len(train_ids):
         raise SystemExit(f"{card.name}: found {len(pairs)} of {len(train_ids)} {split} cases")

@@ -85,6 +85,9 @@ def main() -> None:
                         help="default clean-up: drop components smaller than this")
     parser.add_argument("--keep-largest", action="store_true",
                         help="default clean-up: keep the largest connected component per label")
+    parser.add_argument("--confidence", default=None,
+                        help="JSON of the card's confidence entry: threshold and what it was "
+                        "chosen on (benchmarks/tumour_cv.py)")
     parser.add_argument("--instances", default=None,
                         help="JSON of the card's instance settings (seed_threshold, min_size)")
     args = parser.parse_args()
@@ -94,7 +97,8 @@ def main() -> None:
                        postprocess=({"min_size_ml": args.min_size_ml or 0.0,
                                      "keep_largest": bool(args.keep_largest)}
                                     if args.min_size_ml or args.keep_largest else None),
-                       instances=json.loads(args.instances) if args.instances else None)
+                       instances=json.loads(args.instances) if args.instances else None,
+                       confidence=json.loads(args.confidence) if args.confidence else None)
     print(f"exported {args.checkpoint} -> {out} ({out.stat().st_size / 1e6:.1f} MB)")
 
 

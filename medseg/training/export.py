@@ -23,7 +23,8 @@ def export_model(checkpoint: str | Path, destination: str | Path, *,
                  evaluation: dict[str, Any] | None = None, description: str | None = None,
                  weights_dtype: str | None = None, write_card_json: bool = True,
                  postprocess: dict[str, Any] | None = None,
-                 instances: dict[str, Any] | None = None, name: str | None = None) -> Path:
+                 instances: dict[str, Any] | None = None, name: str | None = None,
+                 confidence: dict[str, Any] | None = None) -> Path:
     """Copy ``checkpoint`` to ``destination`` (``.safetensors``), updating its card.
 
     Args:
@@ -41,6 +42,8 @@ def export_model(checkpoint: str | Path, destination: str | Path, *,
         name: The shipped model's name (card ``name``) when it differs from the training
             run's (a variant trained under its own run name and shipped as ``nuclei``); the run's
             name stays in ``training.config``.
+        confidence: The card's ``confidence`` entry (``{"threshold": ...}`` and what it was
+            chosen on), see :mod:`medseg.inference.confidence`.
 
     Returns:
         The destination path.
@@ -61,6 +64,8 @@ def export_model(checkpoint: str | Path, destination: str | Path, *,
         card.postprocess = dict(postprocess)
     if instances is not None:
         card.instances = {**(card.instances or {}), **instances}
+    if confidence is not None:
+        card.confidence = dict(confidence)
     card.training["exported_from"] = {"path": str(checkpoint),
                                       "sha256": file_sha256(checkpoint)}
     destination = Path(destination)

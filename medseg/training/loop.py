@@ -223,8 +223,11 @@ class _Run:
         run_dir = Path(config.output_dir)
         data = prepare_data(config, runtime)
         if not data.val_cases:
-            raise DatasetError(f"{config.data.path}: no validation cases (set data.val_cases "
-                               "or data.val_fraction > 0)")
+            if config.data.val_fraction > 0 or config.data.val_cases:
+                raise DatasetError(f"{config.data.path}: no validation cases (set "
+                                   "data.val_cases or data.val_fraction > 0)")
+            logger.info("data.val_fraction 0: training on all %d cases without validation; "
+                        "the last checkpoint is the model", len(data.train_cases))
         if runtime.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             save_config(config, run_dir / "config.json")
@@ -305,7 +308,10 @@ class _Run:
 
     def validate(self) -> None:
         """Validation Dice over the held-out cases (sharded over the ranks); a new best is
-        checkpointed as ``best``."""
+        checkpointed as ``best``. Nothing to do without validation cases (``val_fraction``
+        0: every case trains, the last checkpoint is the model)."""
+        if not self.data.val_cases:
+            return
         config, plan = self.config, self.plan
         t0 = time.monotonic()
         result = self.group.validate(validate, self.model, self.data.val_cases,
@@ -354,8 +360,9 @@ class _Run:
             if self.log:
                 self.log.close()
         self.group.barrier()  # rank 0's checkpoints are complete before any rank returns
-        weights_best, _ = checkpoint_paths(self.run_dir, "best")
         weights_last, _ = checkpoint_paths(self.run_dir, "last")
+        weights_best = (checkpoint_paths(self.run_dir, "best")[0] if self.best is not None
+                        else weights_last)
         return TrainResult(self.run_dir, weights_best, weights_last, self.best or {},
                            self.iteration, self.elapsed(), self.plan)
 

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 from training_data import tiny_config
 
-from medseg.errors import ConfigError
+from medseg.errors import ConfigError, DatasetError
 from medseg.model_card import load_model, read_model_card
 from medseg.training import DataConfig, train
 from medseg.training.checkpoint import load_state
@@ -90,3 +90,19 @@ def test_resume_refuses_a_different_split(msd_dataset: Path, tmp_path: Path) -> 
     other = tiny_config(data, tmp_path / "r", patch_size=[16, 16, 16], seed=99)
     with pytest.raises(ConfigError, match="split differs"):
         train(other, resume=True)
+
+
+def test_all_cases_without_validation(msd_dataset: Path, tmp_path: Path) -> None:
+    """``val_fraction: 0`` trains on every case (the final model after cross-validation):
+    no validation runs and the last checkpoint is the model."""
+    data = DataConfig(source="msd", path=str(msd_dataset), max_cases=4, val_fraction=0.0)
+    result = train(tiny_config(data, tmp_path / "all", patch_size=[16, 16, 16]))
+    assert result.best_path == result.last_path and result.last_path.is_file()
+    assert result.best_metrics == {}
+    card = read_model_card(result.last_path)
+    assert len(card.training["split"]["train"]) == 4 and card.training["split"]["val"] == []
+    assert load_state(result.run_dir)["history"] == []
+    explicit = DataConfig(source="msd", path=str(msd_dataset), max_cases=4, val_fraction=0.5,
+                          val_cases=[])
+    with pytest.raises(DatasetError, match="no validation cases"):
+        train(tiny_config(explicit, tmp_path / "none", patch_size=[16, 16, 16]))
