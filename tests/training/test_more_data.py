@@ -120,7 +120,7 @@ def test_lgg_tiff_patient_and_its_nifti_give_the_model_the_same_input(
         shared_data: Path, tmp_path: Path) -> None:
     """Training reads a patient's TIFF slices; the shipped model is judged on the same patient
     as a FLAIR NIfTI built as SOURCE.txt says. What the network sees must be identical."""
-    cfg = load_config(REPO / "workflows" / "brain_tumour_cv.yaml", overrides={
+    cfg = load_config(REPO / "workflows" / "brain_tumour.yaml", overrides={
         "data.path": str(shared_data / "lgg_flair"),
         "data.more": [{"source": "msd", "path": str(shared_data / "lgg_flair_more"),
                        "channels": [0], "label_values": {0: 0, 1: 1}}]})
