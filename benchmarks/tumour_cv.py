@@ -133,6 +133,17 @@ def clean(mask: np.ndarray, how: str) -> np.ndarray:
     return keep[comp]
 
 
+#: Scores made from the same sums (medseg.inference.confidence features), compared on the
+#: out-of-fold predictions before one is shipped as the score.
+CANDIDATES = {
+    "expected Dice": lambda f: 2 * f["overlap"] / max(f["soft_voxels"] + f["hard_voxels"], 1),
+    "kept probability mass (overlap / soft)": lambda f: f["overlap"] / max(f["soft_voxels"], 1),
+    "mean probability inside (overlap / hard)": lambda f: f["overlap"] / max(f["hard_voxels"],
+                                                                             1),
+    "1 - uncertain fraction": lambda f: 1.0 - f["uncertain_fraction"],
+}
+
+
 def two_class_probabilities(p: np.ndarray) -> np.ndarray:
     pf = p.astype(np.float32)
     return np.stack([1.0 - pf, pf])
@@ -200,11 +211,18 @@ def main() -> None:
     t, how = best
     print(f"best by out-of-fold mean: threshold {t}, clean-up {how}: {summary(table[best])}")
 
-    scores, dices = [], table[best]
+    dices = table[best]
     preds = [clean(c.p >= t, how) for c in cases]
-    for c, pred in zip(cases, preds, strict=True):
-        scores.append(confidence_of(two_class_probabilities(c.p), pred).score)
     poor = [d < POOR for d in dices]
+    features = [confidence_of(two_class_probabilities(c.p), pred).features
+                for c, pred in zip(cases, preds, strict=True)]
+    candidates = {name: [rule(f) for f in features] for name, rule in CANDIDATES.items()}
+    print("\n## Candidate confidence scores: AUROC for Dice < 0.6 (higher separates better)")
+    for name, values in candidates.items():
+        print(f"  {name}: AUROC {auroc(values, poor):.3f}, "
+              f"Pearson r with Dice {np.corrcoef(values, dices)[0, 1]:.3f}")
+    scores = [confidence_of(two_class_probabilities(c.p), pred).score
+              for c, pred in zip(cases, preds, strict=True)]
     good_scores = sorted(s for s, bad in zip(scores, poor, strict=True) if not bad)
     warn_at = good_scores[int(math.floor(0.1 * len(good_scores)))] if good_scores else 0.0
     warned = [s < warn_at for s in scores]
