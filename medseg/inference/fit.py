@@ -39,11 +39,14 @@ SIZE_FACTOR = 3.0
 
 @dataclass(frozen=True)
 class FitCheck:
-    """One check: ``name`` (modality, field_of_view, ...), ``level`` and ``message``."""
+    """One check: ``name`` (modality, field_of_view, ...), ``level`` and ``message``; ``detail``
+    holds the figures a warning was made from, where a caller may word them otherwise (the
+    intensity check's: ``quantiles``, ``image``, ``training_min``, ``training_max``)."""
 
     name: str
     level: str
     message: str
+    detail: dict[str, Any] | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, str]:
         return {"check": self.name, "level": self.level, "message": self.message}
@@ -197,7 +200,60 @@ def _check_intensity(image: MedImage, domain: Mapping[str, Any], card: Any) -> F
                       for q, v, a, b in zip(QUANTILES, got, lo, hi, strict=True) if q in off)
     return FitCheck("intensity", "warn", "the image's intensities after the model's "
                     f"normalisation do not look like the training images' ({worst}): another "
-                    "kind of image, contrast or stain?")
+                    "kind of image, contrast or stain?",
+                    detail={"quantiles": list(QUANTILES), "image": got,
+                            "training_min": list(lo), "training_max": list(hi)})
+
+
+def intensity_in_words(detail: Mapping[str, Any]) -> str:
+    """How an image's intensities differ from the training images', in words a biologist
+    reads, from an intensity check's ``detail`` (same tolerances as the check).
+
+    A median above the training range, where the training images were mostly dark (a dark
+    background), is the inverted contrast of a stained or brightfield image.
+
+    Examples:
+        >>> he = {"quantiles": [1.0, 25.0, 50.0, 75.0, 99.0],
+        ...       "image": [0.0, 0.47, 0.81, 0.89, 1.0],
+        ...       "training_min": [0.0, 0.0, 0.0, 0.0, 0.03],
+        ...       "training_max": [0.0, 0.08, 0.13, 0.55, 0.99]}
+        >>> intensity_in_words(he)
+        'brighter background, dark objects: a stained or brightfield image?'
+        >>> intensity_in_words({**he, "image": [0.0, 0.05, 0.1, 0.95, 1.0]})
+        'more bright area'
+    """
+    q = [float(v) for v in detail["quantiles"]]
+    got = [float(v) for v in detail["image"]]
+    lo = [float(v) for v in detail["training_min"]]
+    hi = [float(v) for v in detail["training_max"]]
+    whole = max(hi) - min(lo)
+    floor = TOLERANCE_OF_RANGE * whole
+
+    def off(i: int) -> int:  # +1 above the training range, -1 below, 0 within
+        tol = max(floor, (hi[i] - lo[i]) / 2)
+        return 1 if got[i] > hi[i] + tol else -1 if got[i] < lo[i] - tol else 0
+
+    mid = q.index(50.0) if 50.0 in q else len(q) // 2
+    if off(mid) > 0:
+        dark = hi[mid] <= min(lo) + 0.25 * whole  # training images mostly dark
+        return ("brighter background, dark objects: a stained or brightfield image?" if dark
+                else "brighter overall")
+    if off(mid) < 0:
+        bright = lo[mid] >= min(lo) + 0.75 * whole
+        return ("darker background, bright objects: a fluorescence image?" if bright
+                else "darker overall")
+    words = []
+    low_side = [off(i) for i in range(mid)]
+    high_side = [off(i) for i in range(mid + 1, len(q))]
+    if any(v > 0 for v in low_side):
+        words.append("brighter background")
+    elif any(v < 0 for v in low_side):
+        words.append("darker background")
+    if any(v > 0 for v in high_side):
+        words.append("more bright area")
+    elif any(v < 0 for v in high_side):
+        words.append("fainter bright parts (lower contrast)")
+    return ", ".join(words) or "different brightness or contrast"
 
 
 def check_output(sizes: Mapping[str, float], unit: str, card: Any) -> list[FitCheck]:

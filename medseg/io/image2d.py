@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from medseg.errors import GeometryError, ImageReadError
+from medseg.errors import GeometryError, ImageReadError, ImageWriteError
 from medseg.io.image import ImageMeta, MedImage, Provenance
 from medseg.io.validation import check_finite, require_nonempty_file
 
@@ -129,13 +129,89 @@ def read_image_2d(path: str | Path) -> MedImage:
     return MedImage(arr, meta)
 
 
+#: dtypes an ImageJ TIFF holds (grey; colour only as uint8 RGB).
+_IMAGEJ_DTYPES = (np.uint8, np.uint16, np.float32)
+
+
+def pixel_size_um(meta: ImageMeta) -> tuple[float, float] | None:
+    """The ``(x, y)`` pixel size in micrometres a 2D file should carry: the spacing of an image
+    read with a pixel size (``um``), a spacing in mm converted, ``None`` for unit pixels."""
+    unit = meta.provenance.spacing_unit
+    sx, sy = (float(v) for v in meta.spacing[:2])
+    if unit == "px" or (unit != "um" and (sx, sy) == (1.0, 1.0)):
+        return None
+    return (sx, sy) if unit == "um" else (sx * 1000.0, sy * 1000.0)
+
+
+def _write_tiff(path: Path, pixels: np.ndarray, pixel_um: tuple[float, float] | None) -> None:
+    """Write ``(rows, cols[, 3|4])`` pixels as a TIFF, with the pixel size as ImageJ tags where
+    ImageJ holds the dtype (as Fiji reads it), else as OME-XML; both are what
+    :func:`read_image_2d` reads back."""
+    import tifffile
+
+    colour = pixels.ndim == 3
+    photometric = "rgb" if colour else "minisblack"
+    if pixel_um is None:
+        tifffile.imwrite(path, pixels, photometric=photometric, compression="zlib")
+        return
+    sx, sy = pixel_um
+    if pixels.dtype in _IMAGEJ_DTYPES and (not colour or (pixels.dtype == np.uint8
+                                                          and pixels.shape[-1] == 3)):
+        tifffile.imwrite(path, pixels, imagej=True, photometric=photometric,
+                         resolution=(1.0 / sx, 1.0 / sy), metadata={"unit": "um"})
+        return
+    tifffile.imwrite(path, pixels, ome=True, photometric=photometric, compression="zlib",
+                     metadata={"axes": "YXS" if colour else "YX",
+                               "PhysicalSizeX": sx, "PhysicalSizeXUnit": "\u00b5m",
+                               "PhysicalSizeY": sy, "PhysicalSizeYUnit": "\u00b5m"})
+
+
+def write_image_2d(image: MedImage, path: str | Path) -> Path:
+    """Write a 2D grey (one channel) or colour (3 or 4 channels) image as PNG or TIFF, with the
+    rows and columns :func:`read_image_2d` reads back, atomically.
+
+    A TIFF carries the pixel size (:func:`pixel_size_um`); a PNG holds uint8 (grey, RGB, RGBA)
+    or uint16 grey pixels without a pixel size.
+
+    Raises:
+        GeometryError: Not a 2D image of 1, 3 or 4 channels.
+        ImageWriteError: A PNG asked for pixels or a pixel size it cannot hold.
+    """
+    from medseg.io.atomic import atomic_path
+
+    path = Path(path)
+    if image.meta.ndim != 2 or image.num_channels not in (1, 3, 4):
+        raise GeometryError(f"a 2D image file holds one grey or 3/4 colour channels on two "
+                            f"axes, got shape {image.array.shape}")
+    array = np.asarray(image.array)
+    pixels = np.ascontiguousarray(array[0].T if image.num_channels == 1
+                                  else np.transpose(array, (2, 1, 0)))
+    if pixels.dtype == np.float64:
+        pixels = pixels.astype(np.float32)
+    pixel_um = pixel_size_um(image.meta)
+    tiff = path.suffix.lower() in TIFF_SUFFIXES
+    if not tiff and (pixel_um is not None or not (
+            pixels.dtype == np.uint8 or (pixels.dtype == np.uint16 and pixels.ndim == 2))):
+        raise ImageWriteError(f"{path}: a PNG holds uint8 or 16-bit grey pixels without a "
+                              f"pixel size (this image: {pixels.dtype}, pixel size "
+                              f"{pixel_um or 'none'}); write a .tif")
+    with atomic_path(path) as tmp:
+        if tiff:
+            _write_tiff(tmp, pixels, pixel_um)
+        else:
+            from PIL import Image
+
+            Image.fromarray(pixels).save(tmp, format="PNG")
+    return path
+
+
 def write_label_image_2d(labels: MedImage, path: str | Path) -> Path:
     """Write a one-channel 2D label map ``(1, x, y)`` as a TIFF (or PNG) with the source
     image's rows and columns (the array transposed back to ``(row, column)``).
 
     Instance ids keep their values (uint16, or uint32 above 65535 objects); a pixel size in
-    micrometres is carried over as ImageJ resolution tags, so Fiji and napari show the scale.
-    Written atomically.
+    micrometres is carried over (ImageJ resolution tags, OME-XML for uint32), so Fiji and
+    napari show the scale. Written atomically.
 
     Raises:
         GeometryError: Not a one-channel 2D map.
@@ -153,15 +229,8 @@ def write_label_image_2d(labels: MedImage, path: str | Path) -> Path:
     rows_cols = np.ascontiguousarray(values.T.astype(dtype, copy=False))
     with atomic_path(path) as tmp:
         if path.suffix.lower() in TIFF_SUFFIXES:
-            import tifffile
-
-            if labels.meta.provenance.spacing_unit == "um":
-                sx, sy = labels.meta.spacing
-                tifffile.imwrite(tmp, rows_cols, imagej=dtype != np.uint32,
-                                 resolution=(1.0 / sx, 1.0 / sy), metadata={"unit": "um"},
-                                 compression="zlib" if dtype == np.uint32 else None)
-            else:
-                tifffile.imwrite(tmp, rows_cols, compression="zlib")
+            _write_tiff(tmp, rows_cols, pixel_size_um(labels.meta)
+                        if labels.meta.provenance.spacing_unit == "um" else None)
         else:
             from PIL import Image
 
