@@ -36,7 +36,8 @@ SMOOTH_MIN = 50.0
 _SLAB_VOXELS = 4_000_000
 
 LOW_CONFIDENCE_MESSAGE = ("low confidence ({score:.2f}, below {threshold:.2f}): the model is "
-                          "unsure of this result; review the outline of every {what}")
+                          "unsure of this result; review the outline of every {what} "
+                          "(see docs/troubleshooting.md#low-confidence)")
 
 
 @dataclass(frozen=True)

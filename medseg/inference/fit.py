@@ -35,18 +35,48 @@ RANGE_FACTOR = 1.5
 TOLERANCE_OF_RANGE = 0.1
 #: A predicted label size more than this factor outside the training range warns.
 SIZE_FACTOR = 3.0
+#: The page that says what to do about each warning; every warning's message ends with a link
+#: to its entry there (``docs/troubleshooting.md`` in the repository).
+TROUBLESHOOTING = "docs/troubleshooting.md"
+#: The troubleshooting entry (anchor) of each check's warning.
+HELP_ANCHORS = {
+    "domain": "fit-no-training-domain",
+    "training_data": "fit-synthetic-training-data",
+    "modality": "fit-modality",
+    "field_of_view": "fit-field-of-view",
+    "spacing": "fit-voxel-size",
+    "intensity": "fit-intensity",
+    "label_sizes": "fit-label-size",
+}
+
+
+def help_link(check: str) -> str:
+    """Where a check's warning is explained: ``docs/troubleshooting.md#<anchor>``.
+
+    Examples:
+        >>> help_link("modality")
+        'docs/troubleshooting.md#fit-modality'
+    """
+    return f"{TROUBLESHOOTING}#{HELP_ANCHORS.get(check, 'fit-report')}"
 
 
 @dataclass(frozen=True)
 class FitCheck:
-    """One check: ``name`` (modality, field_of_view, ...), ``level`` and ``message``; ``detail``
-    holds the figures a warning was made from, where a caller may word them otherwise (the
-    intensity check's: ``quantiles``, ``image``, ``training_min``, ``training_max``)."""
+    """One check: ``name`` (modality, field_of_view, ...), ``level`` and ``message`` (a
+    warning's ends with ``(see docs/troubleshooting.md#<anchor>)``, :func:`help_link`);
+    ``detail`` holds the figures a warning was made from, where a caller may word them
+    otherwise (the intensity check's: ``quantiles``, ``image``, ``training_min``,
+    ``training_max``)."""
 
     name: str
     level: str
     message: str
     detail: dict[str, Any] | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.level in ("warn", "refuse") and TROUBLESHOOTING not in self.message:
+            # a warning says where to read what to do about it
+            object.__setattr__(self, "message", f"{self.message} (see {help_link(self.name)})")
 
     def to_dict(self) -> dict[str, str]:
         return {"check": self.name, "level": self.level, "message": self.message}
