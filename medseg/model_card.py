@@ -126,6 +126,10 @@ class ModelCard:
             confidence", with what it was chosen on and how well it separates poor results);
             with it the engine always computes the score. ``None``: no threshold (the score is
             still computed whenever probabilities are).
+        channel_rule: How an input becomes the model's one channel (``"luminance-inverted"``:
+            the negative of a colour image's luminance; see :mod:`medseg.transforms.channels`),
+            applied in training and at inference alike, before ``input_channels``;
+            ``None``: no rule.
     """
 
     name: str
@@ -147,6 +151,7 @@ class ModelCard:
     label_offset: list[float] = field(default_factory=list)
     domain: dict[str, Any] | None = None
     confidence: dict[str, Any] | None = None
+    channel_rule: str | None = None
     format_version: int = CARD_FORMAT_VERSION
 
     def _check_instances(self) -> None:
@@ -195,6 +200,13 @@ class ModelCard:
                              f"{self.network.spatial_dims} finite voxel offsets, got "
                              f"{self.label_offset!r}")
         self.label_offset = offset
+        if self.channel_rule is not None:
+            from medseg.transforms.channels import CHANNEL_RULES
+
+            if self.channel_rule not in CHANNEL_RULES or self.network.in_channels != 1:
+                raise ModelError(f"model card {self.name!r}: channel_rule must be one of "
+                                 f"{CHANNEL_RULES} for a one-channel network, got "
+                                 f"{self.channel_rule!r}")
         for name in ("input_channels", "fov_pixels"):
             value = getattr(self, name)
             if value is not None and (not value or any(int(v) < 0 for v in value)):

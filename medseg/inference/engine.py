@@ -35,7 +35,7 @@ from medseg.inference.postprocess import (
     label_areas,
     label_volumes_ml,
 )
-from medseg.inference.preprocess import window_normalizer
+from medseg.inference.preprocess import apply_card_channel_rule, window_normalizer
 from medseg.inference.sliding_window import (
     CancelFn,
     ProgressFn,
@@ -386,8 +386,8 @@ class Segmenter:
         return torch.device("cpu")
 
     def _adapt_input(self, image: MedImage) -> MedImage:
-        """``image`` as the model takes it: the card's ``input_channels`` picked from a
-        multi-channel input; a 2D model accepts a volume (run slice by slice).
+        """``image`` as the model takes it: the card's ``channel_rule`` applied, or its
+        ``input_channels`` picked from a multi-channel input; a 2D model accepts a volume (run slice by slice).
 
         Raises:
             ModelError: Wrong dimensionality or channel count, with what the model expects.
@@ -405,6 +405,7 @@ class Segmenter:
             raise ModelError(f"{source}: model {self.card.name!r} is 3D but the image is a "
                              f"single slice (shape {image.spatial_shape}){hint}; a 3D model "
                              "needs a volume")
+        image = apply_card_channel_rule(image, self.card)
         expected = self.card.network.in_channels
         picks = self.card.input_channels
         if image.num_channels != expected and picks and len(picks) == expected \

@@ -13,8 +13,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from medseg.model_card import NormalizationConfig
+from medseg.io.image import MedImage
+from medseg.model_card import ModelCard, NormalizationConfig
 from medseg.transforms import normalize_intensity
+from medseg.transforms.channels import apply_channel_rule
 from medseg.transforms.intensity import percentile_range
 
 #: Voxels per chunk when computing statistics (bounds the float64 temporaries to ~64 MB).
@@ -104,3 +106,11 @@ def window_normalizer(array: np.ndarray, config: NormalizationConfig
                                for c, cfg in enumerate(per_channel)])
 
     return normalise
+
+
+def apply_card_channel_rule(image: MedImage, card: ModelCard) -> MedImage:
+    """``image`` with the card's channel rule applied (one channel), as in training; the image
+    unchanged when the card has none (see :mod:`medseg.transforms.channels`)."""
+    if card.channel_rule is None:
+        return image
+    return image.with_array(apply_channel_rule(image.array, card.channel_rule))

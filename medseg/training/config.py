@@ -100,6 +100,12 @@ class DataConfig:
         folds: Cross-validation: split the cases (whole groups with ``group_file``) into this
             many folds by a seeded shuffle; ``fold`` is validated on, the rest trained on.
         fold: Which fold (``0 .. folds-1``) is the validation set.
+        channel_rule: Turn every image into one channel by this rule (``"luminance-inverted"``
+            for H&E images given to a fluorescence model; see
+            :mod:`medseg.transforms.channels`), recorded in the model card so inference does
+            the same; applied before ``channels``. ``None``: no rule.
+        stream: Keep the prepared cases on disk (in the run folder) and read each patch's
+            case when it is drawn, so memory does not grow with the number of cases.
     """
 
     source: str
@@ -120,8 +126,16 @@ class DataConfig:
     more: list[MoreData] = field(default_factory=list)
     folds: int | None = None
     fold: int = 0
+    channel_rule: str | None = None
+    stream: bool = False
 
     def __post_init__(self) -> None:
+        if self.channel_rule is not None:
+            from medseg.transforms.channels import CHANNEL_RULES
+
+            if self.channel_rule not in CHANNEL_RULES:
+                raise ConfigError(f"data.channel_rule must be one of {CHANNEL_RULES}, got "
+                                  f"{self.channel_rule!r}")
         self.more = [m if isinstance(m, MoreData) else _strict(MoreData, m, "data.more")
                      for m in self.more]
         if self.folds is not None and not (int(self.folds) >= 2 and 0 <= self.fold < self.folds):
@@ -253,6 +267,10 @@ class TrainConfig:
         fov_pixels: For a 2D model: the field of view in pixels it is trained at, recorded in
             the card so inference resamples other images to it (see
             :attr:`medseg.model_card.ModelCard.fov_pixels`).
+        init_from: A model file (``.safetensors``) whose weights start the run and whose card
+            fixes the plan (network, normalisation, spacing, window, classes): a fine-tune
+            (see :mod:`medseg.training.finetune`). ``None``: random weights, planned from the
+            data.
     """
 
     name: str
@@ -292,6 +310,7 @@ class TrainConfig:
     weight_map_w0: float = 10.0
     weight_map_sigma: float = 5.0
     fov_pixels: list[int] | None = None
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         if self.weight_map and self.data.instance_targets is None:

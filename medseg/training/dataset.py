@@ -55,9 +55,10 @@ class PreparedCase:
 
 def load_raw_case(
     pair: CasePair, *, label_values: dict[int, int] | None = None, num_classes: int | None = None,
-    channels: Sequence[int] | None = None,
+    channels: Sequence[int] | None = None, channel_rule: str | None = None,
 ) -> RawCase:
-    """Read one pair and check that image and label agree (``channels``: keep only these).
+    """Read one pair and check that image and label agree (``channel_rule``: make one channel
+    by this rule, :mod:`medseg.transforms.channels`; ``channels``: keep only these).
 
     Raises:
         DatasetError: shape or geometry mismatch, non-integer labels, or label values outside
@@ -80,7 +81,14 @@ def load_raw_case(
         image = read_case_image(pair.image, case_id=pair.case_id)
         label = read_case_label(pair.label, image, is_seg=pair.label_is_seg,
                                 case_id=pair.case_id)
-    if channels:
+    if channel_rule is not None:
+        from medseg.transforms.channels import apply_channel_rule
+
+        try:
+            image = image.with_array(apply_channel_rule(image.array, channel_rule))
+        except MedsegError as exc:
+            raise DatasetError(f"{where}: {pair.image}: {exc}") from exc
+    elif channels:
         if max(channels) >= image.num_channels:
             raise DatasetError(f"{where}: data.channels {list(channels)} but {pair.image} has "
                                f"{image.num_channels} channel(s)")
@@ -127,13 +135,14 @@ def load_raw_cases(
     label_values: dict[int, int] | None = None,
     num_classes: int | None = None,
     channels: Sequence[int] | None = None,
+    channel_rule: str | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[RawCase]:
     """:func:`load_raw_case` for every pair, with an optional ``progress(done, total)``."""
     cases = []
     for i, pair in enumerate(pairs):
         cases.append(load_raw_case(pair, label_values=label_values, num_classes=num_classes,
-                                   channels=channels))
+                                   channels=channels, channel_rule=channel_rule))
         if progress is not None:
             progress(i + 1, len(pairs))
     return cases

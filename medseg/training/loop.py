@@ -26,7 +26,13 @@ from medseg.training.config import TrainConfig, save_config
 from medseg.training.dataset import PreparedCase, load_raw_cases, prepare_case
 from medseg.training.domain import compute_domain
 from medseg.training.patches import PatchSampler, case_weights
-from medseg.training.plan import Fingerprint, TrainingPlan, compute_fingerprint, resolve_plan
+from medseg.training.plan import (
+    Fingerprint,
+    TrainingPlan,
+    compute_fingerprint,
+    plan_from_card,
+    resolve_plan,
+)
 from medseg.training.records import MetricsLog, build_card, fold_of_cases, split_cases
 from medseg.training.runtime import Runtime, pick_runtime, seed_everything
 from medseg.training.sources import group_of_cases, index_data
@@ -77,14 +83,11 @@ def prepare_data(config: TrainConfig, runtime: Runtime) -> PreparedRun:
     instances = dc.instance_targets is not None
     raw = load_raw_cases(pairs, label_values=dc.label_values,
                          num_classes=len(names) if names and not instances else None,
-                         channels=dc.channels)
+                         channels=dc.channels, channel_rule=dc.channel_rule)
     by_id = {c.case_id: c for c in raw}
     fp = compute_fingerprint([by_id[i] for i in train_ids], modality=dc.modality or index.modality,
                              seed=config.seed, instances=instances)
-    memory_gb = (torch.cuda.get_device_properties(runtime.device).total_memory / 2**30
-                 if runtime.device.type == "cuda" else None)
-    plan = resolve_plan(config, fp, label_names=names, device_type=runtime.device.type,
-                        memory_gb=memory_gb)
+    plan = _plan(config, fp, names, runtime)
 
     def prep(ids: list[str]) -> list[PreparedCase]:
         return [prepare_case(by_id[i], normalization=plan.normalization,
@@ -96,6 +99,20 @@ def prepare_data(config: TrainConfig, runtime: Runtime) -> PreparedRun:
                             instances=instances)
     return PreparedRun(plan, fp, prep(train_ids), prep(val_ids),
                        {"train": train_ids, "val": val_ids}, domain)
+
+
+def _plan(config: TrainConfig, fp: Fingerprint, names: dict[int, str] | None,
+          runtime: Runtime) -> TrainingPlan:
+    """The run's plan: from the data, or from the starting model's card (``init_from``)."""
+    memory_gb = (torch.cuda.get_device_properties(runtime.device).total_memory / 2**30
+                 if runtime.device.type == "cuda" else None)
+    if config.init_from:
+        from medseg.model_card import read_model_card
+
+        return plan_from_card(read_model_card(config.init_from), config, fp,
+                              device_type=runtime.device.type, memory_gb=memory_gb)
+    return resolve_plan(config, fp, label_names=names, device_type=runtime.device.type,
+                        memory_gb=memory_gb)
 
 
 def _lr_at(config: TrainConfig, progress: float, iteration: int) -> float:
@@ -121,6 +138,8 @@ def train(
     stop_after_iterations: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     wrap_model: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    on_validation: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainResult:
     """Train a segmentation network as ``config`` says; checkpoints go to ``output_dir``.
 
@@ -136,11 +155,16 @@ def train(
             as an interruption would; a later ``resume=True`` call continues identically.
         progress: ``progress(done, total)`` after every iteration (total = planned iterations).
         wrap_model: Optional wrapper applied after the model is on its device (e.g. DDP).
+        should_stop: Asked before every iteration; ``True`` ends the run as the time budget
+            would (a last validation and checkpoint; the best so far is kept).
+        on_validation: Called with each validation record (``iteration``, ``elapsed_s``,
+            ``val_mean``, ``val_dice``) on rank 0.
 
     Returns:
         Where the checkpoints are and the best validation metrics.
     """
     run = _Run.set_up(config, resume=resume)
+    run.on_validation = on_validation
     if resume:
         run.resume()
     run.net = wrap_model(run.model) if wrap_model else run.group.wrap(run.model)
@@ -153,6 +177,9 @@ def train(
             break
         if stop_after_iterations is not None and this_call >= stop_after_iterations:
             stop_reason = "stop_after_iterations"
+            break
+        if should_stop is not None and should_stop():
+            stop_reason = "stopped by the caller"
             break
         loss, lr = run.step(total_iters, clock[0])
         this_call += 1
@@ -188,6 +215,13 @@ class _Run:
         self.run_dir = Path(config.output_dir)
         self.start = start
         self.model = build_network(self.plan.network).to(runtime.device)
+        if config.init_from:
+            from safetensors.torch import load_model as load_safetensors_model
+
+            load_safetensors_model(self.model, str(config.init_from), strict=True,
+                                   device=str(runtime.device))
+            logger.info("weights from %s", config.init_from)
+        self.on_validation: Callable[[dict[str, Any]], None] | None = None
         self.net = self.model
         self.optimizer = _make_optimizer(config, self.model)
         self.generator = torch.Generator().manual_seed(config.seed * 1000 + runtime.rank)
@@ -333,6 +367,8 @@ class _Run:
                         result["mean"])
             if self.log:
                 self.log.validation(record, result["mean_dice"])
+            if self.on_validation is not None:
+                self.on_validation(record)
         if self.best is None or result["mean"] > self.best["val_mean"]:
             self.best = record
             self.checkpoint("best")

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from medseg.errors import ConfigError, DatasetError
-from medseg.model_card import INSTANCE_CLASSES, NormalizationConfig
+from medseg.model_card import INSTANCE_CLASSES, ModelCard, NormalizationConfig
 from medseg.networks.factory import NetworkConfig, plan_network
 from medseg.training.config import INSTANCE_METHOD, TrainConfig
 from medseg.training.dataset import RawCase
@@ -215,4 +215,45 @@ def resolve_plan(config: TrainConfig, fp: Fingerprint, *, label_names: dict[int,
         label_names=names,
         network=network,
         modality=fp.modality,
+    )
+
+
+def plan_from_card(card: ModelCard, config: TrainConfig, fp: Fingerprint, *, device_type: str,
+                   memory_gb: float | None = None) -> TrainingPlan:
+    """The plan of a run that starts from a model (``config.init_from``): the card's network,
+    normalisation, spacing, window and classes, so the weights load and inference keeps
+    working as before; only ``patch_size`` and ``batch_size`` may be overridden.
+
+    Raises:
+        DatasetError: The data do not fit the card (dimensions, channels, label values).
+    """
+    dims = card.spatial_dims
+    if fp.spatial_dims != dims and not (dims == 2 and fp.spatial_dims == 3):
+        raise DatasetError(f"model {card.name!r} is {dims}D, the data are {fp.spatial_dims}D")
+    if fp.in_channels != card.network.in_channels:
+        raise DatasetError(f"model {card.name!r} takes {card.network.in_channels} channel(s), "
+                           f"the images have {fp.in_channels} (set data.channels or "
+                           "data.channel_rule)")
+    names = {int(k): str(v) for k, v in sorted(card.label_names.items())}
+    outside = [v for v in fp.label_values if v not in names]
+    if outside and config.data.instance_targets is None:
+        raise DatasetError(f"labels hold values {outside} that model {card.name!r} does not "
+                           f"have ({names})")
+    patch = list(config.patch_size) if config.patch_size else list(card.roi_size)
+    bad = [p for p, d in zip(patch, card.network.divisor, strict=True) if p % d]
+    if len(patch) != dims or bad:
+        raise ConfigError(f"patch_size {patch} must be {dims} multiples of "
+                          f"{card.network.divisor}")
+    batch = config.batch_size or default_batch_size(patch, device_type=device_type,
+                                                    memory_gb=memory_gb)
+    return TrainingPlan(
+        spatial_dims=dims,
+        target_spacing=None if card.target_spacing is None or fp.spatial_dims != dims
+        else [float(s) for s in card.target_spacing],
+        normalization=card.normalization,
+        patch_size=patch,
+        batch_size=batch,
+        label_names=names,
+        network=card.network,
+        modality=card.modality,
     )

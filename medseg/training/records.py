@@ -178,7 +178,9 @@ def build_card(config: TrainConfig, plan: TrainingPlan, data: PreparedRun, *,
         },
         fingerprint=data.fingerprint.to_dict(),
         versions=library_versions(),
-        input_channels=list(config.data.channels) if config.data.channels else None,
+        input_channels=(list(config.data.channels)
+                        if config.data.channels and not config.data.channel_rule else None),
+        channel_rule=config.data.channel_rule,
         fov_pixels=list(config.fov_pixels) if config.fov_pixels else None,
         instances=({"method": INSTANCE_METHOD[config.data.instance_targets]}
                    if config.data.instance_targets else None),

@@ -1,0 +1,72 @@
+"""The training config of a fine-tune: the base model's recipe from its card, a fine-tuning
+schedule, and the folder's cases (written as a manifest in the run folder)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from medseg.io.atomic import atomic_write_text
+from medseg.model_card import ModelCard
+from medseg.training.config import INSTANCE_METHOD, TrainConfig, _set_dotted
+from medseg.training.sources import CasePair
+
+#: The fine-tune's learning rate, as a fraction of the base recipe's.
+LR_FACTOR = 0.3
+#: Linear warm-up steps (the optimiser's momentum starts from nothing).
+WARMUP_ITERS = 20
+#: Steps between validations (the best model so far is kept).
+ITERS_PER_EPOCH = 25
+#: Options of the base recipe a fine-tune keeps (everything that shapes what is learned).
+KEPT = ("loss", "optimizer", "momentum", "weight_decay", "batch_size", "foreground_prob",
+        "case_sampling", "weight_map", "weight_map_w0", "weight_map_sigma", "amp", "augment",
+        "val_tta", "lr")
+METHOD_TARGETS = {method: target for target, method in INSTANCE_METHOD.items()}
+
+
+def write_manifest(path: Path, pairs: Sequence[CasePair]) -> Path:
+    """A JSON manifest (``medseg.training.sources``' ``manifest`` source) of ``pairs``."""
+    records = [{"case_id": p.case_id, "image": str(Path(p.image).resolve()),
+                "label": str(Path(p.label).resolve())} for p in pairs]
+    return atomic_write_text(path, json.dumps(records, indent=1))
+
+
+def finetune_config(card: ModelCard, *, base_path: Path, name: str, manifest: Path,
+                    val_cases: Sequence[str], run_dir: Path, minutes: float,
+                    channel_rule: str | None, seed: int, num_threads: int | None,
+                    device: str | None, channels_needed: bool = True,
+                    overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """The fine-tune's :class:`TrainConfig`: the base recipe (``card.training["config"]``; the
+    defaults when the card has none), starting from ``base_path``'s weights with
+    :data:`LR_FACTOR` of its learning rate, :data:`WARMUP_ITERS` warm-up steps and a poly
+    decay over ``minutes``; ``overrides`` (dotted keys) last. ``channels_needed``: the images
+    have another channel count than the network, so the card's ``input_channels`` are picked.
+    """
+    recipe = dict((card.training or {}).get("config") or {})
+    kept = {k: recipe[k] for k in KEPT if k in recipe}
+    method = (card.instances or {}).get("method") if card.instances is not None else None
+    data: dict[str, Any] = {
+        "source": "manifest", "path": str(manifest), "val_cases": list(val_cases),
+        "modality": card.modality or None, "stream": True,
+        "instance_targets": METHOD_TARGETS[method] if method else None,
+        "label_names": None if method else {int(k): v for k, v in card.label_names.items()},
+        "channel_rule": channel_rule,
+        "channels": card.input_channels if channels_needed and not channel_rule else None,
+    }
+    config: dict[str, Any] = {
+        **kept,
+        "name": name, "data": data, "output_dir": str(run_dir), "seed": seed,
+        "init_from": str(base_path),
+        "lr": float(kept.get("lr", 0.01)) * LR_FACTOR,
+        "warmup_iters": WARMUP_ITERS, "lr_schedule": "poly",
+        "epochs": 100_000, "iters_per_epoch": ITERS_PER_EPOCH, "val_every": 1,
+        "time_budget_min": minutes, "val_overlap": 0.25,
+        "num_threads": num_threads, "device": device,
+        "fov_pixels": card.fov_pixels,
+        "deep_supervision": card.network.deep_supervision,
+    }
+    for key, value in (overrides or {}).items():
+        _set_dotted(config, key, value)
+    return TrainConfig.from_dict(config, source="fine-tune")

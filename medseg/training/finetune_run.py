@@ -1,0 +1,234 @@
+"""One fine-tune's phases (see :func:`medseg.training.finetune.finetune`): check, hold out,
+score the base, train, score, save."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medseg.errors import DatasetError
+from medseg.model_card import ModelCard, file_sha256, read_model_card
+from medseg.models import MODEL_SUFFIX, list_models, user_models_dir
+from medseg.training.finetune import (
+    FinetuneOptions,
+    FinetuneProgress,
+    FinetuneResult,
+    base_model_path,
+    check_cancel,
+)
+from medseg.training.finetune_card import write_finetuned_model
+from medseg.training.finetune_data import (
+    FolderCheck,
+    HoldOut,
+    check_pairs,
+    hold_out,
+    index_folder,
+)
+from medseg.training.finetune_recipe import finetune_config, write_manifest
+from medseg.training.finetune_score import metric_name, score_model
+
+logger = logging.getLogger(__name__)
+
+#: How many images the channel rule's polarity is judged on.
+RULE_SAMPLE = 5
+
+
+class FinetuneRun:
+    """The live state of one fine-tune."""
+
+    def __init__(self, options: FinetuneOptions, *,
+                 progress: Callable[[FinetuneProgress], None] | None,
+                 cancel: Callable[[], bool] | None, started: float) -> None:
+        self.options, self.progress, self.cancel, self.started = options, progress, cancel, started
+        self.budget_s = options.minutes * 60.0
+        self.base_path = base_model_path(options.base)
+        self.base = read_model_card(self.base_path)
+        self.name = options.name or (options.export.name[: -len(MODEL_SUFFIX)]
+                                     if options.export else default_name(self.base.name))
+        self.run_dir = options.run_dir or user_models_dir() / "runs" / self.name
+        self.step, self.val_metric = 0, None
+        self.instances = self.base.instances is not None
+
+    # -- progress ---------------------------------------------------------------------------
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def report(self, phase: str) -> None:
+        check_cancel(self.cancel)
+        if self.progress is None:
+            return
+        elapsed = self.elapsed()
+        self.progress(FinetuneProgress(step=self.step, elapsed_s=elapsed,
+                                       budget_s=self.budget_s,
+                                       eta_s=max(0.0, self.budget_s - elapsed),
+                                       val_metric=self.val_metric, phase=phase))
+
+    # -- phases -----------------------------------------------------------------------------
+    def execute(self) -> FinetuneResult:
+        options = self.options
+        self.report("checking")
+        check = check_pairs(index_folder(options.data), self.base)
+        rule = self.channel_rule(check)
+        if self.run_dir.exists():
+            shutil.rmtree(self.run_dir)
+        self.run_dir.mkdir(parents=True)
+        slicewise = self.base.spatial_dims == 2 and check.spatial_dims == 3
+        held = hold_out(check.pairs, seed=options.seed, band_dir=self.run_dir / "bands",
+                        instances=self.instances, slicewise=slicewise)
+        logger.info("%s", held.describe())
+        self.report("scoring base")
+        t0 = time.monotonic()
+        before = self.score(self.base_path, held)
+        scoring_s = time.monotonic() - t0
+        logger.info("base %s: %s %.4f on the held-back images", self.base.name,
+                    metric_name(self.instances), before)
+        result = self.train(held, rule, check, reserve_s=scoring_s * 1.3 + 5.0)
+        self.report("scoring")
+        after = self.score(result.best_path, held)
+        self.val_metric = after
+        improved = bool(after > before)
+        record = self.record(check, held, rule, before=before, after=after,
+                             steps=result.iterations, improved=improved)
+        self.report("saving")
+        destination = self.destination(improved)
+        model_path, card_path = write_finetuned_model(result.best_path, destination,
+                                                      base=self.base, name=self.name,
+                                                      record=record)
+        out = FinetuneResult(model_path=model_path, card_path=card_path,
+                             metric=metric_name(self.instances), before=before, after=after,
+                             improved=improved, candidate=not improved, steps=result.iterations,
+                             minutes=self.elapsed() / 60.0,
+                             train_cases=[p.case_id for p in held.train],
+                             val_cases=[p.case_id for p in held.val])
+        logger.info("%s", out.summary())
+        self.report("done")
+        return out
+
+    def channel_rule(self, check: FolderCheck) -> str | None:
+        """The card's rule; for colour images given to a one-channel model without one, the
+        luminance or its negative, whichever puts the images' intensities nearer the base
+        model's training images (``data.channel_rule`` in ``overrides`` decides instead)."""
+        chosen = self.options.overrides.get("data.channel_rule")
+        if chosen is not None or self.base.channel_rule is not None or not check.colour:
+            rule = chosen or self.base.channel_rule
+            if rule is None and len(check.channels) > 1:
+                raise DatasetError(f"{self.options.data}: the images mix "
+                                   f"{sorted(check.channels)} channels; give model "
+                                   f"{self.base.name!r} images of one kind")
+            return rule
+        return polarity_rule(check, self.base)
+
+    def score(self, model: Path, held: HoldOut) -> float:
+        return score_model(model, held.val, instances=self.instances,
+                           device=self.options.device, cancel=self.cancel)
+
+    def train(self, held: HoldOut, rule: str | None, check: FolderCheck, *, reserve_s: float
+              ) -> Any:
+        from medseg.training.loop import train
+
+        options = self.options
+        manifest = write_manifest(self.run_dir / "cases.json",
+                                  [*held.train, *held.val, *self.kept_skill(len(held.train))])
+        minutes = max(0.05, (self.budget_s - self.elapsed() - reserve_s) / 60.0)
+        config = finetune_config(self.base, base_path=self.base_path, name=self.name,
+                                 manifest=manifest, val_cases=[p.case_id for p in held.val],
+                                 run_dir=self.run_dir / "train", minutes=minutes,
+                                 channel_rule=rule, seed=options.seed,
+                                 num_threads=options.num_threads, device=options.device,
+                                 channels_needed=check.channels != {self.base.network.in_channels},
+                                 overrides=options.overrides)
+
+        def on_step(done: int, total: int) -> None:
+            self.step = done
+            self.report("training")
+
+        def on_validation(record: dict[str, Any]) -> None:
+            self.val_metric = float(record["val_mean"])
+
+        self.report("training")
+        result = train(config, progress=on_step, should_stop=self.cancel,
+                       on_validation=on_validation)
+        check_cancel(self.cancel)
+        return result
+
+    def kept_skill(self, n_train: int) -> list[Any]:
+        """A seeded draw of ``max(10, n_train)`` pairs from ``keep_skill`` (none without)."""
+        if self.options.keep_skill is None:
+            return []
+        from dataclasses import replace
+
+        pairs = index_folder(self.options.keep_skill)
+        order = np.random.default_rng(self.options.seed).permutation(len(pairs))
+        return [replace(pairs[i], case_id=f"keep-{pairs[i].case_id}")
+                for i in order[: max(10, n_train)]]
+
+    def destination(self, improved: bool) -> Path:
+        """The export path (or the user models folder) when better, else a candidate's path
+        beside it (``<name>.candidate.safetensors``) that no model list shows."""
+        options = self.options
+        target = options.export or user_models_dir() / f"{self.name}{MODEL_SUFFIX}"
+        if improved:
+            return target
+        folder = target.parent if options.export else user_models_dir() / "candidates"
+        return folder / f"{self.name}.candidate{MODEL_SUFFIX}"
+
+    def record(self, check: FolderCheck, held: HoldOut, rule: str | None, *, before: float,
+               after: float, steps: int, improved: bool) -> dict[str, Any]:
+        """``training["finetune"]`` of the new card."""
+        return {
+            "base": {"name": self.base.name, "path": str(self.base_path),
+                     "sha256": file_sha256(self.base_path)},
+            "data": str(self.options.data),
+            "images": [{"name": p.case_id, "sha256": check.digests[p.case_id],
+                        "objects" if self.instances else "labelled_voxels":
+                            check.objects[p.case_id]} for p in check.pairs],
+            "hold_out": held.describe(), "hold_out_method": held.method,
+            "train_cases": [p.case_id for p in held.train],
+            "val_cases": [p.case_id for p in held.val],
+            "keep_skill": str(self.options.keep_skill) if self.options.keep_skill else None,
+            "channel_rule": rule, "minutes": self.options.minutes,
+            "elapsed_s": round(self.elapsed(), 1), "steps": steps,
+            "metric": metric_name(self.instances), "before": round(before, 4),
+            "after": round(after, 4), "improved": improved,
+            "overrides": dict(self.options.overrides), "seed": self.options.seed,
+            "date": time.strftime("%Y-%m-%d"),
+        }
+
+
+def default_name(base: str) -> str:
+    """``<base>-ft-<date>``, with ``-2``, ``-3``... when taken."""
+    stem = f"{base}-ft-{time.strftime('%Y-%m-%d')}"
+    taken = set(list_models())
+    name, n = stem, 1
+    while name in taken:
+        n += 1
+        name = f"{stem}-{n}"
+    return name
+
+
+def polarity_rule(check: FolderCheck, card: ModelCard) -> str:
+    """``"luminance"`` or ``"luminance-inverted"``: whichever brings the median normalised
+    intensity of (up to :data:`RULE_SAMPLE`) images nearer the middle of the base model's
+    training range; ``"luminance-inverted"`` when the card records no range."""
+    from medseg.inference.fit import QUANTILES, normalized_quantiles
+    from medseg.training.finetune_data import read_pair
+    from medseg.transforms.channels import apply_channel_rule
+
+    intensity = (card.domain or {}).get("intensity")
+    if not intensity:
+        return "luminance-inverted"
+    k = list(QUANTILES).index(50.0)
+    target = (intensity["min"][k] + intensity["max"][k]) / 2
+    distance = {"luminance": 0.0, "luminance-inverted": 0.0}
+    for pair in check.pairs[:RULE_SAMPLE]:
+        image, _ = read_pair(pair)
+        for rule in distance:
+            q = normalized_quantiles(apply_channel_rule(image.array, rule), card.normalization)
+            distance[rule] += abs(q[k] - target)
+    return min(distance, key=lambda r: (distance[r], r != "luminance-inverted"))

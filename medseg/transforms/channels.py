@@ -1,0 +1,71 @@
+"""Channel rules: how a colour (or grey) image becomes the one channel a model takes.
+
+A model trained on one-channel images (fluorescence nuclei: bright nuclei on a dark background)
+meets RGB(A) images (H&E: dark purple nuclei on a bright background). A rule, written in the
+model card (``ModelCard.channel_rule``) when the model is trained or fine-tuned, turns every
+input into one channel the same way in training and at inference:
+
+* ``luminance``: ITU-R BT.601 luma ``0.299 R + 0.587 G + 0.114 B`` (alpha ignored; a grey
+  image is its own luminance);
+* ``red``, ``green``, ``blue``: that colour channel (a grey image is its own channel);
+* any of them with ``-inverted`` (``luminance-inverted``): the same, turned into its negative
+  (``255 - v`` for 8-bit data, ``65535 - v`` for 16-bit, ``max - v`` for others), so dark
+  objects on a bright background look like bright objects on a dark one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from medseg.errors import ModelError
+
+SOURCES = ("luminance", "red", "green", "blue")
+CHANNEL_RULES = tuple(f"{s}{inv}" for s in SOURCES for inv in ("", "-inverted"))
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def check_channel_rule(rule: str) -> str:
+    """``rule`` if it is one of :data:`CHANNEL_RULES`, else a ``ModelError`` naming them."""
+    if rule not in CHANNEL_RULES:
+        raise ModelError(f"unknown channel rule {rule!r} (one of {', '.join(CHANNEL_RULES)})")
+    return rule
+
+
+def apply_channel_rule(array: np.ndarray, rule: str) -> np.ndarray:
+    """The one channel ``(1, *spatial)`` float32 that ``rule`` makes of ``array`` ``(C, *spatial)``.
+
+    A grey image (one channel) or a colour image (3 channels, or 4 with alpha) is accepted.
+
+    Examples:
+        >>> rgb = np.array([[[200]], [[100]], [[50]]], dtype=np.uint8)
+        >>> apply_channel_rule(rgb, "green").tolist()
+        [[[100.0]]]
+        >>> apply_channel_rule(rgb, "green-inverted").tolist()
+        [[[155.0]]]
+        >>> round(float(apply_channel_rule(rgb, "luminance")[0, 0, 0]), 1)
+        124.2
+    """
+    check_channel_rule(rule)
+    source, _, inverted = rule.partition("-")
+    channels = array.shape[0]
+    if channels not in (1, 3, 4):
+        raise ModelError(f"channel rule {rule!r} takes a grey or RGB(A) image, this one has "
+                         f"{channels} channels")
+    if channels == 1:
+        out = np.asarray(array, dtype=np.float32)
+    elif source == "luminance":
+        out = np.tensordot(_LUMA, np.asarray(array[:3], dtype=np.float32), axes=1)[None]
+    else:
+        out = np.asarray(array[SOURCES.index(source) - 1: SOURCES.index(source)],
+                         dtype=np.float32)
+    if inverted:
+        out = _top(array) - out
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def _top(array: np.ndarray) -> float:
+    """The value a negative is taken from: the integer type's maximum for 8- and 16-bit data,
+    else the image's own maximum."""
+    if np.issubdtype(array.dtype, np.integer) and np.iinfo(array.dtype).bits <= 16:
+        return float(np.iinfo(array.dtype).max)
+    return float(np.max(array)) if array.size else 0.0
