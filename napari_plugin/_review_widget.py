@@ -24,10 +24,11 @@ from magicgui.widgets import (
     Table,
     create_widget,
 )
-from napari.layers import Labels
+from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import QScrollArea
+from superqt.utils import create_worker
 
 from medseg.errors import MedsegError
 from napari_plugin._geometry import meta_from_layer
@@ -38,6 +39,7 @@ from napari_plugin._layers import (
     stored_label_colors,
     stored_label_names,
 )
+from napari_plugin._learn import add_correction, capture_correction, loop_state
 from napari_plugin._logic import (
     Measurements,
     label_centroid,
@@ -126,6 +128,13 @@ class ReviewWidget(Container):
         self.save_path = FileEdit(mode="w", filter="*.nii.gz *.nii *.dcm *.tif",
                                   label="save as")
         self.save_button = PushButton(text="Save labels")
+        # the learning loop: the corrected labels and their image into a training folder
+        self.training_folder = FileEdit(mode="d", label="training folder")
+        self.training_folder.tooltip = ("folder of images/ and masks/ that Fine-tune learns "
+                                        "from (made if missing)")
+        self.add_button = PushButton(text="Add to training set")
+        self.add_button.tooltip = ("write the image and these corrected labels into the "
+                                   "training folder (the same image again replaces its mask)")
         self.status = Label(value="")
         self.status.native.setWordWrap(True)
         self.keys_help = Label(value="keys: " + ", ".join(
@@ -133,7 +142,8 @@ class ReviewWidget(Container):
         self.keys_help.native.setWordWrap(True)
         self.extend([self.layer_box, self.contour, self.total, self.measures_title,
                      self.measures, self.item, self.item_go, self.measures_refresh,
-                     self.save_path, self.save_button, self.status, self.keys_help])
+                     self.save_path, self.save_button, self.training_folder,
+                     self.add_button, self.status, self.keys_help])
         self._measurements: Measurements | None = None
         self.item_go.changed.connect(lambda *_: self.jump_to_item(self.item.value))
         self.measures_refresh.changed.connect(lambda *_: self._refresh_measurements())
@@ -150,6 +160,14 @@ class ReviewWidget(Container):
         self.layer_box.changed.connect(self._on_layer_changed)
         self.contour.changed.connect(self._on_contour)
         self.save_button.changed.connect(self.save)
+        self.add_button.changed.connect(self.add_to_training_set)
+        self._add_worker: Any = None
+        self._closed = False
+        self.native.destroyed.connect(self._on_closed)
+        folder = loop_state(napari_viewer).training_folder
+        if folder is not None:
+            self.training_folder.value = folder
+        self.training_folder.changed.connect(self._on_training_folder)
         self._on_layer_changed(self.layer_box.value)
         # a new medseg result becomes the reviewed layer; stop listening once closed
         layers_inserted = napari_viewer.layers.events.inserted
@@ -427,3 +445,61 @@ class ReviewWidget(Container):
         self._layer.metadata[SAVE_PATH_KEY] = str(written.resolve())
         self.status.value = f"saved {written.name}"
         show_info(f"saved {self._layer.name!r} to {written}")
+
+    # -- the learning loop --------------------------------------------------------------------
+    def add_to_training_set(self, *_: Any) -> None:
+        """Write the image and the selected (corrected) labels into the training folder: the
+        layers are copied here, the files written in a worker (each atomically)."""
+        if self._layer is None:
+            self.status.value = "no labels layer selected"
+            return
+        folder = self.training_folder.value
+        if folder is None or not str(folder).strip() or Path(folder) == Path("."):
+            self.status.value = ("choose a training folder first (images/ and masks/ are "
+                                 "made in it)")
+            return
+        if self._add_worker is not None:
+            self.status.value = "still writing the previous correction..."
+            return
+        folder = Path(folder).expanduser().resolve()
+        try:
+            correction = capture_correction(
+                self._layer, [ly for ly in self._viewer.layers if isinstance(ly, Image)])
+        except MedsegError as exc:
+            self.status.value = f"not added: {exc}"
+            show_error(str(exc))
+            return
+        state = loop_state(self._viewer)
+        state.training_folder = folder
+        model = self._layer.metadata.get(MODEL_KEY)
+        if model:
+            state.base_model = str(model)
+        self.status.value = f"adding {correction.stem} to {folder.name}/..."
+        self._add_worker = create_worker(
+            add_correction, folder, correction, _start_thread=False,
+            _connect={"returned": self._on_added, "errored": self._on_add_error,
+                      "finished": self._on_add_finished})
+        self._add_worker.start()
+
+    def _on_training_folder(self, value: Any) -> None:
+        if value is not None and str(value).strip() and Path(value) != Path("."):
+            loop_state(self._viewer).training_folder = Path(value).expanduser().resolve()
+
+    def _on_added(self, line: str) -> None:
+        if not self._closed:
+            self.status.value = line
+            show_info(line)
+
+    def _on_add_error(self, exc: BaseException) -> None:
+        if self._closed:
+            return
+        if not isinstance(exc, MedsegError):
+            logger.error("adding to the training set failed", exc_info=exc)
+        self.status.value = f"not added: {exc}"
+        show_error(f"not added to the training set: {exc}")
+
+    def _on_add_finished(self) -> None:
+        self._add_worker = None
+
+    def _on_closed(self, *_: Any) -> None:
+        self._closed = True

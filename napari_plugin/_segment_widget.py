@@ -37,6 +37,7 @@ from superqt.utils import create_worker
 from medseg.errors import CancelledError, GeometryError, MedsegError, ModelError
 from medseg.inference.options import InferenceOptions
 from napari_plugin._geometry import to_layer_array
+from napari_plugin._learn import FINETUNE_OFFER, plain_fit_banner
 from napari_plugin._logic import AUTO_DEVICE, DEVICE_CHOICES, resolve_device
 from napari_plugin._run import (
     EngineOptions,
@@ -45,7 +46,6 @@ from napari_plugin._run import (
     SegmentRequest,
     box_from_shapes,
     capture_request,
-    fit_banner,
     model_card_summary,
     previous_results,
     probability_layer_data,
@@ -90,6 +90,12 @@ def shipped_models() -> list[str]:
     return list(list_models())
 
 
+def model_choices(*_: Any) -> list[str]:
+    """The model box's entries: every model :func:`medseg.models.list_models` lists (shipped
+    and fine-tuned), then the checkpoint-file entry."""
+    return [*shipped_models(), CHECKPOINT_CHOICE]
+
+
 def chosen_model(choice: str, checkpoint: str) -> str:
     """The model to load from the model box and the checkpoint field.
 
@@ -110,7 +116,8 @@ class SegmentWidget(Container):
         super().__init__()
         self._viewer = napari_viewer
         self.image_box = create_widget(annotation=Image, label="image")
-        self.model_box = ComboBox(label="model", choices=[*shipped_models(), CHECKPOINT_CHOICE])
+        # choices re-read on every reset_choices: a model fine-tuned meanwhile appears
+        self.model_box = ComboBox(label="model", choices=model_choices)
         self.checkpoint = FileEdit(mode="r", filter="*.safetensors", label="checkpoint")
         self.device_box = ComboBox(label="device", choices=list(DEVICE_CHOICES), value=AUTO_DEVICE)
         self.overlap = FloatSpinBox(label="overlap", value=0.5, min=0.0, max=0.9, step=0.05)
@@ -146,12 +153,18 @@ class SegmentWidget(Container):
         self.fit_banner = Label(value="")  # the last result's fit report, after a run
         self.model_info.native.setWordWrap(True)
         self.fit_banner.native.setWordWrap(True)
+        # the way out when the image is another kind than the model's (plain_fit_banner)
+        self.fine_tune_offer = PushButton(text=FINETUNE_OFFER, visible=False)
+        self.fine_tune_offer.tooltip = ("open the Fine-tune panel and Review's Add to training "
+                                        "set: correct a few results, add them, fine-tune")
+        self.fine_tune_offer.changed.connect(self.offer_fine_tune)
         self.extend([
             self.image_box, self.model_box, self.checkpoint, self.model_info, self.device_box,
             self.overlap, self.tta, self.diameter, self.uncertainty, self.keep_probabilities,
             self.region,
             self.rerun, self.run_button, self.cancel_button,
-            self.progress, self.status, self.fit_banner, self.threshold, self.min_size,
+            self.progress, self.status, self.fit_banner, self.fine_tune_offer, self.threshold,
+            self.min_size,
         ])
         self._cache = SegmenterCache()
         self._diameter_applies = False  # set by _show_model_card
@@ -204,6 +217,16 @@ class SegmentWidget(Container):
         except (MedsegError, OSError) as exc:
             self.model_info.value = f"(no model card: {exc})"
             self._diameter_applies = self.diameter.visible = False
+
+    def offer_fine_tune(self, *_: Any) -> None:
+        """Open the Fine-tune panel (set to this model) and Review's Add to training set."""
+        from napari_plugin._finetune_widget import show_learning_panels
+
+        try:
+            model = chosen_model(str(self.model_box.value), str(self.checkpoint.value or ""))
+        except ModelError:
+            model = None
+        show_learning_panels(self._viewer, base_model=model)
 
     def _region_choices(self, *_: Any) -> list[str]:
         """The region box's entries: the whole image, then every Shapes layer by name."""
@@ -323,11 +346,13 @@ class SegmentWidget(Container):
             with self.threshold.changed.blocked(), self.min_size.changed.blocked():
                 self.threshold.value, self.min_size.value = 0.5, 0
         self.status.value = f"done: {request.result_name}"
-        text, level = fit_banner(prediction)
-        self.fit_banner.value = text
+        banner = plain_fit_banner(prediction)
+        self.fit_banner.value = banner.text
+        self.fit_banner.tooltip = banner.detail  # the figures behind the words
+        self.fine_tune_offer.visible = banner.offer_finetune
         self.fit_banner.native.setStyleSheet(
             "background-color: #8a5a00; color: white; padding: 4px; font-weight: bold;"
-            if level == "warn" else "")
+            if banner.level == "warn" else "")
         show_info(f"{request.result_name}: {result_summary(prediction)}")
 
     # -- threshold / minimum size: relabel the kept result in a worker ------------------------

@@ -150,8 +150,12 @@ def test_the_model_card_shows_before_a_run_and_a_misfit_is_bannered(
     widget.image_box.value = layer
     widget.run_button.clicked.emit()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=RUN_TIMEOUT_MS)
-    assert widget.fit_banner.value.startswith("CHECK THIS RESULT: ")
-    assert "do not look like the training images'" in widget.fit_banner.value
+    # in words a biologist reads, with the figures in the tooltip and the way out offered
+    assert widget.fit_banner.value.startswith("These images look different from what this "
+                                              "model was trained on (")
+    assert widget.fit_banner.tooltip.startswith("CHECK THIS RESULT: ")
+    assert "do not look like the training images'" in widget.fit_banner.tooltip
+    assert not widget.fine_tune_offer.native.isHidden()
     assert "background-color" in widget.fit_banner.native.styleSheet()
 
 
