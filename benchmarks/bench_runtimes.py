@@ -1,4 +1,4 @@
-"""Would another runtime make the 2D networks faster on this CPU? (issue 19, item 1)
+"""Would another runtime make the 2D networks faster on this CPU?
 
 The engine runs PyTorch eagerly, channels-last, float32 unless the CPU has native bf16
 (``bench_cpu_paths.py``). This script times the same forward pass of shipped 2D models under

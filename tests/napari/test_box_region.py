@@ -1,4 +1,4 @@
-"""Segment inside a box (issue 18): the box a Shapes layer draws, in the image's voxels, and
+"""Segment inside a box: the box a Shapes layer draws, in the image's voxels, and
 a run limited to it that lands on the whole image's grid."""
 
 from __future__ import annotations

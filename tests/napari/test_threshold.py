@@ -1,4 +1,4 @@
-"""Threshold and minimum-size controls (issue 18): a kept result is relabelled from its
+"""Threshold and minimum-size controls: a kept result is relabelled from its
 probabilities, in a worker, without running the network again."""
 
 from __future__ import annotations
