@@ -19,7 +19,7 @@ from napari_plugin._segment_widget import SegmentWidget
 pytestmark = pytest.mark.gui
 
 RUN_TIMEOUT_MS = 180_000  # the CI machine may be shared with training jobs
-#: Longest pause of the GUI event loop allowed during a run (issue 18: under 250 ms).
+#: Longest pause of the GUI event loop allowed during a run (under 250 ms).
 GUI_GAP_LIMIT_MS = 250
 
 
