@@ -19,7 +19,12 @@ from typing import Any
 import typer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Evaluate segmentations: per-label Dice, HD95, EM pixel/Rand error.")
+                  help="Score segmentations against reference labels. Three commands: "
+                       "'folders' (label maps in two folders: Dice, HD95, EM pixel/Rand error), "
+                       "'instances' (instance label images: AP@0.5, DSB score, F1, Dice) and "
+                       "'model' (run a model on a labelled dataset and score it).\n\n"
+                       "Example: medseg-evaluate model hippocampus --data "
+                       "../shared/data/msd_hippocampus --source msd")
 
 
 def parse_value_map(text: str | None) -> dict[int, int] | None:
@@ -65,7 +70,10 @@ def folders_command(
     json_out: Path | None = typer.Option(None, "--json", help="Write the summary as JSON."),
     csv_out: Path | None = typer.Option(None, "--csv", help="Write per-case scores as CSV."),
 ) -> None:
-    """Score every label file in LABELS against the same-named file in PREDICTIONS."""
+    """Score every label file in LABELS against the same-named file in PREDICTIONS.
+
+    Example: medseg-evaluate folders predictions/ labels/ --labels 1,2 --csv scores.csv
+    """
     from medseg.errors import MedsegError
     from medseg.metrics import evaluate_folders, scores_to_csv, summarize
 
@@ -89,7 +97,10 @@ def instances_command(
     json_out: Path | None = typer.Option(None, "--json", help="Write the summary as JSON."),
     csv_out: Path | None = typer.Option(None, "--csv", help="Write per-image scores as CSV."),
 ) -> None:
-    """Score instance label images: AP at IoU 0.5, DSB score (IoU 0.5..0.95), F1, Dice."""
+    """Score instance label images: AP at IoU 0.5, DSB score (IoU 0.5..0.95), F1, Dice.
+
+    Example: medseg-evaluate instances predicted_masks/ true_masks/ --json scores.json
+    """
     from medseg.errors import MedsegError
     from medseg.metrics import evaluate_instance_folders
 
@@ -139,7 +150,10 @@ def model_command(
     csv_out: Path | None = typer.Option(None, "--csv", help="Write per-case scores as CSV."),
 ) -> None:
     """Run MODEL on labelled cases of a dataset and score the predictions (objects matched
-    by IoU for an instance model, as the instances command scores them)."""
+    by IoU for an instance model, as the instances command scores them).
+
+    Example: medseg-evaluate model hippocampus --data Task04_Hippocampus/ --source msd
+    """
     from medseg.errors import MedsegError
     from medseg.metrics import scores_to_csv
     from medseg.training.evaluation import evaluate_model

@@ -81,6 +81,8 @@ def demo_command(
     the same batch runner as medseg-predict (NIfTI + DICOM SEG + JSON record), and prints
     where everything is, Dice, lesion detection and volumes, and the napari command to view it.
     No data of your own and no network are needed.
+
+    Example: medseg demo --out medseg-demo-output
     """
     from medseg.demo.report import summary_text
     from medseg.demo.run import run_demo
@@ -104,7 +106,10 @@ def demo_command(
 def models_command(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
-    """List the models shipped with medseg: name, version, modality, labels, spacing."""
+    """List the models shipped with medseg: name, version, modality, labels, spacing.
+
+    Example: medseg models --json
+    """
     rows = _shipped_models()
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
@@ -123,7 +128,10 @@ def models_command(
 
 @app.command("info")
 def info_command() -> None:
-    """Print the versions of medseg and its main libraries, the compute device and models."""
+    """Print the versions of medseg and its main libraries, the compute device and models.
+
+    Example: medseg info
+    """
     import platform
 
     import torch

@@ -102,7 +102,10 @@ def predict_command(
     ray_address: str | None = typer.Option(None, "--ray-address", help="Join this Ray cluster "
                                            "('auto', 'ray://head:10001'); default: a local one."),
 ) -> None:
-    """Segment INPUTS into OUTPUT: per case a label map, a JSON record, and a run summary."""
+    """Segment INPUTS into OUTPUT: per case a label map, a JSON record, and a run summary.
+
+    Example: medseg-predict --model hippocampus --output results/ scans/
+    """
     from tqdm import tqdm
 
     from medseg.errors import MedsegError

@@ -30,7 +30,10 @@ def train_command(
     export: Path | None = typer.Option(None, "--export", help="Copy the best model here."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Train as CONFIG says; prints the resolved plan, writes checkpoints, logs and metrics."""
+    """Train as CONFIG says; prints the resolved plan, writes checkpoints, logs and metrics.
+
+    Example: medseg-train --config workflows/hippocampus.yaml --export hippo.safetensors
+    """
     from tqdm import tqdm
 
     from medseg.distributed.ddp import is_main_process
