@@ -18,6 +18,8 @@ from typing import IO, Any
 
 import typer
 
+from medseg.inference.batch import DEFAULT_CASE_TIMEOUT_S
+
 app = typer.Typer(add_completion=False, help="Segment medical images with a medseg model.")
 
 
@@ -80,6 +82,20 @@ def predict_command(
                                           "diameter in the input's pixels; the image is zoomed "
                                           "to the model's training size (at most 2x either "
                                           "way). Default: native pixels."),
+    force: bool = typer.Option(False, "--force", help="Run cases the compute guard refuses "
+                               "(work more than --max-work times the largest training "
+                               "image's); their estimate is still recorded."),
+    max_work: float | None = typer.Option(None, "--max-work", min=0.001, help="Compute "
+                                          "guard: refuse a case whose sliding windows on the "
+                                          "model grid are more than this many times those of "
+                                          "the largest image the model was trained on "
+                                          "(default: MEDSEG_MAX_WORK, else 100)."),
+    case_timeout: float = typer.Option(DEFAULT_CASE_TIMEOUT_S, "--case-timeout", min=0,
+                                       help="Seconds a case may run before it is cancelled, "
+                                       "recorded as failed, and the batch goes on (0: no "
+                                       "limit). The default, 30 min, is about twice the "
+                                       "slowest case the compute guard lets through for any "
+                                       "shipped model on a 2-core CPU."),
     keep_largest: bool = typer.Option(False, "--keep-largest", help="Keep only the largest "
                                       "connected component of each label."),
     min_size_ml: float = typer.Option(0.0, "--min-size-ml", help="Remove components smaller "
@@ -140,13 +156,15 @@ def predict_command(
 
             torch.set_num_threads(threads)
         # the settings, built once here, go whole to every engine (local or Ray workers)
+        guard = {"max_work": max_work} if max_work is not None else {}
         inference = InferenceOptions(device=device, overlap=overlap, tta=tta, amp=amp,
                                      keep_largest=keep_largest, min_size_ml=min_size_ml,
                                      low_memory=low_memory, whole_image=whole_image,
-                                     strict=strict, object_diameter=diameter)
+                                     strict=strict, object_diameter=diameter, force=force,
+                                     **guard)
         summary = run_batch(inputs, model, output, formats=formats, overwrite=overwrite,
                             inference=inference, progress=progress, on_event=log, runner=runner,
-                            jobs=jobs)
+                            jobs=jobs, case_timeout_s=case_timeout or None)
     except MedsegError as exc:
         log({"event": "run_error", "error": str(exc), "error_type": type(exc).__name__})
         typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)

@@ -7,7 +7,13 @@ Safety rules, in the order they are applied:
 * a case counts as finished only when its JSON record, written last, exists; a re-run skips
   finished cases made by the same model weights (unless ``overwrite``) and redoes the rest;
 * a case that fails is recorded (``_failed/<case_id>.json``) with its reason and the run goes
-  on; :attr:`BatchSummary.ok` is ``False`` if any case failed.
+  on; :attr:`BatchSummary.ok` is ``False`` if any case failed;
+* no case holds the line: the engine refuses a case far beyond the model's training images
+  before the network runs (:mod:`medseg.inference.guard`), and a case still running after
+  ``case_timeout_s`` is cancelled through the engine's cancel path, recorded as failed, and
+  the run goes on;
+* ``_summary.json`` is rewritten atomically when the run starts and when each case starts and
+  ends, so a run killed at any moment leaves a valid account of what finished.
 
 :func:`predict_case` is the unit of work: a plain function of (case, segmenter, folder,
 options), so a distributed worker can call it as it is.
@@ -15,6 +21,7 @@ options), so a distributed worker can call it as it is.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import logging
@@ -26,8 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medseg.errors import ConfigError, MedsegError
+from medseg.errors import CancelledError, ConfigError, MedsegError
 from medseg.inference.cases import CaseInput, discover_cases, unique_cases
+from medseg.inference.guard import ComputeLimitError, format_duration
 from medseg.inference.options import InferenceOptions, merge_options
 from medseg.inference.records import (
     BatchSummary,
@@ -62,6 +70,15 @@ PROBABILITY_FORMATS = ("probabilities", "uncertainty")
 
 EventFn = Callable[[dict[str, Any]], None]
 
+#: The default time limit per case of a batch (seconds). The compute guard already refuses
+#: any case with more than 100x the sliding windows of the model's largest training image; on
+#: a 2-core CPU the largest case it lets through is estimated at about 15 min for the most
+#: expensive shipped model, the slowest shipped validation case takes seconds
+#: (``benchmarks/results/compute_guard.txt``). Twice the former leaves room for a loaded
+#: machine and for reading and writing, while a case that stalls (a hung file system, a device
+#: that stopped answering) costs a batch at most half an hour.
+DEFAULT_CASE_TIMEOUT_S = 1800.0
+
 #: Runs the cases that need predicting and yields each one's record as it finishes:
 #: ``runner(cases, options, out_dir, load_segmenter)``. ``load_segmenter()`` builds the engine
 #: (picklable, so it can be shipped to remote workers, which then call :func:`predict_case`).
@@ -77,16 +94,25 @@ class BatchOptions:
     Attributes:
         formats: Output formats, from ``FORMATS``.
         overwrite: Redo cases that already have a finished record.
+        case_timeout_s: A case still running after this many seconds is cancelled at the
+            engine's next window (its cancel path), recorded as failed with the reason, and
+            the batch goes on; ``None``: no limit. Default :data:`DEFAULT_CASE_TIMEOUT_S`.
     """
 
     formats: tuple[str, ...] = (AUTO,)
     overwrite: bool = False
+    case_timeout_s: float | None = DEFAULT_CASE_TIMEOUT_S
 
     def __post_init__(self) -> None:
         unknown = [f for f in self.formats if f not in FORMATS and f != AUTO]
         if unknown or not self.formats:
             raise ConfigError(f"unknown output format(s) {unknown or '(none given)'}; choose from "
                               f"{', '.join(FORMATS)}")
+        limit = self.case_timeout_s
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float))
+                                  or not 0 < limit < float("inf")):
+            raise ConfigError(f"case timeout must be a positive number of seconds (or none), "
+                              f"got {limit!r}")
 
 
 def output_name(case_id: str, fmt: str) -> str:
@@ -166,7 +192,7 @@ def predict_case(case: CaseInput, segmenter: Segmenter, out_dir: str | Path,
     """Read, segment and write one case; its record is written last. Never raises for a case
     problem: the returned (and written) record says what failed and why. ``should_cancel`` is
     polled by the engine between windows (a cancelled case is recorded as failed and redone
-    by the next run).
+    by the next run); so is the case's time limit (``options.case_timeout_s``).
     """
     from medseg.io import read_image
 
@@ -175,6 +201,7 @@ def predict_case(case: CaseInput, segmenter: Segmenter, out_dir: str | Path,
                         started_at=now_iso(), provenance=segmenter.provenance())
     timings: dict[str, float] = {}
     start = time.perf_counter()
+    limit = _CaseLimit(options.case_timeout_s, should_cancel)
     image = None
     try:
         if case.error:
@@ -185,10 +212,13 @@ def predict_case(case: CaseInput, segmenter: Segmenter, out_dir: str | Path,
         record.input = _input_info(case, image)
         record.geometry = {"shape": list(image.spatial_shape),
                            "spacing_mm": list(image.meta.spacing)}
+        if limit():
+            raise CancelledError("prediction cancelled")
         prediction = segmenter.predict(
             image, return_probabilities=any(f in PROBABILITY_FORMATS for f in options.formats),
-            should_cancel=should_cancel)
+            should_cancel=limit)
         timings.update(prediction.timings)
+        record.work = prediction.work.to_dict() if prediction.work is not None else None
         record.geometry["model_grid"] = prediction.model_grid
         record.fit = prediction.fit.to_dict()  # a strict engine has refused a misfit already
         if prediction.confidence is not None:
@@ -227,6 +257,14 @@ def predict_case(case: CaseInput, segmenter: Segmenter, out_dir: str | Path,
         record.status = "ok"
     except (KeyboardInterrupt, SystemExit):
         raise
+    except CancelledError as exc:
+        record.error, record.error_type = str(exc), type(exc).__name__
+        if limit.timed_out:
+            record.error_type = "CaseTimeout"
+            record.error = limit.reason(case, segmenter, image, record)
+    except ComputeLimitError as exc:
+        record.error, record.error_type = str(exc), type(exc).__name__
+        record.work = exc.estimate.to_dict()
     except MedsegError as exc:
         record.error, record.error_type = str(exc), type(exc).__name__
     except Exception as exc:  # unexpected: keep the batch going, keep the traceback in the log
@@ -237,6 +275,39 @@ def predict_case(case: CaseInput, segmenter: Segmenter, out_dir: str | Path,
     record.timings_s = {k: round(v, 4) for k, v in timings.items()}
     write_record(out_dir, record)
     return record
+
+
+class _CaseLimit:
+    """The ``should_cancel`` of one case: the caller's, or the case's time limit passed."""
+
+    def __init__(self, timeout_s: float | None,
+                 should_cancel: Callable[[], bool] | None) -> None:
+        self.timeout_s = timeout_s
+        self.should_cancel = should_cancel
+        self.start = time.monotonic()
+        self.timed_out = False
+
+    def __call__(self) -> bool:
+        if self.timeout_s is not None and time.monotonic() - self.start > self.timeout_s:
+            self.timed_out = True
+            return True
+        return self.should_cancel is not None and self.should_cancel()
+
+    def reason(self, case: CaseInput, segmenter: Segmenter, image: MedImage | None,
+               record: CaseRecord) -> str:
+        """Why the case was cancelled, with the compute guard's estimate when there is one
+        (also kept in ``record.work``)."""
+        estimate = ""
+        if image is not None:
+            with contextlib.suppress(MedsegError):
+                work = segmenter.estimate_work(image)
+                record.work = work.to_dict()
+                if work.seconds is not None:
+                    estimate = (f" (the network's estimated share: "
+                                f"{format_duration(work.seconds)} for {work.windows:,} windows)")
+        return (f"{case.path}: cancelled after {time.monotonic() - self.start:.0f} s, over the "
+                f"time limit per case of {self.timeout_s:g} s{estimate}; raise it with "
+                "--case-timeout (0: none), or segment a region of the image")
 
 
 def requested_options(model_path: Path | None, options: InferenceOptions,
@@ -309,12 +380,23 @@ class LocalRunner:
         jobs: Cases in flight. ``None``: 2 for a 2D model on a CPU with at least 2 torch
             threads, else 1. Each job gets ``max(1, threads // jobs)`` torch threads for the
             run (restored afterwards).
+        on_start: Called with each case just before it starts (in the thread that runs it);
+            :func:`run_batch` lists the running cases in its summary with it.
     """
 
-    def __init__(self, jobs: int | None = None) -> None:
+    def __init__(self, jobs: int | None = None, *,
+                 on_start: Callable[[CaseInput], None] | None = None) -> None:
         if jobs is not None and (not isinstance(jobs, int) or jobs < 1):
             raise ConfigError(f"jobs must be a positive integer, got {jobs!r}")
         self.jobs = jobs
+        self.on_start = on_start
+
+    def _predict(self, case: CaseInput, segmenter: Segmenter, out_dir: Path,
+                 options: BatchOptions, should_cancel: Callable[[], bool] | None = None
+                 ) -> CaseRecord:
+        if self.on_start is not None:
+            self.on_start(case)
+        return predict_case(case, segmenter, out_dir, options, should_cancel=should_cancel)
 
     def jobs_for(self, segmenter: Segmenter) -> int:
         """The cases in flight for ``segmenter`` (see the class)."""
@@ -333,14 +415,14 @@ class LocalRunner:
         jobs = min(self.jobs_for(segmenter), len(cases))
         if jobs == 1:
             for case in cases:
-                yield predict_case(case, segmenter, out_dir, options)
+                yield self._predict(case, segmenter, out_dir, options)
             return
         stop = threading.Event()  # an interrupt or early close cancels the running cases
         pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="medseg-case")
 
         def submit(case: CaseInput) -> Future[CaseRecord]:
-            return pool.submit(predict_case, case, segmenter, out_dir, options,
-                               should_cancel=stop.is_set)
+            return pool.submit(self._predict, case, segmenter, out_dir, options,
+                               stop.is_set)
 
         _share_threads(jobs)
         try:
@@ -409,6 +491,7 @@ def run_batch(
     progress: Callable[[int, int], None] | None = None,
     on_event: EventFn | None = None,
     jobs: int | None = None,
+    case_timeout_s: float | None = DEFAULT_CASE_TIMEOUT_S,
 ) -> BatchSummary:
     """Segment every case named by ``inputs`` into ``out_dir``; resumable and kill-safe.
 
@@ -433,9 +516,12 @@ def run_batch(
             ``case_finished``, ``case_failed``, ``run_finished``), e.g. for a JSON-lines log.
         jobs: Cases in flight in this process when no ``runner`` is given (see
             :class:`LocalRunner`; ``None``: 2 for a 2D model on a multi-core CPU, else 1).
+        case_timeout_s: Time limit per case in seconds (``None``: none; see
+            :class:`BatchOptions` and :data:`DEFAULT_CASE_TIMEOUT_S`).
 
     Returns:
-        The run summary (also written to ``out_dir/_summary.json``).
+        The run summary (also in ``out_dir/_summary.json``, rewritten as each case starts
+        and ends).
 
     Raises:
         ModelError: The model cannot be found or loaded (no case can run).
@@ -447,7 +533,8 @@ def run_batch(
     from medseg.model_card import file_sha256
     from medseg.models import resolve_model
 
-    options = BatchOptions(formats=tuple(dict.fromkeys(formats)), overwrite=overwrite)
+    options = BatchOptions(formats=tuple(dict.fromkeys(formats)), overwrite=overwrite,
+                           case_timeout_s=case_timeout_s)
     if runner is not None and jobs is not None:
         raise ConfigError("jobs sets the in-process runner; a given runner has its own workers")
     given = {"device": device, "overlap": overlap, "tta": tta, "amp": amp,
@@ -458,7 +545,8 @@ def run_batch(
     out_dir.mkdir(parents=True, exist_ok=True)
     with exclusive_output(out_dir):  # one run per output folder: no lost records
         emit = on_event or (lambda event: None)
-        summary = BatchSummary(out_dir=str(out_dir), started_at=now_iso())
+        summary = BatchSummary(out_dir=str(out_dir), started_at=now_iso(),
+                               case_timeout_s=options.case_timeout_s)
         start = time.perf_counter()
         removed = remove_stale_temporaries(out_dir)
         if removed:
@@ -491,23 +579,72 @@ def run_batch(
             load: Callable[[], Segmenter] = lambda: segmenter  # noqa: E731
         else:  # picklable, so a distributed runner can ship it to its workers
             load = functools.partial(Segmenter.from_file, model_path, engine_options)
-        for record in (runner or LocalRunner(jobs))(pending, options, out_dir, load):
-            summary.records.append(record)
-            if record.ok:
-                summary.completed += 1
-                emit({"event": "case_finished", "time": now_iso(), **_brief(record)})
-            else:
-                summary.failed[record.case_id] = record.error or "unknown error"
-                emit({"event": "case_failed", "time": now_iso(), **_brief(record)})
-            if progress is not None:
-                progress(summary.already_done + len(summary.records), len(cases))
-        summary.provenance = summary.records[0].provenance if summary.records else {}
-        summary.wall_s = round(time.perf_counter() - start, 3)
-        summary.write()
+        live = _LiveSummary(summary, start, pending=len(pending),
+                            reports_starts=runner is None)
+        try:
+            for record in (runner or LocalRunner(jobs, on_start=live.started))(
+                    pending, options, out_dir, load):
+                live.finished(record)
+                emit({"event": "case_finished" if record.ok else "case_failed",
+                      "time": now_iso(), **_brief(record)})
+                if progress is not None:
+                    progress(summary.already_done + len(summary.records), len(cases))
+        except BaseException:
+            live.close("interrupted")
+            raise
+        live.close("finished")
         emit({"event": "run_finished", "time": now_iso(), "total": summary.total,
               "completed": summary.completed, "already_done": summary.already_done,
               "failed": len(summary.failed), "wall_s": summary.wall_s})
         return summary
+
+
+class _LiveSummary:
+    """Keeps ``_summary.json`` current: rewritten atomically now (the run's first account),
+    when a case starts (it is listed in ``running``) and when it ends (counted, its brief
+    record added), and at the end. Thread-safe (the local runner's jobs start cases in their
+    own threads)."""
+
+    def __init__(self, summary: BatchSummary, start: float, *, pending: int,
+                 reports_starts: bool) -> None:
+        self.summary = summary
+        self.start = start
+        self.lock = threading.Lock()
+        summary.pending = pending
+        summary.running = [] if reports_starts else None
+        self._write()
+
+    def _write(self) -> None:
+        self.summary.wall_s = round(time.perf_counter() - self.start, 3)
+        self.summary.write()
+
+    def started(self, case: CaseInput) -> None:
+        with self.lock:
+            s = self.summary
+            if s.running is not None:
+                s.running.append(case.case_id)
+                s.pending -= 1
+            self._write()
+
+    def finished(self, record: CaseRecord) -> None:
+        with self.lock:
+            s = self.summary
+            if s.running is not None and record.case_id in s.running:
+                s.running.remove(record.case_id)
+            else:
+                s.pending -= 1
+            s.records.append(record)
+            if record.ok:
+                s.completed += 1
+            else:
+                s.failed[record.case_id] = record.error or "unknown error"
+            s.provenance = s.provenance or record.provenance
+            self._write()
+
+    def close(self, state: str) -> None:
+        with self.lock:
+            self.summary.state = state
+            self._write()
 
 
 def _outside(cases: list[CaseInput], out_dir: Path) -> list[CaseInput]:

@@ -25,6 +25,7 @@ from medseg.devices import autocast_dtype, resolve_device
 from medseg.errors import CancelledError, DomainError, ModelError
 from medseg.inference.confidence import CaseConfidence, confidence_of
 from medseg.inference.fit import FitReport, check_input, check_output, spacing_unit
+from medseg.inference.guard import ComputeLimitError, WorkEstimate, estimate_work, window_seconds
 from medseg.inference.heap import release_freed_memory, request_huge_pages
 from medseg.inference.instances import instances_from_classes, scaled_instance_spec
 from medseg.inference.options import InferenceOptions, merge_options
@@ -100,6 +101,9 @@ class Prediction:
         confidence: How far the result can be trusted (the model's expected Dice,
             :mod:`medseg.inference.confidence`), flagged ``low`` below the card's threshold;
             computed when the card has a threshold or the probabilities were computed.
+        work: The compute guard's estimate (:mod:`medseg.inference.guard`), made before the
+            network ran: windows on the model grid, against the largest training image, and
+            the seconds expected on this device.
     """
 
     labels: MedImage
@@ -116,6 +120,7 @@ class Prediction:
     model_grid: dict[str, list[float]] | None = None
     instance_settings: dict[str, Any] | None = None
     confidence: CaseConfidence | None = None
+    work: WorkEstimate | None = None
 
     def uncertainty(self) -> MedImage:
         """Normalised entropy of the probabilities, in ``[0, 1]`` (float16, one channel):
@@ -278,6 +283,7 @@ class Segmenter:
         self.stitch_dtype = stitch_dtype
         self.model_path = Path(model_path) if model_path is not None else None
         self._weights_sha256: str | None = None
+        self._calibration_key: tuple[Any, ...] | None = None
         plan_windows(card.roi_size, card.roi_size, overlap=self.overlap,  # validate
                      margin=self.margin)
         self.model = model.to(self.device).eval()
@@ -445,6 +451,9 @@ class Segmenter:
                 domain (the input is checked before the network runs, the predicted label
                 sizes after it).
             GeometryError: ``region`` is not a box inside the image.
+            ComputeLimitError: The case's work is more than ``max_work`` times the largest
+                training image's (:mod:`medseg.inference.guard`; not with ``force``); refused
+                before the network runs.
             CancelledError: ``should_cancel()`` returned ``True``.
         """
         if region is not None:
@@ -458,6 +467,10 @@ class Segmenter:
         fit = check_input(image, self.card)
         fit_s = time.perf_counter() - t
         self._refuse_if_strict(image, fit)  # input misfits: before the network runs
+        work = self._estimate_work(image)
+        if work.refused:  # orders of magnitude beyond the training images: before it runs
+            raise ComputeLimitError(work.reason(image.meta.provenance.path or "the image",
+                                                self.card), work)
         prediction = self._predict(image, progress=progress, should_cancel=should_cancel,
                                    return_probabilities=return_probabilities)
         t = time.perf_counter()
@@ -465,11 +478,61 @@ class Segmenter:
                        else (prediction.areas, prediction.area_unit))
         fit.checks += check_output(sizes, unit, self.card)
         prediction.fit = fit
+        prediction.work = work
         prediction.timings["fit"] = fit_s + time.perf_counter() - t
         self._refuse_if_strict(image, fit)  # predicted sizes outside the training range
         for check in fit.warnings:
             logger.info("%s: %s", image.meta.provenance.path or "image", check.message)
         return prediction
+
+    def estimate_work(self, image: MedImage, *,
+                      region: Sequence[tuple[int, int]] | None = None) -> WorkEstimate:
+        """The compute guard's estimate for ``image`` (inside ``region``), as :meth:`predict`
+        makes it before the network runs: sliding windows on the model grid, against the
+        largest training image, and the seconds they take on this device (measured once per
+        model and settings in this process). ``refused`` says whether :meth:`predict` would
+        refuse it (see ``InferenceOptions.max_work`` and ``force``).
+
+        Raises:
+            ModelError: Wrong dimensionality or number of channels for this model.
+            GeometryError: ``region`` is not a box inside the image.
+        """
+        if region is not None:
+            image = image.crop(check_box(region, image.spatial_shape))
+        return self._estimate_work(self._adapt_input(image))
+
+    def _estimate_work(self, image: MedImage) -> WorkEstimate:
+        """:meth:`estimate_work` of an adapted image."""
+        slices = None
+        if self.card.spatial_dims == 2 and image.meta.ndim == 3:  # a 2D model slice by slice
+            slices = image.spatial_shape[2]
+            grid: Sequence[int] = (tuple(self.card.fov_pixels) if self.card.fov_pixels
+                                   else image.spatial_shape[:2])
+        else:
+            resampled = self._model_grid(image)
+            grid = resampled[1] if resampled is not None else image.spatial_shape
+        options = self.inference_options
+        return estimate_work(self.card, grid, slices=slices, overlap=self.overlap,
+                             margin=self.margin, max_work=options.max_work,
+                             force=options.force, device=str(self.device),
+                             seconds_per_window=self._window_seconds)
+
+    def _window_seconds(self) -> float:
+        """One window's forward pass on this device with these settings, measured once per
+        process (:func:`medseg.inference.guard.window_seconds`)."""
+        if self._calibration_key is None:
+            self._calibration_key = (
+                self.card.hash(), str(self.device), self.tta, str(self.amp_dtype),
+                self.channels_last, self.sw_batch_size, torch.get_num_threads())
+        shape = (self.sw_batch_size, self.card.network.in_channels, *self.card.roi_size)
+
+        def run_window() -> None:
+            with torch.inference_mode():
+                self._forward(torch.zeros(shape, device=self.device))
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+
+        return window_seconds(self._calibration_key, run_window) / self.sw_batch_size
 
     def _refuse_if_strict(self, image: MedImage, fit: FitReport) -> None:
         if self.inference_options.strict and fit.warnings:

@@ -11,13 +11,42 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from typing import Any
 
 from medseg.errors import ConfigError
 from medseg.inference.postprocess import PostprocessConfig
 
 BLENDS = ("gaussian", "constant")
+#: The compute guard's default limit: a case is refused when its sliding windows on the model
+#: grid number more than this many times those of the largest image the model was trained on
+#: (:mod:`medseg.inference.guard`). Two orders of magnitude: every shipped model's validation
+#: cases are at most 1x, a whole-head MR series for the crop-trained hippocampus model at
+#: 0.69 x 0.69 x 6.5 mm is 70x, a 1024^3 volume is 12,000x
+#: (``benchmarks/results/compute_guard.txt``).
+DEFAULT_MAX_WORK = 100.0
+#: Environment variable that sets the default limit (``InferenceOptions.max_work``).
+MAX_WORK_ENV = "MEDSEG_MAX_WORK"
+
+
+def default_max_work() -> float:
+    """:data:`MAX_WORK_ENV` if set, else :data:`DEFAULT_MAX_WORK`.
+
+    Raises:
+        ConfigError: The variable is not a positive number.
+    """
+    text = os.environ.get(MAX_WORK_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_WORK
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{MAX_WORK_ENV} must be a positive number (a factor over the "
+                          f"largest training image's work), got {text!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -48,6 +77,13 @@ class InferenceOptions:
             The image is zoomed by the model's training diameter (``domain.object_diameter``)
             over this, at most 2x either way, and the objects come back on the input's
             pixels. ``None``: native pixels.
+        max_work: The compute guard's limit (:mod:`medseg.inference.guard`): a case whose
+            sliding windows on the model grid number more than this many times those of the
+            largest image the model was trained on is refused before the network runs, with
+            the estimate and the ways out. Default: ``MEDSEG_MAX_WORK`` or
+            :data:`DEFAULT_MAX_WORK` (100). Models whose card records no training domain are
+            never refused.
+        force: Run a case the compute guard would refuse (the estimate is still recorded).
     """
 
     device: str | None = None
@@ -64,6 +100,8 @@ class InferenceOptions:
     whole_image: bool | None = None
     strict: bool = False
     object_diameter: float | None = None
+    max_work: float = field(default_factory=default_max_work)
+    force: bool = False
 
     def __post_init__(self) -> None:
         if not (isinstance(self.overlap, (int, float)) and 0 <= self.overlap < 1):
@@ -82,6 +120,12 @@ class InferenceOptions:
                 raise ConfigError(f"object_diameter must be a positive number of pixels, got "
                                   f"{d!r}")
             object.__setattr__(self, "object_diameter", float(d))  # numpy scalars too
+        w = self.max_work
+        if isinstance(w, bool) or not isinstance(w, numbers.Real) \
+                or not (math.isfinite(w) and w > 0):
+            raise ConfigError(f"max_work must be a positive number (a factor over the largest "
+                              f"training image's work), got {w!r}")
+        object.__setattr__(self, "max_work", float(w))
         if isinstance(self.margin, list):
             object.__setattr__(self, "margin", tuple(self.margin))
 

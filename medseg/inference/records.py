@@ -7,6 +7,7 @@ written last, atomically, after every output file. Failed cases get a record und
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime as _dt
 import json
@@ -62,6 +63,12 @@ class CaseRecord:
             such as "low confidence ...: review the outline of every lesion" when the score is
             below the model card's threshold; ``None`` when the model has no threshold and no
             probabilities were computed.
+        work: The compute guard's estimate, made before the network ran
+            (:class:`medseg.inference.guard.WorkEstimate`): ``windows`` on the model ``grid``,
+            ``reference_windows`` of the largest training image, their ``ratio``,
+            ``seconds_per_window`` measured on this device and ``seconds`` expected,
+            ``max_work`` (the limit), ``forced``, ``refused``; also kept when the guard
+            refused the case. ``None`` when the case failed before it was estimated.
         error: Why the case failed (a message a user can act on), else ``None``.
         error_type: Exception class name of the failure.
         provenance: medseg version, model name, model card hash, weights sha256, device,
@@ -85,6 +92,7 @@ class CaseRecord:
     geometry: dict[str, Any] = field(default_factory=dict)
     fit: dict[str, Any] = field(default_factory=dict)
     confidence: dict[str, Any] | None = None
+    work: dict[str, Any] | None = None
     error: str | None = None
     error_type: str | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
@@ -144,9 +152,26 @@ def read_record(out_dir: Path, case_id: str) -> CaseRecord | None:
         return None
 
 
+def _brief_row(r: CaseRecord) -> dict[str, Any]:
+    """A case as the run summary lists it."""
+    return {"case_id": r.case_id, "status": r.status, "outputs": r.outputs, "error": r.error,
+            "error_type": r.error_type, "timings_s": r.timings_s, "volumes_ml": r.volumes_ml,
+            "areas": r.areas, "area_unit": r.area_unit, "num_objects": r.num_objects,
+            "fit_level": r.fit.get("level"), "fit_warnings": r.fit_warnings,
+            "confidence": (r.confidence or {}).get("score"),
+            "low_confidence": bool((r.confidence or {}).get("low"))}
+
+
 @dataclass
 class BatchSummary:
-    """The outcome of a :func:`medseg.inference.batch.run_batch` run.
+    """The outcome of a :func:`medseg.inference.batch.run_batch` run, rewritten atomically
+    (``_summary.json``) when the run starts, when a case starts and when it ends: a run killed
+    at any moment leaves a valid summary of what finished.
+
+    On disk, the finished records (``<case_id>.json``) are those of the ``already_done``
+    cases, of the ``ok`` cases in ``records``, and possibly of cases in ``running`` (a run
+    killed between a case's record and the next summary); the failed records
+    (``_failed/<case_id>.json``) include those of ``failed``.
 
     Attributes:
         out_dir: Output folder.
@@ -158,6 +183,13 @@ class BatchSummary:
         wall_s: Duration of the run in seconds.
         started_at: ISO-8601 UTC start time.
         provenance: Provenance of the model used (empty if nothing needed predicting).
+        state: ``"running"`` while the run goes (also what a killed run leaves), then
+            ``"finished"``.
+        running: Ids of the cases being predicted when the summary was written (``None``:
+            the runner does not report them, e.g. Ray workers).
+        pending: Cases of this run not started yet.
+        updated_at: ISO-8601 UTC time of this rewrite.
+        case_timeout_s: The time limit per case (``None``: none).
     """
 
     out_dir: str
@@ -169,25 +201,48 @@ class BatchSummary:
     wall_s: float = 0.0
     started_at: str = ""
     provenance: dict[str, Any] = field(default_factory=dict)
+    state: str = "running"
+    running: list[str] | None = field(default_factory=list)
+    pending: int = 0
+    updated_at: str = ""
+    case_timeout_s: float | None = None
+    #: Each record's row as JSON, made once (the summary is rewritten as every case starts
+    #: and ends: re-encoding thousands of rows each time would cost more than the cases).
+    _rows_json: dict[int, str] = field(default_factory=dict, init=False, repr=False,
+                                       compare=False)
 
     @property
     def ok(self) -> bool:
         return not self.failed
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["records"] = [
-            {"case_id": r.case_id, "status": r.status, "outputs": r.outputs, "error": r.error,
-             "timings_s": r.timings_s, "volumes_ml": r.volumes_ml, "areas": r.areas,
-             "area_unit": r.area_unit, "num_objects": r.num_objects,
-             "fit_level": r.fit.get("level"), "fit_warnings": r.fit_warnings,
-             "confidence": (r.confidence or {}).get("score"),
-             "low_confidence": bool((r.confidence or {}).get("low"))}
-            for r in self.records
-        ]
+        d = self._head()
+        d["records"] = [_brief_row(r) for r in self.records]
         return d
 
+    def _head(self) -> dict[str, Any]:
+        """Every field but the records (in brief, not copied whole: the summary is rewritten
+        after every case)."""
+        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in dataclasses.fields(self)
+                if f.name != "records" and not f.name.startswith("_")}
+
+    def to_json(self) -> str:
+        """:meth:`to_dict` as JSON text: the run's fields indented, then ``records`` with one
+        case per line."""
+        head = self._head()
+        rows = []
+        for record in self.records:
+            key = id(record)
+            if key not in self._rows_json:
+                self._rows_json[key] = json.dumps(_brief_row(record), sort_keys=True)
+            rows.append(self._rows_json[key])
+        text = json.dumps(head, indent=2, sort_keys=True)
+        listed = ("[\n    " + ",\n    ".join(rows) + "\n  ]") if rows else "[]"
+        return f'{text[:-2]},\n  "records": {listed}\n}}\n'
+
     def write(self) -> Path:
+        """Rewrite ``_summary.json`` atomically (stamped ``updated_at``)."""
+        self.updated_at = now_iso()
         path = Path(self.out_dir) / SUMMARY_NAME
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        atomic_write_text(path, self.to_json())
         return path

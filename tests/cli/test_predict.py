@@ -86,3 +86,39 @@ def test_windows_flag_reaches_every_record(model_file: Path, inputs: Path,
     for case in ("c0", "c1"):
         record = json.loads((out / f"{case}.json").read_text())
         assert record["provenance"]["inference_options"]["whole_image"] is False
+
+
+def test_the_compute_guard_and_the_time_limit_from_the_command_line(tmp_path: Path) -> None:
+    """A model trained on 24 mm cubes: a 160 mm cube (about 300x its windows) is refused with
+    the ways out; with a higher --max-work or --force it runs, and --case-timeout stops it."""
+    torch.manual_seed(0)
+    config = plan_network(spatial_dims=3, in_channels=1, out_channels=2, patch_size=[16] * 3,
+                          base_filters=4, max_filters=8)
+    card = ModelCard(name="cli-guarded", network=config, label_names={0: "bg", 1: "fg"},
+                     roi_size=[16] * 3, normalization=NormalizationConfig(scheme="zscore"),
+                     domain={"unit": "mm", "extent": {"min": [24.0] * 3, "max": [24.0] * 3},
+                             "spacing": {"min": [1.0] * 3, "max": [1.0] * 3}})
+    model = save_model(tmp_path / "guarded.safetensors", build_network(config), card)
+    inputs = tmp_path / "in"
+    write_nifti(MedImage(np.zeros((1, 20, 20, 20), "f4"), ImageMeta.identity(3)),
+                inputs / "small.nii.gz")
+    write_nifti(MedImage(np.zeros((1, 160, 160, 160), "f4"), ImageMeta.identity(3)),
+                inputs / "big.nii.gz")
+
+    def run(out: str, *options: str) -> str:
+        result = CliRunner().invoke(app, ["-m", str(model), "-o", str(tmp_path / out),
+                                          "--device", "cpu", *options, str(inputs)])
+        assert result.exit_code == 1, result.output
+        assert "1 done, 0 already done, 1 failed" in result.stderr
+        (line,) = [s for s in result.stderr.splitlines() if s.startswith("failed big: ")]
+        return line
+
+    refused = run("default")
+    assert "refused before running: 8,000 windows of 16x16x16" in refused
+    assert "--force" in refused and "--max-work" in refused
+    for options in (["--max-work", "1000"], ["--force"]):
+        # the small case takes well under a second, the big one (8,000 windows) a minute
+        line = run("-".join(options), *options, "--case-timeout", "5", "--threads", "1")
+        assert "over the time limit per case of 5 s" in line, line
+    record = json.loads((tmp_path / "--force" / "_failed" / "big.json").read_text())
+    assert record["error_type"] == "CaseTimeout" and record["work"]["forced"]
