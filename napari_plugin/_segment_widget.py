@@ -2,6 +2,10 @@
 
 The GUI thread only captures the request (:func:`napari_plugin._run.capture_request`) and adds
 the result; loading the model and the sliding-window inference run in a superqt worker thread.
+Torch and the engine are imported by a background thread while the widget opens; until it is
+done, Run shows "Run (loading...)" and is disabled, and a run asked for meanwhile (a click that
+got through, a script) waits for the import in its worker: the GUI thread never touches a
+half-imported torch.
 The engine's ``progress(done, total)`` callback is relayed to the progress bar through a Qt
 signal (queued across threads), and *Cancel* sets an event the engine polls via
 ``should_cancel``.
@@ -9,10 +13,10 @@ signal (queued across threads), and *Cancel* sets an event the engine polls via
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import logging
-import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -71,16 +75,46 @@ RERUN_CHOICES = (REPLACE, "add a new layer")
 WHOLE_IMAGE = "whole image"
 
 
+#: The Run button's text while the engine is imported.
+LOADING_TEXT = "Run (loading...)"
+#: How long the process waits at exit for a cancelled run to stop (ms).
+EXIT_WAIT_MS = 30_000
+
+
 class _ProgressRelay(QObject):
-    """Carries ``progress(done, total)`` from the worker thread to the GUI thread."""
+    """Carries ``progress(done, total)`` from the worker thread to the GUI thread, and the
+    end of the engine's import from the preload thread."""
 
     progress = Signal(int, int)
+    engine_ready = Signal()
 
 
-def _preload_engine() -> None:
-    import monai.networks.nets  # noqa: F401  (what the first run would import)
+def _preload_engine() -> bool | None:
+    """Import what the first run needs (torch, MONAI, the engine); whether CUDA is available
+    (``None``: the import failed, the run will say why)."""
+    try:
+        import monai.networks.nets  # noqa: F401  (what the first run would import)
+        import torch
 
-    import medseg.inference.engine  # noqa: F401  (torch)
+        import medseg.inference.engine  # noqa: F401
+
+        return bool(torch.cuda.is_available())
+    except Exception:  # reported by the run, which imports the same modules
+        logger.debug("preloading the engine failed", exc_info=True)
+        return None
+
+
+def _wait_for_runs_at_exit() -> None:
+    """At interpreter exit, let cancelled runs stop before Qt and Python are torn down: a
+    worker thread that emits into a deleted Qt object aborts the process (PyQt6)."""
+    from qtpy.QtCore import QThreadPool
+    from qtpy.QtWidgets import QApplication
+
+    if QApplication.instance() is not None:
+        QThreadPool.globalInstance().waitForDone(EXIT_WAIT_MS)
+
+
+atexit.register(_wait_for_runs_at_exit)
 
 
 def shipped_models() -> list[str]:
@@ -188,10 +222,33 @@ class SegmentWidget(Container):
         self._sync_checkpoint_visibility()
         self._show_model_card()
         # torch and the engine take seconds to import: do it now, off the GUI thread, while
-        # the user picks an image and a model, so the first Run starts at once
-        self._preload = threading.Thread(target=_preload_engine, name="medseg-preload",
-                                         daemon=True)
+        # the user picks an image and a model, so the first Run starts at once. Not a daemon:
+        # a viewer closed mid-import lets the import end before the interpreter does.
+        self._engine_ready = False
+        self._cuda_available: bool | None = None  # known once the engine is imported
+        self._relay.engine_ready.connect(self._on_engine_ready)
+        self.run_button.text, self.run_button.enabled = LOADING_TEXT, False
+        self.run_button.tooltip = "torch and the engine are loading (a few seconds, once)"
+        self._preload = threading.Thread(target=self._preload_in_background,
+                                         name="medseg-preload")
         self._preload.start()
+
+    def _preload_in_background(self) -> None:
+        """The preload thread: import the engine, then tell the GUI thread (unless the
+        widget is gone)."""
+        self._cuda_available = _preload_engine()
+        if self._closed:
+            return
+        with contextlib.suppress(RuntimeError):  # deleted between the check and the emit
+            self._relay.engine_ready.emit()
+
+    def _on_engine_ready(self) -> None:
+        """GUI thread: the engine is imported; Run is enabled (unless a run is going)."""
+        if self._closed:
+            return
+        self._engine_ready = True
+        self.run_button.text, self.run_button.tooltip = "Run", ""
+        self.run_button.enabled = self.worker is None
 
     def _sync_checkpoint_visibility(self, *_: Any) -> None:
         self.checkpoint.visible = self.model_box.value == CHECKPOINT_CHOICE
@@ -247,11 +304,11 @@ class SegmentWidget(Container):
     # -- run --------------------------------------------------------------------------------
     def _options(self) -> EngineOptions:
         model = chosen_model(str(self.model_box.value), str(self.checkpoint.value or ""))
-        # torch is never imported on the GUI thread (seconds, the first time): once the worker
-        # has loaded it, a CUDA request is checked here; before that the engine checks it
-        torch = sys.modules.get("torch")
+        # torch is never touched on the GUI thread (it may be half imported by the preload
+        # thread): once the preload has imported it, a CUDA request is checked here; before
+        # that the engine checks it
         device = resolve_device(str(self.device_box.value),
-                                cuda_available=torch.cuda.is_available() if torch else None)
+                                cuda_available=self._cuda_available)
         diameter = float(self.diameter.value) if self._diameter_applies else 0.0
         inference = InferenceOptions(device=device, overlap=float(self.overlap.value),
                                      tta=bool(self.tta.value),
@@ -280,7 +337,7 @@ class SegmentWidget(Container):
         # superqt's worker, not napari's: napari's also relays every error (a cancel included)
         # to its notification manager as a traceback, while this widget reports errors itself.
         self.worker = create_worker(
-            run_request, request, self._cache,
+            self._run_when_loaded, request,
             progress=self._report_progress, should_cancel=self._cancel_event.is_set,
             _start_thread=False,
             _connect={
@@ -290,8 +347,19 @@ class SegmentWidget(Container):
             },
         )
         self._set_running(True)
-        self.status.value = f"segmenting {request.layer_name!r}..."
+        self.status.value = (f"segmenting {request.layer_name!r}..." if self._engine_ready else
+                             f"loading the engine, then segmenting {request.layer_name!r}...")
         self.worker.start()
+
+    def _run_when_loaded(self, request: SegmentRequest, *, progress: Any,
+                         should_cancel: Any) -> Any:
+        """The worker: wait for the engine's import (a run asked for while it loads), then
+        run the request."""
+        self._preload.join()
+        if should_cancel():
+            raise CancelledError("prediction cancelled")
+        return run_request(request, self._cache, progress=progress,
+                           should_cancel=should_cancel)
 
     def cancel(self, *_: Any) -> None:
         """Ask the running engine to stop at its next window."""
@@ -408,7 +476,7 @@ class SegmentWidget(Container):
             self._set_running(False)
 
     def _set_running(self, running: bool) -> None:
-        self.run_button.enabled = not running
+        self.run_button.enabled = not running and self._engine_ready
         self.cancel_button.enabled = running
         if running:
             self.progress.value = 0

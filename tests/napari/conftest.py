@@ -27,8 +27,9 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def segment(make_napari_viewer, tiny_model: Path):
-    """A viewer with the Segment widget docked, set to the tiny model on the CPU."""
+def segment(make_napari_viewer, tiny_model: Path, qtbot):
+    """A viewer with the Segment widget docked, set to the tiny model on the CPU, its
+    engine imported (Run enabled)."""
     from napari_plugin._segment_widget import CHECKPOINT_CHOICE, SegmentWidget
 
     viewer = make_napari_viewer()
@@ -37,4 +38,5 @@ def segment(make_napari_viewer, tiny_model: Path):
     widget.model_box.value = CHECKPOINT_CHOICE
     widget.checkpoint.value = tiny_model
     widget.device_box.value = "cpu"
+    qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=60_000)
     return viewer, widget
