@@ -43,7 +43,7 @@ def build_viewer(data: Path, *, size: tuple[int, int]):
     from napari_plugin._review_widget import ReviewWidget
 
     # main() points NAPARI_CONFIG at a throw-away file, so this never touches the user's settings.
-    # Only errors as toasts: napari's PyQt5 deprecation notice would sit over the image.
+    # Only errors as toasts: an info or warning notice would sit over the image.
     get_settings().application.gui_notification_level = "error"
     viewer = napari.Viewer(title="medseg - review", show=True)
     viewer.window.resize(*size)

@@ -74,7 +74,7 @@ def shoot(name: str, out: Path, *, size: tuple[int, int], timeout_s: float = 600
     viewer.window.resize(*size)
     if result.ndim == 2:
         viewer.reset_view()
-    viewer.camera.zoom = zoom
+    getattr(viewer, "scene", viewer).camera.zoom = zoom  # napari >= 0.9: viewer.scene.camera
     for _ in range(30):  # let Qt lay out the docks and vispy draw the canvas
         QApplication.processEvents()
     picture = viewer.screenshot(str(out), canvas_only=False, flash=False)
