@@ -30,12 +30,14 @@ def finetuned_description(base: ModelCard, record: dict[str, Any]) -> str:
 
 
 def write_finetuned_model(checkpoint: Path, destination: Path, *, base: ModelCard,
-                          name: str, record: dict[str, Any]) -> tuple[Path, Path]:
+                          name: str, record: dict[str, Any],
+                          instances: dict[str, Any] | None = None) -> tuple[Path, Path]:
     """Write the checkpoint's weights with a card built from the base's and the run's.
 
-    Kept from the base: label names and colours, instance settings, clean-up default. From
-    the run: network and preprocessing (the same as the base's), channel rule, training
-    domain (the images trained on, with the kept base images when ``keep_skill``). Dropped:
+    Kept from the base: label names and colours, clean-up default, instance settings (unless
+    ``instances`` gives those re-chosen on the held-back images). From the run: network and
+    preprocessing (the same as the base's), channel rule, training domain (the images trained
+    on, with the kept base images when ``keep_skill``). Dropped:
     the base's confidence threshold (chosen on the base's validation images). Added:
     ``training["finetune"] = record``.
 
@@ -46,7 +48,8 @@ def write_finetuned_model(checkpoint: Path, destination: Path, *, base: ModelCar
     card.name = name
     card.label_names = dict(base.label_names)
     card.label_colors = dict(base.label_colors)
-    card.instances = dict(base.instances) if base.instances is not None else None
+    chosen = instances if instances is not None else base.instances
+    card.instances = dict(chosen) if chosen is not None else None
     card.postprocess = dict(base.postprocess) if base.postprocess else None
     card.modality = base.modality
     card.confidence = None

@@ -18,7 +18,7 @@ LR_FACTOR = 0.3
 #: Linear warm-up steps (the optimiser's momentum starts from nothing).
 WARMUP_ITERS = 20
 #: Steps between validations (the best model so far is kept).
-ITERS_PER_EPOCH = 25
+ITERS_PER_EPOCH = 50
 #: Options of the base recipe a fine-tune keeps (everything that shapes what is learned).
 KEPT = ("loss", "optimizer", "momentum", "weight_decay", "batch_size", "foreground_prob",
         "case_sampling", "weight_map", "weight_map_w0", "weight_map_sigma", "amp", "augment",

@@ -15,6 +15,7 @@ import numpy as np
 from medseg.errors import DatasetError
 from medseg.model_card import ModelCard, file_sha256, read_model_card
 from medseg.models import MODEL_SUFFIX, list_models, user_models_dir
+from medseg.training.config import TrainConfig
 from medseg.training.finetune import (
     FinetuneOptions,
     FinetuneProgress,
@@ -31,7 +32,12 @@ from medseg.training.finetune_data import (
     index_folder,
 )
 from medseg.training.finetune_recipe import finetune_config, write_manifest
-from medseg.training.finetune_score import metric_name, score_model
+from medseg.training.finetune_score import (
+    metric_name,
+    score_instance_settings,
+    score_model,
+    settings_variants,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +79,7 @@ class FinetuneRun:
     def execute(self) -> FinetuneResult:
         options = self.options
         self.report("checking")
+        self.config(Path("cases.json"), [], rule=None, check=None, minutes=options.minutes)
         check = check_pairs(index_folder(options.data), self.base)
         rule = self.channel_rule(check)
         if self.run_dir.exists():
@@ -88,18 +95,29 @@ class FinetuneRun:
         scoring_s = time.monotonic() - t0
         logger.info("base %s: %s %.4f on the held-back images", self.base.name,
                     metric_name(self.instances), before)
-        result = self.train(held, rule, check, reserve_s=scoring_s * 1.3 + 5.0)
+        tuning_s = 0.05 * len(settings_variants(self.base.instances or {})) * len(held.val) \
+            if self.instances else 0.0
+        result = self.train(held, rule, check, reserve_s=scoring_s * 1.5 + tuning_s + 5.0)
         self.report("scoring")
-        after = self.score(result.best_path, held)
+        instances = self.base.instances
+        if self.instances:
+            card_ap, instances, after = score_instance_settings(
+                result.best_path, held.val, spec=dict(self.base.instances or {}),
+                device=self.options.device, cancel=self.cancel)
+            logger.info("instance settings on the held-back images: AP@0.5 %.4f with the "
+                        "base's, %.4f with %s", card_ap, after, instances)
+        else:
+            after = self.score(result.best_path, held)
         self.val_metric = after
         improved = bool(after > before)
         record = self.record(check, held, rule, before=before, after=after,
                              steps=result.iterations, improved=improved)
+        record["instances_rechosen"] = instances != self.base.instances
         self.report("saving")
         destination = self.destination(improved)
         model_path, card_path = write_finetuned_model(result.best_path, destination,
                                                       base=self.base, name=self.name,
-                                                      record=record)
+                                                      record=record, instances=instances)
         out = FinetuneResult(model_path=model_path, card_path=card_path,
                              metric=metric_name(self.instances), before=before, after=after,
                              improved=improved, candidate=not improved, steps=result.iterations,
@@ -132,17 +150,11 @@ class FinetuneRun:
               ) -> Any:
         from medseg.training.loop import train
 
-        options = self.options
         manifest = write_manifest(self.run_dir / "cases.json",
                                   [*held.train, *held.val, *self.kept_skill(len(held.train))])
         minutes = max(0.05, (self.budget_s - self.elapsed() - reserve_s) / 60.0)
-        config = finetune_config(self.base, base_path=self.base_path, name=self.name,
-                                 manifest=manifest, val_cases=[p.case_id for p in held.val],
-                                 run_dir=self.run_dir / "train", minutes=minutes,
-                                 channel_rule=rule, seed=options.seed,
-                                 num_threads=options.num_threads, device=options.device,
-                                 channels_needed=check.channels != {self.base.network.in_channels},
-                                 overrides=options.overrides)
+        config = self.config(manifest, [p.case_id for p in held.val], rule=rule, check=check,
+                             minutes=minutes)
 
         def on_step(done: int, total: int) -> None:
             self.step = done
@@ -156,6 +168,20 @@ class FinetuneRun:
                        on_validation=on_validation)
         check_cancel(self.cancel)
         return result
+
+    def config(self, manifest: Path, val_cases: list[str], *, rule: str | None,
+               check: FolderCheck | None, minutes: float) -> TrainConfig:
+        """The training config (also made before anything runs, so that a bad ``--set``
+        fails first)."""
+        options = self.options
+        channels = check.channels if check is not None else set()
+        return finetune_config(self.base, base_path=self.base_path, name=self.name,
+                               manifest=manifest, val_cases=val_cases,
+                               run_dir=self.run_dir / "train", minutes=minutes,
+                               channel_rule=rule, seed=options.seed,
+                               num_threads=options.num_threads, device=options.device,
+                               channels_needed=bool(channels - {self.base.network.in_channels}),
+                               overrides=options.overrides)
 
     def kept_skill(self, n_train: int) -> list[Any]:
         """A seeded draw of ``max(10, n_train)`` pairs from ``keep_skill`` (none without)."""

@@ -81,9 +81,20 @@ def prepare_data(config: TrainConfig, runtime: Runtime) -> PreparedRun:
                                      seed=config.seed, groups=groups)
     names = dc.label_names or index.label_names
     instances = dc.instance_targets is not None
-    raw = load_raw_cases(pairs, label_values=dc.label_values,
-                         num_classes=len(names) if names and not instances else None,
-                         channels=dc.channels, channel_rule=dc.channel_rule)
+    load = {"label_values": dc.label_values, "channels": dc.channels,
+            "channel_rule": dc.channel_rule,
+            "num_classes": len(names) if names and not instances else None}
+    if dc.stream:  # one case in memory at a time; prepared cases wait on disk
+        from medseg.training.case_store import prepare_streamed
+
+        fp, plan, train, val, domain = prepare_streamed(
+            pairs, train_ids, val_ids, folder=Path(config.output_dir) / f"cases-{runtime.rank}",
+            load=load, plan_of=lambda f: _plan(config, f, names, runtime),
+            modality=dc.modality or index.modality, label_names=names, seed=config.seed,
+            instances=instances)
+        return PreparedRun(plan, fp, train, val,  # type: ignore[arg-type]
+                           {"train": train_ids, "val": val_ids}, domain)
+    raw = load_raw_cases(pairs, **load)
     by_id = {c.case_id: c for c in raw}
     fp = compute_fingerprint([by_id[i] for i in train_ids], modality=dc.modality or index.modality,
                              seed=config.seed, instances=instances)

@@ -62,34 +62,60 @@ class Fingerprint:
         return dataclasses.asdict(self)
 
 
+@dataclass
+class CaseSummary:
+    """What the fingerprint needs of one case (a sample of its foreground intensities)."""
+
+    ndim: int
+    channels: int
+    shape: tuple[int, ...]
+    spacing: tuple[float, ...]
+    label_values: set[int]
+    foreground: np.ndarray
+
+
+def summarise_case(case: RawCase, rng: np.random.Generator, *, instances: bool = False,
+                   max_samples: int = 10000) -> CaseSummary:
+    """One case's :class:`CaseSummary` (at most ``max_samples`` foreground voxels, drawn with
+    ``rng``)."""
+    lab = np.asarray(case.label.array[0])
+    values = {int(min(v, 1)) if instances else int(v) for v in np.unique(lab)}
+    fg = np.asarray(case.image.array[0], dtype=np.float64)[lab > 0]
+    if fg.size > max_samples:
+        fg = rng.choice(fg, max_samples, replace=False)
+    return CaseSummary(case.image.meta.ndim, case.image.num_channels,
+                       tuple(case.image.spatial_shape), tuple(case.image.meta.spacing), values,
+                       fg)
+
+
 def compute_fingerprint(cases: Sequence[RawCase], *, modality: str | None = None,
                         seed: int = 0, instances: bool = False) -> Fingerprint:
     """Summarise a list of validated cases (intensities sampled, at most 10k voxels per case).
 
     With ``instances`` the labels are instance ids: ``label_values`` says only whether
     background and objects occur (0, 1)."""
-    if not cases:
+    rng = np.random.default_rng(seed)
+    return combine_summaries([summarise_case(c, rng, instances=instances) for c in cases],
+                             modality=modality)
+
+
+def combine_summaries(summaries: Sequence[CaseSummary], *, modality: str | None = None
+                      ) -> Fingerprint:
+    """The :class:`Fingerprint` of the cases ``summaries`` describe."""
+    if not summaries:
         raise DatasetError("cannot fingerprint an empty dataset")
-    dims = {c.image.meta.ndim for c in cases}
-    chans = {c.image.num_channels for c in cases}
+    dims = {s.ndim for s in summaries}
+    chans = {s.channels for s in summaries}
     if len(dims) != 1 or len(chans) != 1:
         raise DatasetError(f"cases mix dimensions {sorted(dims)} / channel counts {sorted(chans)}")
-    rng = np.random.default_rng(seed)
-    shapes = np.array([c.image.spatial_shape for c in cases])
-    spacings = np.array([c.image.meta.spacing for c in cases])
-    samples, values = [], set()
-    for c in cases:
-        lab = np.asarray(c.label.array[0])
-        values.update(int(min(v, 1)) if instances else int(v) for v in np.unique(lab))
-        fg = np.asarray(c.image.array[0], dtype=np.float64)[lab > 0]
-        if fg.size > 10000:
-            fg = rng.choice(fg, 10000, replace=False)
-        samples.append(fg)
-    fg_all = np.concatenate(samples) if samples else np.zeros(1)
+    shapes = np.array([s.shape for s in summaries])
+    spacings = np.array([s.spacing for s in summaries])
+    values: set[int] = set().union(*(s.label_values for s in summaries))
+    fg_all = np.concatenate([s.foreground for s in summaries])
     if fg_all.size == 0:
         fg_all = np.zeros(1)
     return Fingerprint(
-        num_cases=len(cases),
+        num_cases=len(summaries),
         spatial_dims=dims.pop(),
         in_channels=chans.pop(),
         median_shape=[int(v) for v in np.median(shapes, axis=0)],
@@ -101,7 +127,6 @@ def compute_fingerprint(cases: Sequence[RawCase], *, modality: str | None = None
         foreground_mean=float(fg_all.mean()),
         foreground_std=float(fg_all.std()),
     )
-
 
 
 @dataclass

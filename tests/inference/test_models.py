@@ -32,3 +32,22 @@ def test_the_shipped_hippocampus_model_loads() -> None:
 
     card = read_model_card(models.resolve_model("hippocampus"))
     assert card.num_classes == 3 and card.spatial_dims == 3
+
+
+def test_user_models_are_listed_and_found_by_name(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    monkeypatch.setenv("MEDSEG_MODELS_DIR", str(tmp_path / "mine"))
+    assert models.user_models_dir() == tmp_path / "mine"
+    assert "nuclei-ft" not in models.list_models()
+    (tmp_path / "mine" / "candidates").mkdir(parents=True)
+    shutil.copy(models.resolve_model("nuclei"), tmp_path / "mine" / "nuclei-ft.safetensors")
+    shutil.copy(models.resolve_model("nuclei"),
+                tmp_path / "mine" / "candidates" / "x.candidate.safetensors")
+    assert "nuclei-ft" in models.list_models() and "nuclei-ft" not in models.list_models(
+        user=False)
+    assert not any("candidate" in n for n in models.list_models())
+    assert models.resolve_model("nuclei-ft") == tmp_path / "mine" / "nuclei-ft.safetensors"
+    with pytest.raises(ModelError, match=r"your models in .*mine: nuclei-ft;"):
+        models.resolve_model("nothing-like-it")

@@ -1,0 +1,303 @@
+"""Fine-tuning ``nuclei`` (fluorescence) on H&E images: AP@0.5 on H&E images kept out of it.
+
+Data: ``../shared/data/dsb2018_brightfield`` (47 H&E images, 256 x 320). A fixed test subset is
+held out of every fine-tune: images are grouped by their colour statistics (mean and standard
+deviation of R, G, B; average-linkage clustering cut at distance 8: crops of one stained
+section share them), and whole groups are drawn in a seeded order until 15 images are out. The
+other 32 are the pool; K of them (a seeded draw, nested: the 3 include the 1...) are the
+fine-tune's folder (the fine-tune holds back its own validation part of those).
+
+Each cell appends one JSON line to ``benchmarks/results/finetune_he.jsonl`` and the table
+``benchmarks/results/finetune_he.txt`` is re-rendered from all lines (CPU named).
+
+Usage (repository root, one measurement at a time):
+    .venv/bin/python benchmarks/finetune_he.py shipped
+    .venv/bin/python benchmarks/finetune_he.py cell --k 5 --minutes 10 [--scratch]
+        [--keep-skill] [--set lr=0.003] [--tag NAME]
+    .venv/bin/python benchmarks/finetune_he.py memory --n 400 --minutes 3
+    .venv/bin/python benchmarks/finetune_he.py render
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "dsb2018_brightfield"
+FLUO = ROOT.parent / "shared" / "data" / "dsb2018_nuclei"
+RESULTS = ROOT / "benchmarks" / "results"
+LINES = RESULTS / "finetune_he.jsonl"
+TEST_SIZE = 15
+GROUP_DISTANCE = 8.0
+SEED = 0
+SCRATCH = {"init_from": None, "lr": 0.01, "warmup_iters": 0, "base_filters": 8,
+           "max_filters": 64, "max_levels": 5, "normalization": "percentile",
+           "patch_size": [256, 256]}
+
+
+def image_ids() -> list[str]:
+    return sorted(p.name[:-4] for p in (DATA / "images").glob("*.png"))
+
+
+def colour_groups(ids: list[str]) -> dict[str, int]:
+    """``{image id: group}``: average-linkage clusters of the images' colour statistics."""
+    from PIL import Image
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    feats = []
+    for i in ids:
+        rgb = np.asarray(Image.open(DATA / "images" / f"{i}.png"))[..., :3].reshape(-1, 3)
+        feats.append(np.r_[rgb.mean(0), rgb.std(0)])
+    groups = fcluster(linkage(np.array(feats), "average"), GROUP_DISTANCE, "distance")
+    return {i: int(g) for i, g in zip(ids, groups, strict=True)}
+
+
+def split() -> tuple[list[str], list[str], int]:
+    """``(pool, test, number of groups)``: whole colour groups drawn until ``TEST_SIZE``."""
+    ids = image_ids()
+    groups = colour_groups(ids)
+    names = sorted(set(groups.values()))
+    order = np.random.default_rng(SEED).permutation(len(names))
+    test: list[str] = []
+    for k in order:
+        if len(test) >= TEST_SIZE:
+            break
+        test += [i for i in ids if groups[i] == names[k]]
+    pool = [i for i in ids if i not in set(test)]
+    return pool, sorted(test), len(names)
+
+
+def draw(pool: list[str], k: int) -> list[str]:
+    """K images of the pool (nested draws: one seeded order)."""
+    order = np.random.default_rng(SEED + 1).permutation(len(pool))
+    return [pool[i] for i in order[:k]]
+
+
+def make_folder(ids: list[str], folder: Path, source: Path = DATA, *,
+                copies: int = 1) -> Path:
+    """A training folder of symbolic links (``copies`` > 1: each image under several names)."""
+    for sub in ("images", "masks"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    for i in ids:
+        for c in range(copies):
+            name = f"{i}.png" if copies == 1 else f"{i}-{c}.png"
+            for sub in ("images", "masks"):
+                os.symlink(source / sub / f"{i}.png", folder / sub / name)
+    return folder
+
+
+def score(model: str | Path, ids: list[str], source: Path = DATA) -> dict:
+    """Pooled AP@0.5 of ``model`` on ``ids`` through the engine (one thread)."""
+    import torch
+
+    from medseg.inference import Segmenter
+    from medseg.io import read_image
+    from medseg.metrics import pooled_scores
+
+    torch.set_num_threads(1)
+    seg = Segmenter.from_file(model, device="cpu")
+
+    def pairs():
+        for i in ids:
+            image = read_image(source / "images" / f"{i}.png")
+            truth = read_image(source / "masks" / f"{i}.png")
+            yield np.asarray(truth.array[0]), np.asarray(seg.predict(image).labels.array[0])
+
+    s = pooled_scores(pairs())
+    return {"ap50": round(s["ap50_pooled"], 4), "n_true": s["n_true"], "n_pred": s["n_pred"]}
+
+
+def fluorescence_val() -> list[str]:
+    """The ``nuclei`` card's validation images (as benchmarks/eval_nuclei.py picks them)."""
+    from medseg.model_card import read_model_card
+    from medseg.models import resolve_model
+
+    return sorted(read_model_card(resolve_model("nuclei")).training["split"]["val"])
+
+
+def fluorescence_train() -> list[str]:
+    from medseg.model_card import read_model_card
+    from medseg.models import resolve_model
+
+    return sorted(read_model_card(resolve_model("nuclei")).training["split"]["train"])
+
+
+def append(row: dict) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with open(LINES, "a") as f:
+        f.write(json.dumps(row) + "\n")
+    render()
+
+
+def cmd_shipped(args: argparse.Namespace) -> None:
+    pool, test, n_groups = split()
+    row = {"kind": "shipped", "model": "nuclei", "test": score("nuclei", test),
+           "fluorescence": score("nuclei", fluorescence_val(), FLUO) if args.fluo else None}
+    append(row)
+
+
+def cmd_cell(args: argparse.Namespace) -> None:
+    from medseg.training.finetune import FinetuneOptions, finetune
+    from medseg.training.runtime import cpu_name
+
+    pool, test, _ = split()
+    ids = pool if args.k == 0 else draw(pool, args.k)
+    overrides = dict(SCRATCH) if args.scratch else {}
+    import yaml
+
+    for text in args.set:
+        key, value = text.split("=", 1)
+        overrides[key] = yaml.safe_load(value)
+    work = Path(tempfile.mkdtemp(prefix="ft-he-"))
+    folder = make_folder(ids, work / "data")
+    keep = None
+    if args.keep_skill:
+        keep = make_folder(fluorescence_train(), work / "keep", FLUO)
+    os.environ["MEDSEG_MODELS_DIR"] = str(work / "models")
+    t0 = time.monotonic()
+    result = finetune(FinetuneOptions(base="nuclei", data=folder, minutes=args.minutes,
+                                      export=work / "out.safetensors", overrides=overrides,
+                                      seed=args.seed, num_threads=1, keep_skill=keep))
+    wall = time.monotonic() - t0
+    row = {"kind": "cell", "tag": args.tag, "k": len(ids), "minutes": args.minutes,
+           "scratch": args.scratch, "keep_skill": args.keep_skill, "overrides": overrides,
+           "seed": args.seed, "steps": result.steps, "wall_min": round(wall / 60, 2),
+           "own_before": round(result.before, 4), "own_after": round(result.after, 4),
+           "improved": result.improved, "hold_out": len(result.val_cases),
+           "test": score(result.model_path, test), "cpu": cpu_name(),
+           "load_avg_15min": round(os.getloadavg()[2], 2)}
+    if args.fluo:
+        row["fluorescence"] = score(result.model_path, fluorescence_val(), FLUO)
+    append(row)
+    shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(row))
+
+
+def cmd_memory(args: argparse.Namespace) -> None:
+    """Peak RSS and steps/s of a fine-tune on ``n`` images (the pool repeated under other
+    names), in a child process so its peak is its own."""
+    if args.child:
+        from medseg.training.finetune import FinetuneOptions, finetune
+
+        pool, _, _ = split()
+        work = Path(args.child)
+        copies = -(-args.n // len(pool))
+        folder = make_folder(pool, work / "data", copies=copies)
+        names = sorted((folder / "images").iterdir())
+        for extra in names[args.n:]:  # exactly n images
+            extra.unlink()
+            (folder / "masks" / extra.name).unlink()
+        os.environ["MEDSEG_MODELS_DIR"] = str(work / "models")
+        result = finetune(FinetuneOptions(base="nuclei", data=folder, minutes=args.minutes,
+                                          export=work / "out.safetensors", num_threads=1,
+                                          run_dir=work / "run"))
+        rows = [r.split(",") for r in (work / "run" / "train" / "metrics.csv").read_text()
+                .splitlines()[1:] if r.startswith("train")]
+        (it0, t0), (it1, t1) = ((float(r[1]), float(r[3])) for r in (rows[0], rows[-1]))
+        (work / "out.json").write_text(json.dumps({
+            "steps": result.steps, "steps_per_s": round((it1 - it0) / (t1 - t0), 3),
+            "train_cases": len(result.train_cases)}))
+        return
+    from medseg.training.runtime import cpu_name
+
+    work = Path(tempfile.mkdtemp(prefix="ft-mem-"))
+    subprocess.run([sys.executable, __file__, "memory", "--n", str(args.n), "--minutes",
+                    str(args.minutes), "--child", str(work)], check=True)
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    out = json.loads((work / "out.json").read_text())
+    append({"kind": "memory", "n": args.n, "minutes": args.minutes,
+            "peak_rss_mb": round(peak_mb), **out, "cpu": cpu_name(),
+            "load_avg_15min": round(os.getloadavg()[2], 2)})
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def render() -> None:
+    from medseg.training.runtime import cpu_name
+
+    rows = [json.loads(line) for line in LINES.read_text().splitlines()] if LINES.exists() \
+        else []
+    pool, test, n_groups = split()
+    out = [
+        "Fine-tuning nuclei (fluorescence) on H&E: benchmarks/finetune_he.py",
+        f"machine: {cpu_name()}, {platform.machine()}, 2 cores shared with other trainings "
+        "(the 15-minute load average of each run is printed: 2 means both cores busy); torch 1 "
+        "thread per run, bf16 autocast (the card's recipe: amp auto)",
+        f"data: {DATA.name}, {len(pool) + len(test)} images; test = {len(test)} images (whole "
+        f"colour groups of {n_groups}, never fine-tuned on); pool = {len(pool)}; K images = "
+        "a seeded nested draw from the pool; 'all' = the whole pool",
+        "AP@0.5 = TP/(TP+FP+FN) at IoU 0.5 pooled over the test images, through the engine "
+        "(the card's channel rule and instance post-processing)",
+        "own = the fine-tune's own held-back part of its K images (base -> fine-tuned)",
+        "",
+    ]
+    for r in rows:
+        if r["kind"] == "shipped":
+            fl = r.get("fluorescence")
+            out.append(f"shipped nuclei: test AP@0.5 {r['test']['ap50']:.3f} (objects "
+                       f"{r['test']['n_pred']}/{r['test']['n_true']})"
+                       + (f"; fluorescence validation AP@0.5 {fl['ap50']:.3f}" if fl else ""))
+    out += ["", f"{'K':>4} {'min':>5} {'kind':<22} {'steps':>6} {'wall':>6} {'own':>13} "
+            f"{'test AP@0.5':>11} {'fluo AP@0.5':>11}  settings"]
+    for r in rows:
+        if r["kind"] != "cell":
+            continue
+        kind = ("from scratch" if r["scratch"] else "fine-tune") + \
+            (" +keep-skill" if r["keep_skill"] else "")
+        fl = r.get("fluorescence")
+        extra = {k: v for k, v in r["overrides"].items() if k not in SCRATCH or
+                 not r["scratch"]}
+        out.append(f"{r['k']:>4} {r['minutes']:>5g} {kind:<22} {r['steps']:>6} "
+                   f"{r['wall_min']:>5.1f}m {r['own_before']:.3f}->{r['own_after']:.3f} "
+                   f"{r['test']['ap50']:>11.3f} {(fl['ap50'] if fl else float('nan')):>11.3f}"
+                   f"  {r.get('tag') or ''} {extra or ''}"
+                   + (f" load {r['load_avg_15min']}" if "load_avg_15min" in r else ""))
+    mem = [r for r in rows if r["kind"] == "memory"]
+    if mem:
+        out += ["", "memory and speed (fine-tune, 1 thread; peak RSS of the whole process):"]
+        for r in mem:
+            out.append(f"  {r['n']:>4} images ({r['train_cases']} trained on), {r['minutes']:g}"
+                       f" min: {r['steps_per_s']:.2f} steps/s, peak RSS {r['peak_rss_mb']} MB"
+                       f" (load average {r.get('load_avg_15min')})")
+    (RESULTS / "finetune_he.txt").write_text("\n".join(out) + "\n")
+    print("\n".join(out))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("shipped")
+    p.add_argument("--fluo", action="store_true")
+    p = sub.add_parser("cell")
+    p.add_argument("--k", type=int, required=True, help="images (0: the whole pool)")
+    p.add_argument("--minutes", type=float, required=True)
+    p.add_argument("--scratch", action="store_true")
+    p.add_argument("--keep-skill", action="store_true")
+    p.add_argument("--fluo", action="store_true", help="also score the fluorescence images")
+    p.add_argument("--set", action="append", default=[])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tag", default="")
+    p = sub.add_parser("memory")
+    p.add_argument("--n", type=int, required=True)
+    p.add_argument("--minutes", type=float, default=3.0)
+    p.add_argument("--child", default=None)
+    sub.add_parser("render")
+    args = parser.parse_args()
+    {"shipped": cmd_shipped, "cell": cmd_cell, "memory": cmd_memory,
+     "render": lambda a: render()}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    main()

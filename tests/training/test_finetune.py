@@ -1,0 +1,205 @@
+"""Fine-tuning a model on a folder of corrected images (``medseg.training.finetune``), end to
+end on tiny cases of every kind: 2D colour images for an instance model, NIfTI volumes and a
+DICOM series with a DICOM SEG for a 3D model, NIfTI volumes for a 2D-on-volume model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from training_data import sphere_case
+
+from medseg.errors import DatasetError
+from medseg.io import ImageMeta, MedImage, read_image, write_dicom_series, write_nifti
+from medseg.model_card import file_sha256, read_model_card
+from medseg.models import list_models, resolve_model
+from medseg.training.finetune import FinetuneOptions, FinetuneProgress, finetune
+
+#: A fixed, tiny amount of training (the time budget is the default; tests need steps).
+FEW_STEPS = {"time_budget_min": None, "epochs": 1, "iters_per_epoch": 2, "batch_size": 2,
+             "amp": "off"}
+
+
+@pytest.fixture(autouse=True)
+def user_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "my-models"
+    monkeypatch.setenv("MEDSEG_MODELS_DIR", str(folder))
+    return folder
+
+
+def he_like(seed: int, shape: tuple[int, int] = (64, 72)) -> tuple[np.ndarray, np.ndarray]:
+    """An RGBA image of dark purple discs on a pale pink background, and their instance ids."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    ids = np.zeros(shape, np.uint16)
+    for n in range(1, 7):
+        cy, cx = rng.uniform(8, shape[0] - 8), rng.uniform(8, shape[1] - 8)
+        ids[((yy - cy) ** 2 + (xx - cx) ** 2 <= rng.uniform(16, 40)) & (ids == 0)] = n
+    rgba = np.empty((*shape, 4), np.uint8)
+    rgba[...] = (230, 190, 220, 255)
+    rgba[ids > 0] = (90, 40, 140, 255)
+    rgba[..., :3] = np.clip(rgba[..., :3] + rng.normal(0, 8, (*shape, 3)), 0, 255)
+    return rgba, ids
+
+
+def write_he_folder(root: Path, n: int, *, seed: int = 0) -> Path:
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        rgba, ids = he_like(seed + i)
+        Image.fromarray(rgba).save(root / "images" / f"he{i}.png")
+        Image.fromarray(ids).save(root / "masks" / f"he{i}.png")
+    return root
+
+
+def test_finetune_2d_colour_instance_model(tmp_path: Path, user_models: Path) -> None:
+    folder = write_he_folder(tmp_path / "corrections", 2)
+    seen: list[FinetuneProgress] = []
+    result = finetune(FinetuneOptions(base="nuclei", data=folder, minutes=2.0, num_threads=1,
+                                      overrides={**FEW_STEPS, "patch_size": [64, 64]}),
+                      progress=seen.append)
+    assert result.metric == "AP@0.5 (pooled)"
+    assert result.steps == 2
+    # two images: a band of each is held back, the rest of each trains
+    assert result.train_cases == ["he0-train", "he1-train"]
+    assert result.val_cases == ["he0-val", "he1-val"]
+    assert [p.phase for p in seen][:2] == ["checking", "scoring base"]
+    assert seen[-1].phase == "done"
+    assert all(p.budget_s == 120.0 and p.eta_s == pytest.approx(120.0 - p.elapsed_s)
+               for p in seen)
+    card = read_model_card(result.model_path)
+    story = card.training["finetune"]
+    assert story["base"] == {"name": "nuclei", "path": str(resolve_model("nuclei")),
+                             "sha256": file_sha256(resolve_model("nuclei"))}
+    assert [i["name"] for i in story["images"]] == ["he0", "he1"]
+    assert story["images"][0]["sha256"] == file_sha256(folder / "images" / "he0.png")
+    assert story["images"][0]["objects"] == 6
+    assert (story["before"], story["after"], story["steps"]) == (
+        round(result.before, 4), round(result.after, 4), 2)
+    # dark objects on a bright background, for a model of bright nuclei on black
+    assert card.channel_rule == "luminance-inverted" and card.input_channels is None
+    base_instances = read_model_card(resolve_model("nuclei")).instances
+    # the base's instance settings, or others re-chosen on the held-back images
+    assert (card.instances == base_instances) != story["instances_rechosen"]
+    assert card.instances["method"] == "boundary" and set(card.instances) >= set(
+        base_instances) - {"min_score"}
+    assert card.domain["num_cases"] == 2 and card.domain["unit"] == "px"
+    assert json.loads(result.card_path.read_text())["name"] == card.name
+    if result.improved:  # exported under its name in the user's models, runnable by name
+        assert result.model_path == user_models / f"{card.name}.safetensors"
+        assert card.name in list_models() and resolve_model(card.name) == result.model_path
+    else:
+        assert result.model_path.parent == user_models / "candidates"
+        assert card.name not in list_models()
+
+
+def test_a_model_not_better_is_kept_as_a_candidate_only(tmp_path: Path) -> None:
+    folder = write_he_folder(tmp_path / "corrections", 2)
+    export = tmp_path / "out" / "he.safetensors"
+    # no learning and the base's own input (the red channel): the base again, not better
+    result = finetune(FinetuneOptions(base="nuclei", data=folder, minutes=1.0, export=export,
+                                      num_threads=1, overrides={
+                                          **FEW_STEPS, "lr": 0.0, "patch_size": [64, 64],
+                                          "data.channel_rule": "red"}))
+    assert result.after == pytest.approx(result.before)
+    assert not result.improved and result.candidate
+    assert not export.exists()
+    assert result.model_path == tmp_path / "out" / "he.candidate.safetensors"
+    assert "not better: nothing exported" in result.summary()
+    # a fine-tuned model (or candidate) is itself a base
+    again = finetune(FinetuneOptions(base=str(result.model_path), data=folder, minutes=1.0,
+                                     num_threads=1, name="he-2",
+                                     overrides={**FEW_STEPS, "patch_size": [64, 64]}))
+    card = read_model_card(again.model_path)
+    assert card.training["finetune"]["base"]["name"] == "he"
+    assert card.channel_rule == "red"  # the base's rule is kept
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("binary", "a 0/255 mask, but model 'nuclei' separates objects"),
+    ("missing", "no mask"),
+    ("shape", "mask of shape"),
+])
+def test_misfits_are_refused_before_training_naming_the_file(tmp_path: Path, bad: str,
+                                                             message: str) -> None:
+    folder = write_he_folder(tmp_path / "corrections", 2)
+    mask = folder / "masks" / "he1.png"
+    if bad == "binary":
+        Image.fromarray(np.where(np.asarray(Image.open(mask)) > 0, 255, 0).astype(np.uint8)
+                        ).save(mask)
+    elif bad == "missing":
+        mask.unlink()
+    else:
+        Image.fromarray(np.zeros((10, 10), np.uint16)).save(mask)
+    with pytest.raises(DatasetError, match=message) as err:
+        finetune(FinetuneOptions(base="nuclei", data=folder, minutes=1.0))
+    assert "he1" in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "my-models" / "runs").exists()  # refused before anything ran
+
+
+def test_class_values_must_be_the_models(tmp_path: Path) -> None:
+    root = tmp_path / "volumes"
+    write_volume_pair(root, "v0", seed=0)
+    label = read_image(root / "masks" / "v0.nii.gz")
+    write_nifti(label.with_array(np.where(label.array > 0, 7, 0).astype(np.uint8)),
+                root / "masks" / "v0.nii.gz")
+    with pytest.raises(DatasetError, match=r"v0.nii.gz: label values \[7\] are not among "
+                                           r"model 'hippocampus'"):
+        finetune(FinetuneOptions(base="hippocampus", data=root, minutes=1.0))
+
+
+def write_volume_pair(root: Path, stem: str, *, seed: int,
+                      shape: tuple[int, int, int] = (24, 32, 24)) -> None:
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    image, label = sphere_case(shape, seed=seed, radius=7.0)
+    meta = ImageMeta(spacing=(1.0, 1.0, 1.0), origin=(3.0, -4.0, 10.0),
+                     direction=((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)))
+    write_nifti(MedImage(image[None], meta), root / "images" / f"{stem}.nii.gz")
+    write_nifti(MedImage(label[None], meta), root / "masks" / f"{stem}.nii.gz")
+
+
+def test_finetune_3d_model_on_nifti_and_dicom_seg(tmp_path: Path) -> None:
+    from medseg.io import write_dicom_seg
+
+    root = tmp_path / "volumes"
+    write_volume_pair(root, "v0", seed=0)
+    image, label = sphere_case((24, 32, 12), seed=5, radius=6.0)
+    meta = ImageMeta(spacing=(1.0, 1.0, 2.0), origin=(5.0, -7.0, 20.0),
+                     direction=((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)))
+    write_dicom_series(MedImage(image[None].astype(np.int16), meta), root / "images" / "p1",
+                       modality="MR")
+    series = read_image(root / "images" / "p1")
+    write_dicom_seg(series.with_array(label[None]), series, root / "masks" / "p1.dcm",
+                    label_names={1: "Anterior", 2: "Posterior"})
+    result = finetune(FinetuneOptions(base="hippocampus", data=root, minutes=2.0,
+                                      num_threads=1,
+                                      overrides={**FEW_STEPS, "patch_size": [24, 32, 24]}))
+    assert result.metric == "Dice (mean over classes)"
+    assert sorted(result.val_cases) == ["p1-val", "v0-val"]
+    card = read_model_card(result.model_path)
+    assert card.network == read_model_card(resolve_model("hippocampus")).network
+    assert [i["name"] for i in card.training["finetune"]["images"]] == ["p1", "v0"]
+    assert card.domain["unit"] == "mm" and card.channel_rule is None
+    assert 0.0 <= result.before <= 1.0 and 0.0 <= result.after <= 1.0
+
+
+def test_finetune_2d_model_on_volumes(tmp_path: Path, user_models: Path) -> None:
+    root = tmp_path / "flair"
+    for i in range(2):
+        write_volume_pair(root, f"patient{i}", seed=i, shape=(64, 64, 5))
+        label = read_image(root / "masks" / f"patient{i}.nii.gz")
+        write_nifti(label.with_array((label.array > 0).astype(np.uint8)),
+                    root / "masks" / f"patient{i}.nii.gz")
+    result = finetune(FinetuneOptions(base="brain-flair-tumour-fast", data=root, minutes=2.0,
+                                      num_threads=1,
+                                      overrides={**FEW_STEPS, "patch_size": [64, 64]}))
+    # the last slice of each volume is held back, whole
+    assert result.val_cases == ["patient0-val", "patient1-val"]
+    name = read_model_card(result.model_path).name
+    held = read_image(user_models / "runs" / name / "bands" / "images" / "patient0-val.nii.gz")
+    assert held.spatial_shape == (64, 64, 1)
+    assert result.metric == "Dice (mean over classes)" and result.steps == 2
