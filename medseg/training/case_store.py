@@ -71,6 +71,7 @@ def prepare_streamed(
     pairs: Sequence[CasePair], train_ids: Sequence[str], val_ids: Sequence[str], *,
     folder: Path, load: dict[str, Any], plan_of: Callable[[Fingerprint], TrainingPlan],
     modality: str | None, label_names: dict[int, str] | None, seed: int, instances: bool,
+    fov_pixels: Sequence[int] | None = None,
 ) -> tuple[Fingerprint, TrainingPlan, list[StoredCase], list[StoredCase], dict[str, Any]]:
     """Fingerprint, plan, prepared cases on disk and training domain, one case in memory at a
     time: a first pass summarises the training cases for the fingerprint (at most 2 million
@@ -102,7 +103,8 @@ def prepare_streamed(
                                      normalization=plan.normalization, instances=instances))
         prepared = prepare_case(raw, normalization=plan.normalization,
                                 target_spacing=plan.target_spacing,
-                                num_classes=plan.num_classes, seed=seed, instances=instances)
+                                num_classes=plan.num_classes, seed=seed, instances=instances,
+                                fov_pixels=fov_pixels)
         stored[case_id] = store_case(prepared, folder, n)
     domain = combine_domains(stats, modality=plan.modality, instances=instances)
     return (fp, plan, [stored[i] for i in train_ids], [stored[i] for i in val_ids], domain)

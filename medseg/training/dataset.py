@@ -156,17 +156,23 @@ def prepare_case(
     num_classes: int,
     seed: int = 0,
     instances: bool = False,
+    fov_pixels: Sequence[int] | None = None,
 ) -> PreparedCase:
     """Resample to ``target_spacing`` (labels nearest-neighbour) and normalise intensities.
 
     With ``instances`` the label holds instance ids (kept as they are, int32): foreground
-    sampling locations are those of any object (class 1)."""
+    sampling locations are those of any object (class 1). With ``fov_pixels`` (a 2D model's
+    field of view) the slices of a volume are resampled in-plane to it after normalisation, as
+    the inference engine does (bilinear, antialiased when shrinking; labels nearest)."""
     image, label = case.image, case.label
     if target_spacing is not None:
         image = resample_to_spacing(image, target_spacing, order=3)
         label = resample_to_spacing(label, target_spacing, order=0)
     array = normalize_intensity(image.array, normalization)
     lab = np.asarray(label.array)
+    if fov_pixels is not None and array.ndim == len(fov_pixels) + 2 \
+            and tuple(array.shape[1:3]) != tuple(fov_pixels):
+        array, lab = _slices_to_fov(array, lab, tuple(int(n) for n in fov_pixels))
     rng = np.random.default_rng(seed)
     locations = {}
     for c in range(1, 2 if instances else num_classes):
@@ -181,3 +187,17 @@ def prepare_case(
         torch.from_numpy(np.ascontiguousarray(lab.astype(np.int32) if instances else lab)),
         locations,
     )
+
+
+def _slices_to_fov(image: np.ndarray, label: np.ndarray, fov: tuple[int, int]
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Every slice (last axis) of ``(C, H, W, D)`` arrays resampled in-plane to ``fov``."""
+    import torch.nn.functional as F
+
+    shrink = fov[0] < image.shape[1] or fov[1] < image.shape[2]
+    x = torch.from_numpy(np.ascontiguousarray(image.transpose(3, 0, 1, 2), dtype=np.float32))
+    x = F.interpolate(x, size=fov, mode="bilinear", align_corners=False, antialias=shrink)
+    y = torch.from_numpy(np.ascontiguousarray(label.transpose(3, 0, 1, 2).astype(np.float32)))
+    y = F.interpolate(y, size=fov, mode="nearest-exact")
+    return (x.permute(1, 2, 3, 0).numpy(),
+            y.permute(1, 2, 3, 0).numpy().round().astype(label.dtype))

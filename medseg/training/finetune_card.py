@@ -19,14 +19,20 @@ def finetuned_description(base: ModelCard, record: dict[str, Any]) -> str:
     n = len(record["images"])
     rule = (f" Colour images become one channel by the rule {record['channel_rule']!r}, in "
             "training and at inference alike." if record.get("channel_rule") else "")
-    kept = (" Images like the base model's were mixed in to keep its skill."
-            if record.get("keep_skill") else
-            " The base model's skill on its own kind of image was not kept on purpose; "
-            "check it before using this model there.")
     return (f"{base.name} fine-tuned on {n} corrected image(s) from {record['data']} for "
             f"{record['minutes']:g} min ({record['steps']} steps). {record['metric']} on "
             f"{record['hold_out']}: base {record['before']:.3f}, fine-tuned "
-            f"{record['after']:.3f}.{rule}{kept} Base model: {base.description}")
+            f"{record['after']:.3f}.{rule} {limitations(record)} Base model "
+            f"{base.name!r}: see training.finetune.base and the base's own card.")
+
+
+def limitations(record: dict[str, Any]) -> str:
+    """What the fine-tuned model was not checked on."""
+    if record.get("keep_skill"):
+        return (f"Images like the base model's ({record['keep_skill']}) were mixed in to keep "
+                "its skill; check results on images unlike both.")
+    return (f"Trained on {len(record['images'])} image(s) only, without the base model's own "
+            "kind of image: its skill there was not kept or checked.")
 
 
 def write_finetuned_model(checkpoint: Path, destination: Path, *, base: ModelCard,
@@ -60,9 +66,7 @@ def write_finetuned_model(checkpoint: Path, destination: Path, *, base: ModelCar
             "intended_use": f"Images like the {len(record['images'])} the model was "
                             f"fine-tuned on ({record['data']}); base model: "
                             f"{(base.domain or {}).get('intended_use', base.name)}",
-            "limitations": (base.domain or {}).get("limitations", "") if record.get(
-                "keep_skill") else "Fine-tuned on few images: check every result on images "
-                "unlike them.",
+            "limitations": limitations(record),
         }
     card.training["finetune"] = record
     destination = Path(destination)

@@ -43,6 +43,8 @@ logger = logging.getLogger(__name__)
 
 #: How many images the channel rule's polarity is judged on.
 RULE_SAMPLE = 5
+#: Modalities whose multi-channel images are channels to pick, never colours to convert.
+RADIOLOGY = ("MR", "CT", "PT", "US", "NM", "CR", "DX", "MG", "XA", "RF")
 
 
 class FinetuneRun:
@@ -59,6 +61,7 @@ class FinetuneRun:
                                      if options.export else default_name(self.base.name))
         self.run_dir = options.run_dir or user_models_dir() / "runs" / self.name
         self.step, self.val_metric = 0, None
+        self.phase_start: dict[str, float] = {}
         self.instances = self.base.instances is not None
 
     # -- progress ---------------------------------------------------------------------------
@@ -67,6 +70,8 @@ class FinetuneRun:
 
     def report(self, phase: str) -> None:
         check_cancel(self.cancel)
+        if phase not in self.phase_start:
+            self.phase_start[phase] = round(self.elapsed(), 1)
         if self.progress is None:
             return
         elapsed = self.elapsed()
@@ -129,18 +134,20 @@ class FinetuneRun:
         return out
 
     def channel_rule(self, check: FolderCheck) -> str | None:
-        """The card's rule; for colour images given to a one-channel model without one, the
-        luminance or its negative, whichever puts the images' intensities nearer the base
-        model's training images (``data.channel_rule`` in ``overrides`` decides instead)."""
-        chosen = self.options.overrides.get("data.channel_rule")
-        if chosen is not None or self.base.channel_rule is not None or not check.colour:
-            rule = chosen or self.base.channel_rule
-            if rule is None and len(check.channels) > 1:
-                raise DatasetError(f"{self.options.data}: the images mix "
-                                   f"{sorted(check.channels)} channels; give model "
-                                   f"{self.base.name!r} images of one kind")
-            return rule
-        return polarity_rule(check, self.base)
+        """``data.channel_rule`` of ``overrides``, else the card's rule, else for a
+        one-channel microscopy model (anything but a radiology modality, whose multi-channel
+        images are picked by the card's ``input_channels``) the luminance or its negative,
+        whichever puts the images' intensities nearer the base model's training images
+        (:func:`polarity_rule`): dark nuclei on a bright stain become bright ones on black."""
+        chosen = self.options.overrides.get("data.channel_rule") or self.base.channel_rule
+        if chosen is None and self.base.network.in_channels == 1 \
+                and self.base.modality.upper() not in RADIOLOGY:
+            return polarity_rule(check, self.base)
+        if chosen is None and len(check.channels) > 1:
+            raise DatasetError(f"{self.options.data}: the images mix "
+                               f"{sorted(check.channels)} channels; give model "
+                               f"{self.base.name!r} images of one kind")
+        return chosen
 
     def score(self, model: Path, held: HoldOut) -> float:
         return score_model(model, held.val, instances=self.instances,
@@ -224,6 +231,7 @@ class FinetuneRun:
             "after": round(after, 4), "improved": improved,
             "overrides": dict(self.options.overrides), "seed": self.options.seed,
             "date": time.strftime("%Y-%m-%d"),
+            "phase_start_s": dict(self.phase_start),
         }
 
 
@@ -241,14 +249,14 @@ def default_name(base: str) -> str:
 def polarity_rule(check: FolderCheck, card: ModelCard) -> str:
     """``"luminance"`` or ``"luminance-inverted"``: whichever brings the median normalised
     intensity of (up to :data:`RULE_SAMPLE`) images nearer the middle of the base model's
-    training range; ``"luminance-inverted"`` when the card records no range."""
+    training range; ``"luminance"`` when the card records no range."""
     from medseg.inference.fit import QUANTILES, normalized_quantiles
     from medseg.training.finetune_data import read_pair
     from medseg.transforms.channels import apply_channel_rule
 
     intensity = (card.domain or {}).get("intensity")
     if not intensity:
-        return "luminance-inverted"
+        return "luminance"
     k = list(QUANTILES).index(50.0)
     target = (intensity["min"][k] + intensity["max"][k]) / 2
     distance = {"luminance": 0.0, "luminance-inverted": 0.0}

@@ -91,7 +91,7 @@ def prepare_data(config: TrainConfig, runtime: Runtime) -> PreparedRun:
             pairs, train_ids, val_ids, folder=Path(config.output_dir) / f"cases-{runtime.rank}",
             load=load, plan_of=lambda f: _plan(config, f, names, runtime),
             modality=dc.modality or index.modality, label_names=names, seed=config.seed,
-            instances=instances)
+            instances=instances, fov_pixels=config.fov_pixels)
         return PreparedRun(plan, fp, train, val,  # type: ignore[arg-type]
                            {"train": train_ids, "val": val_ids}, domain)
     raw = load_raw_cases(pairs, **load)
@@ -103,7 +103,8 @@ def prepare_data(config: TrainConfig, runtime: Runtime) -> PreparedRun:
     def prep(ids: list[str]) -> list[PreparedCase]:
         return [prepare_case(by_id[i], normalization=plan.normalization,
                              target_spacing=plan.target_spacing, num_classes=plan.num_classes,
-                             seed=config.seed, instances=instances) for i in ids]
+                             seed=config.seed, instances=instances,
+                             fov_pixels=config.fov_pixels) for i in ids]
 
     domain = compute_domain([by_id[i] for i in train_ids], label_names=dict(plan.label_names),
                             normalization=plan.normalization, modality=plan.modality,

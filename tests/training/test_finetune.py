@@ -88,6 +88,18 @@ def test_finetune_2d_colour_instance_model(tmp_path: Path, user_models: Path) ->
         base_instances) - {"min_score"}
     assert card.domain["num_cases"] == 2 and card.domain["unit"] == "px"
     assert json.loads(result.card_path.read_text())["name"] == card.name
+    # the fit report accepts the new kind of image, which the base model's warns about
+    from medseg.inference import Segmenter
+
+    rgba, _ = he_like(9)
+    image = read_image(write_he_folder(tmp_path / "next", 1, seed=9) / "images" / "he0.png")
+    assert image.num_channels == 4 and np.array_equal(image.array[0].T, rgba[..., 0])
+
+    def intensity(model: Path | str) -> str:
+        checks = Segmenter.from_file(model, device="cpu").predict(image).fit.checks
+        return next(c.level for c in checks if c.name == "intensity")
+
+    assert (intensity("nuclei"), intensity(result.model_path)) == ("warn", "ok")
     if result.improved:  # exported under its name in the user's models, runnable by name
         assert result.model_path == user_models / f"{card.name}.safetensors"
         assert card.name in list_models() and resolve_model(card.name) == result.model_path
@@ -202,4 +214,26 @@ def test_finetune_2d_model_on_volumes(tmp_path: Path, user_models: Path) -> None
     name = read_model_card(result.model_path).name
     held = read_image(user_models / "runs" / name / "bands" / "images" / "patient0-val.nii.gz")
     assert held.spatial_shape == (64, 64, 1)
+    # slices are trained at the model's field of view (256 px), as the engine runs them
+    stored = sorted((user_models / "runs" / name / "train" / "cases-0").iterdir())
+    image, label = (np.load(stored[0] / f) for f in ("image.npy", "label.npy"))
+    assert image.shape == (1, 256, 256, 4) and label.shape == (1, 256, 256, 4)
+    assert set(np.unique(label)) == {0, 1}
     assert result.metric == "Dice (mean over classes)" and result.steps == 2
+
+
+@pytest.mark.parametrize("dark_objects, rule", [(True, "luminance-inverted"),
+                                                (False, "luminance")])
+def test_polarity_of_grey_images_follows_the_base_models_images(
+        tmp_path: Path, dark_objects: bool, rule: str) -> None:
+    from medseg.training.finetune_data import check_pairs, index_folder
+    from medseg.training.finetune_run import polarity_rule
+
+    folder = write_he_folder(tmp_path / "grey", 2)
+    for path in (folder / "images").iterdir():
+        grey = np.asarray(Image.open(path))[..., 1]
+        Image.fromarray(grey if dark_objects else 255 - grey).save(path)
+    card = read_model_card(resolve_model("nuclei"))
+    check = check_pairs(index_folder(folder), card)
+    assert not check.colour and check.channels == {1}
+    assert polarity_rule(check, card) == rule
