@@ -30,10 +30,12 @@ KIND_CHECKS = ("intensity", "modality", "training_data")
 @dataclass
 class LoopState:
     """What the loop's widgets share in one viewer: the training folder the reviewer fills
-    and the model the corrections are for (evented: ``state.events.training_folder``)."""
+    and the model the corrections are for; ``added`` counts the corrections written (evented:
+    ``state.events.training_folder``, ``state.events.added``)."""
 
     training_folder: Path | None = None
     base_model: str | None = None
+    added: int = 0
 
 
 _STATES: weakref.WeakKeyDictionary[Any, LoopState] = weakref.WeakKeyDictionary()

@@ -83,8 +83,10 @@ class NextImageWidget(Container):
         if state.base_model and state.base_model in self.model_box.choices:
             self.model_box.value = state.base_model
         state.events.training_folder.connect(self._show_rows)
-        self.native.destroyed.connect(
-            lambda *_: state.events.training_folder.disconnect(self._show_rows))
+        state.events.added.connect(self._show_rows)
+        self.native.destroyed.connect(lambda *_: (
+            state.events.training_folder.disconnect(self._show_rows),
+            state.events.added.disconnect(self._show_rows)))
 
     def _sync_checkpoint(self, *_: Any) -> None:
         self.checkpoint.visible = self.model_box.value == CHECKPOINT_CHOICE

@@ -486,6 +486,7 @@ class ReviewWidget(Container):
             loop_state(self._viewer).training_folder = Path(value).expanduser().resolve()
 
     def _on_added(self, line: str) -> None:
+        loop_state(self._viewer).added += 1  # the Fine-tune and Correct next panels recount
         if not self._closed:
             self.status.value = line
             show_info(line)
