@@ -231,7 +231,7 @@ def _cards() -> Iterator[Any]:
     from medseg.model_card import read_model_card
     from medseg.models import list_models, resolve_model
 
-    for name in list_models():
+    for name in list_models(user=False):  # the shipped ones, not this machine's own
         yield read_model_card(resolve_model(name))
 
 

@@ -106,11 +106,12 @@ def demo_command(
 def models_command(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
-    """List the models shipped with medseg: name, version, modality, labels, spacing.
+    """List the models shipped with medseg and your own (fine-tuned) ones: name, version,
+    modality, labels, spacing.
 
     Example: medseg models --json
     """
-    rows = _shipped_models()
+    rows = _shipped_models(user=True)
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
@@ -118,7 +119,8 @@ def models_command(
         typer.echo("no models are shipped in this installation")
         return
     for r in rows:
-        typer.echo(f"{r['name']}  (medseg {r['medseg_version']}, card {r['card_sha256'][:12]})")
+        typer.echo(f"{r['name']}  ({r['source']}, medseg {r['medseg_version']}, card "
+                   f"{r['card_sha256'][:12]})")
         typer.echo(f"  modality {r['modality'] or '?'}, labels {r['labels']}, "
                    f"spacing {r['target_spacing_mm']} mm, window {r['roi_size']}")
         if r["description"]:
@@ -146,20 +148,25 @@ def info_command() -> None:
                f"python {versions.pop('python')}")
     typer.echo("libraries: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
     typer.echo(f"device: {device}, {torch.get_num_threads()} CPU threads")
-    names = [f"{r['name']} (medseg {r['medseg_version']})" for r in _shipped_models()]
-    typer.echo("shipped models: " + (", ".join(names) or "none"))
+    rows = _shipped_models(user=True)
+    for source, title in (("shipped", "shipped models"), ("yours", "your models")):
+        names = [f"{r['name']} (medseg {r['medseg_version']})" for r in rows
+                 if r["source"] == source]
+        typer.echo(f"{title}: " + (", ".join(names) or "none"))
 
 
-def _shipped_models() -> list[dict[str, Any]]:
+def _shipped_models(*, user: bool = False) -> list[dict[str, Any]]:
+    """The shipped models' rows, and (``user``) those of the user's own models folder."""
     from medseg.model_card import read_model_card
-    from medseg.models import list_models, resolve_model
+    from medseg.models import MODELS_DIR, list_models, resolve_model
 
     rows = []
-    for name in list_models():
+    for name in list_models(user=user):
         path = resolve_model(name)
         card = read_model_card(path)
         rows.append({
             "name": name,
+            "source": "shipped" if path.parent == MODELS_DIR else "yours",
             "path": str(path),
             "medseg_version": card.versions.get("medseg", "?"),
             "card_sha256": card.hash(),
