@@ -165,10 +165,16 @@ def _check_mask_values(path: Path, label: MedImage, card: ModelCard) -> int:
         raise DatasetError(f"{path}: the mask holds negative values")
     present = np.unique(values)
     if card.instances is not None:
-        if present.size <= 2 and present.max(initial=0) == 255:
-            raise DatasetError(f"{path}: a 0/255 mask, but model {card.name!r} separates "
-                               "objects: each object needs its own id 1, 2, 3...")
-        return int(np.count_nonzero(present))
+        ids = int(np.count_nonzero(present))
+        if ids == 1:
+            from scipy import ndimage
+
+            separate = ndimage.label(values[0] > 0)[1]
+            if separate > 1:
+                raise DatasetError(f"{path}: {separate} separate objects all carry the value "
+                                   f"{int(present.max())}, but model {card.name!r} separates "
+                                   "objects: each object needs its own id 1, 2, 3...")
+        return ids
     unknown = sorted(int(v) for v in present if int(v) not in card.label_names)
     if unknown:
         raise DatasetError(f"{path}: label values {unknown[:5]} are not among model "
