@@ -10,7 +10,11 @@ input into one channel the same way in training and at inference:
 * ``red``, ``green``, ``blue``: that colour channel (a grey image is its own channel);
 * any of them with ``-inverted`` (``luminance-inverted``): the same, turned into its negative
   (``255 - v`` for 8-bit data, ``65535 - v`` for 16-bit, ``max - v`` for others), so dark
-  objects on a bright background look like bright objects on a dark one.
+  objects on a bright background look like bright objects on a dark one;
+* ``luminance-auto``: the luminance, turned into its negative when the image's median lies in
+  the upper half of its 1st-99.8th percentile range (a bright background: H&E, brightfield),
+  kept as it is otherwise (a dark background: fluorescence). Each image is judged on its own,
+  so a model fine-tuned on H&E with this rule still sees fluorescence images as before.
 """
 
 from __future__ import annotations
@@ -20,7 +24,11 @@ import numpy as np
 from medseg.errors import ModelError
 
 SOURCES = ("luminance", "red", "green", "blue")
-CHANNEL_RULES = tuple(f"{s}{inv}" for s in SOURCES for inv in ("", "-inverted"))
+CHANNEL_RULES = (*(f"{s}{inv}" for s in SOURCES for inv in ("", "-inverted")),
+                 "luminance-auto")
+#: ``luminance-auto`` inverts an image whose median sits above this fraction of its range.
+AUTO_MIDPOINT = 0.5
+_AUTO_SAMPLE = 1_000_000
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
@@ -58,9 +66,24 @@ def apply_channel_rule(array: np.ndarray, rule: str) -> np.ndarray:
     else:
         out = np.asarray(array[SOURCES.index(source) - 1: SOURCES.index(source)],
                          dtype=np.float32)
-    if inverted:
+    if inverted == "inverted" or (inverted == "auto" and bright_background(out)):
         out = _top(array) - out
     return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def bright_background(channel: np.ndarray) -> bool:
+    """Whether the median of ``channel`` lies in the upper half of its 1st-99.8th percentile
+    range (judged on at most a million evenly spaced values).
+
+    Examples:
+        >>> dark = np.zeros((1, 10, 10)); dark[0, :2] = 200
+        >>> bright_background(dark), bright_background(200 - dark)
+        (False, True)
+    """
+    values = np.asarray(channel, dtype=np.float32).ravel()
+    values = values[:: max(1, values.size // _AUTO_SAMPLE)]
+    low, median, high = np.percentile(values, [1.0, 50.0, 99.8])
+    return bool(high > low and (median - low) / (high - low) > AUTO_MIDPOINT)
 
 
 def _top(array: np.ndarray) -> float:
