@@ -178,6 +178,14 @@ class SegmentWidget(Container):
                                value=WHOLE_IMAGE)
         self.region.tooltip = ("whole image, or the box drawn in a Shapes layer (a rectangle "
                                "drawn on one slice spans every slice)")
+        # the compute guard refuses an image orders of magnitude larger than the model's
+        # training images before the network runs; this runs it anyway
+        self.force = CheckBox(text="force (run even far beyond the training images' size)",
+                              value=False)
+        self.force.tooltip = ("the compute guard refuses an image needing more than "
+                              "MEDSEG_MAX_WORK (default 100) times the windows of the model's "
+                              "largest training image (a box in 'region' is the better way "
+                              "out); tick to run it anyway")
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
@@ -195,7 +203,7 @@ class SegmentWidget(Container):
         self.extend([
             self.image_box, self.model_box, self.checkpoint, self.model_info, self.device_box,
             self.overlap, self.tta, self.diameter, self.uncertainty, self.keep_probabilities,
-            self.region,
+            self.region, self.force,
             self.rerun, self.run_button, self.cancel_button,
             self.progress, self.status, self.fit_banner, self.fine_tune_offer, self.threshold,
             self.min_size,
@@ -312,7 +320,8 @@ class SegmentWidget(Container):
         diameter = float(self.diameter.value) if self._diameter_applies else 0.0
         inference = InferenceOptions(device=device, overlap=float(self.overlap.value),
                                      tta=bool(self.tta.value),
-                                     object_diameter=diameter if diameter > 0 else None)
+                                     object_diameter=diameter if diameter > 0 else None,
+                                     force=bool(self.force.value))
         return EngineOptions(model=model, inference=inference,
                              uncertainty=bool(self.uncertainty.value),
                              probabilities=bool(self.keep_probabilities.value))

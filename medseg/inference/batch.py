@@ -70,13 +70,15 @@ PROBABILITY_FORMATS = ("probabilities", "uncertainty")
 
 EventFn = Callable[[dict[str, Any]], None]
 
-#: The default time limit per case of a batch (seconds). The compute guard already refuses
-#: any case with more than 100x the sliding windows of the model's largest training image; on
-#: a 2-core CPU the largest case it lets through is estimated at about 15 min for the most
-#: expensive shipped model, the slowest shipped validation case takes seconds
-#: (``benchmarks/results/compute_guard.txt``). Twice the former leaves room for a loaded
-#: machine and for reading and writing, while a case that stalls (a hung file system, a device
-#: that stopped answering) costs a batch at most half an hour.
+#: The default time limit per case of a batch (seconds): long enough that no real case of a
+#: shipped model's kind comes near it, short enough that a case that crawls (a device slowed
+#: to a fraction of its speed, an input the compute guard lets through at the edge of its
+#: limit on a busy machine) holds a batch for half an hour, not a night. The slowest
+#: shipped validation case takes under a minute on a 2-core CPU shared with a training run
+#: (the synthetic liver CT, 80 windows; ``benchmarks/results/compute_guard.txt``), so the
+#: limit is more than 30 times it. A case near the guard's limit (100x the largest training
+#: image's windows) can take longer: the guard's estimate, in the failure's reason, says by
+#: how much to raise it.
 DEFAULT_CASE_TIMEOUT_S = 1800.0
 
 #: Runs the cases that need predicting and yields each one's record as it finishes:
@@ -95,8 +97,10 @@ class BatchOptions:
         formats: Output formats, from ``FORMATS``.
         overwrite: Redo cases that already have a finished record.
         case_timeout_s: A case still running after this many seconds is cancelled at the
-            engine's next window (its cancel path), recorded as failed with the reason, and
-            the batch goes on; ``None``: no limit. Default :data:`DEFAULT_CASE_TIMEOUT_S`.
+            engine's next window (its cancel path; also checked once the image is read, but
+            a read that never returns is not interrupted), recorded as failed with the
+            reason, and the batch goes on; ``None``: no limit. Default
+            :data:`DEFAULT_CASE_TIMEOUT_S`.
     """
 
     formats: tuple[str, ...] = (AUTO,)

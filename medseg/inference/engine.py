@@ -504,10 +504,12 @@ class Segmenter:
     def _estimate_work(self, image: MedImage) -> WorkEstimate:
         """:meth:`estimate_work` of an adapted image."""
         slices = None
+        batch = self.sw_batch_size
         if self.card.spatial_dims == 2 and image.meta.ndim == 3:  # a 2D model slice by slice
             slices = image.spatial_shape[2]
             grid: Sequence[int] = (tuple(self.card.fov_pixels) if self.card.fov_pixels
                                    else image.spatial_shape[:2])
+            batch = self._slices_per_pass(grid)
         else:
             resampled = self._model_grid(image)
             grid = resampled[1] if resampled is not None else image.spatial_shape
@@ -515,24 +517,31 @@ class Segmenter:
         return estimate_work(self.card, grid, slices=slices, overlap=self.overlap,
                              margin=self.margin, max_work=options.max_work,
                              force=options.force, device=str(self.device),
-                             seconds_per_window=self._window_seconds)
+                             seconds_per_window=lambda: self._window_seconds(batch))
 
-    def _window_seconds(self) -> float:
-        """One window's forward pass on this device with these settings, measured once per
-        process (:func:`medseg.inference.guard.window_seconds`)."""
+    def _slices_per_pass(self, slice_shape: Sequence[int]) -> int:
+        """Slices of a volume a 2D model runs per forward pass (see :meth:`_predict_slices`)."""
+        return max(1, self.sw_batch_size, _SLICE_BATCH_PIXELS // max(1, math.prod(slice_shape)))
+
+    def _window_seconds(self, batch: int) -> float:
+        """One window's share of a forward pass of ``batch`` windows (as the engine batches
+        them) on this device with these settings, measured once per process
+        (:func:`medseg.inference.guard.window_seconds`)."""
         if self._calibration_key is None:
             self._calibration_key = (
                 self.card.hash(), str(self.device), self.tta, str(self.amp_dtype),
-                self.channels_last, self.sw_batch_size, torch.get_num_threads())
-        shape = (self.sw_batch_size, self.card.network.in_channels, *self.card.roi_size)
+                self.channels_last, torch.get_num_threads())
+        shape = (batch, self.card.network.in_channels, *self.card.roi_size)
+        # normalised-image-like values (zeros can take other, faster or slower, paths)
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(self.device)
 
         def run_window() -> None:
             with torch.inference_mode():
-                self._forward(torch.zeros(shape, device=self.device))
+                self._forward(x)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
 
-        return window_seconds(self._calibration_key, run_window) / self.sw_batch_size
+        return window_seconds((*self._calibration_key, batch), run_window) / batch
 
     def _refuse_if_strict(self, image: MedImage, fit: FitReport) -> None:
         if self.inference_options.strict and fit.warnings:
@@ -801,7 +810,7 @@ class Segmenter:
         timings["preprocess"] = time.perf_counter() - t
         t = time.perf_counter()
         whole = self._whole_plan(fov)
-        per_pass = max(1, self.sw_batch_size, _SLICE_BATCH_PIXELS // max(1, math.prod(fov)))
+        per_pass = self._slices_per_pass(fov)
         with torch.inference_mode():
             for z0 in range(0, shape[2], per_pass):
                 if should_cancel is not None and should_cancel():

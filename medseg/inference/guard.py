@@ -14,7 +14,7 @@ The count is the sliding-window plan's whether or not a 2D model then runs the i
 (one pass over the padded image costs about as much as its windows, so the ratio is the same
 either way). The seconds in the estimate are the windows times the seconds of one window on
 this device, measured once per model, device and settings in this process by running a few
-windows of zeros (:func:`window_seconds`); they inform, the ratio decides, so the same case is
+windows of noise (:func:`window_seconds`); they inform, the ratio decides, so the same case is
 refused on every machine.
 
 Examples:
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import statistics
 import threading
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
@@ -36,7 +35,8 @@ from typing import Any
 
 from medseg.errors import MedsegError
 
-#: Timed passes of the calibration (after one warm-up); their median is kept.
+#: Timed passes of the calibration (after one warm-up); the fastest is kept (what the
+#: device can do: a busy machine only adds to it, and adds differently every time).
 CALIBRATION_PASSES = 3
 
 
@@ -99,9 +99,9 @@ class WorkEstimate:
                 f"{ratio:,.0f}x the {self.reference_windows:,} windows of the largest image "
                 f"model {card.name!r} was trained on ({largest}); "
                 "segment a region around the structure (napari: region; Python: "
-                "predict(region=...)), run it anyway with --force, or raise the limit "
-                f"(now {self.max_work:g}x) above {math.ceil(ratio):,} with --max-work or "
-                "MEDSEG_MAX_WORK")
+                "predict(region=...)), run it anyway with --force (napari: force), or raise "
+                f"the limit (now {self.max_work:g}x) above {math.ceil(ratio):,} with "
+                "--max-work or MEDSEG_MAX_WORK")
 
 
 def format_duration(seconds: float) -> str:
@@ -166,7 +166,7 @@ _SECONDS_LOCK = threading.Lock()
 
 def window_seconds(key: Hashable, run_window: Callable[[], None]) -> float:
     """Seconds of one window's forward pass: ``run_window()`` once to warm up, then the
-    median of :data:`CALIBRATION_PASSES` timed calls; cached under ``key`` (model, device,
+    fastest of :data:`CALIBRATION_PASSES` timed calls; cached under ``key`` (model, device,
     settings, threads) for the life of the process."""
     with _SECONDS_LOCK:
         if key in _SECONDS:
@@ -177,7 +177,7 @@ def window_seconds(key: Hashable, run_window: Callable[[], None]) -> float:
         t = time.perf_counter()
         run_window()
         times.append(time.perf_counter() - t)
-    value = statistics.median(times)
+    value = min(times)
     with _SECONDS_LOCK:
         return _SECONDS.setdefault(key, value)
 

@@ -22,9 +22,9 @@ BLENDS = ("gaussian", "constant")
 #: The compute guard's default limit: a case is refused when its sliding windows on the model
 #: grid number more than this many times those of the largest image the model was trained on
 #: (:mod:`medseg.inference.guard`). Two orders of magnitude: every shipped model's validation
-#: cases are at most 1x, a whole-head MR series for the crop-trained hippocampus model at
-#: 0.69 x 0.69 x 6.5 mm is 70x, a 1024^3 volume is 12,000x
-#: (``benchmarks/results/compute_guard.txt``).
+#: cases are at most 1x (``benchmarks/results/compute_guard.txt``); for the crop-trained
+#: hippocampus model a whole-head MR series (0.69 x 0.69 x 6.5 mm) is 70x and runs, a 1024^3
+#: volume at 1 mm is 12,000x and is refused.
 DEFAULT_MAX_WORK = 100.0
 #: Environment variable that sets the default limit (``InferenceOptions.max_work``).
 MAX_WORK_ENV = "MEDSEG_MAX_WORK"
