@@ -1,5 +1,7 @@
 """Review widget: per-label volumes (areas for 2D), show/hide, opacity, contours, jump-to-label,
-the table of objects (2D) or lesions (3D) with a jump to each, and saving.
+the table of objects (2D) or lesions (3D) with a jump to each, saving, and *Add to training
+set* (the image and the corrected labels into a training folder the Fine-tune panel learns
+from; :mod:`napari_plugin._learn`).
 
 The logic lives in :mod:`napari_plugin._logic` (volumes, slices, colours) and
 :mod:`napari_plugin._save` (writing); this module only wires napari events and widgets to it.

@@ -182,7 +182,15 @@ def test_correct_add_finetune_and_run_the_new_model(make_napari_viewer, qtbot, t
     qtbot.waitUntil(lambda: segment.worker is None, timeout=60_000)
     result_name = f"{image.name} [medseg {model_name(outcome.model_path)}]"
     assert segment.status.value == f"done: {result_name}"
-    assert result_name in viewer.layers
+    # the new card's colour rule applied to the RGB layer as medseg-predict applies it to
+    # the PNG file
+    from medseg.inference import Segmenter
+    from medseg.model_card import read_model_card
+
+    assert read_model_card(outcome.model_path).channel_rule is not None
+    expected = Segmenter.from_file(outcome.model_path, device="cpu").predict(
+        read_image(crops[0][0])).labels.array[0]
+    np.testing.assert_array_equal(viewer.layers[result_name].data, expected.T)
 
 
 def test_closing_the_viewer_mid_training_stops_it_and_keeps_the_corrections(
