@@ -238,3 +238,29 @@ def test_polarity_of_grey_images_follows_the_base_models_images(
     check = check_pairs(index_folder(folder), card)
     assert not check.colour and check.channels == {1}
     assert polarity_rule(check, card) == rule
+
+
+def test_keep_skill_mixes_in_images_like_the_base_models(tmp_path: Path) -> None:
+    folder = write_he_folder(tmp_path / "corrections", 2)
+    keep = tmp_path / "fluorescence"
+    for sub in ("images", "masks"):
+        (keep / sub).mkdir(parents=True)
+    for i in range(3):  # bright objects on black, grey stored as RGBA like DSB's
+        rgba, ids = he_like(20 + i)
+        grey = np.where(ids > 0, 200, 10).astype(np.uint8)
+        Image.fromarray(np.dstack([grey, grey, grey, rgba[..., 3]])).save(
+            keep / "images" / f"f{i}.png")
+        Image.fromarray(ids).save(keep / "masks" / f"f{i}.png")
+    result = finetune(FinetuneOptions(base="nuclei", data=folder, minutes=1.0, keep_skill=keep,
+                                      num_threads=1, overrides={
+                                          **FEW_STEPS, "patch_size": [64, 64],
+                                          "data.channel_rule": "luminance-auto"}))
+    card = read_model_card(result.model_path)
+    story = card.training["finetune"]
+    assert story["keep_skill"] == str(keep) and "mixed in to keep" in card.description
+    # the kept images train (and widen the domain) but are not scored or listed as corrections
+    assert sorted(card.training["split"]["train"]) == [
+        "he0-train", "he1-train", "keep-f0", "keep-f1", "keep-f2"]
+    assert card.domain["num_cases"] == 5 and result.val_cases == ["he0-val", "he1-val"]
+    assert [i["name"] for i in story["images"]] == ["he0", "he1"]
+    assert card.channel_rule == "luminance-auto"
