@@ -93,8 +93,9 @@ def predict_command(
     case_timeout: float = typer.Option(DEFAULT_CASE_TIMEOUT_S, "--case-timeout", min=0,
                                        help="Seconds a case may run before it is cancelled, "
                                        "recorded as failed, and the batch goes on (0: no "
-                                       "limit). Default 1800 (30 min): over 30 times the "
-                                       "slowest shipped validation case on a 2-core CPU."),
+                                       "limit). Default 1800 (30 min): 25 times or more "
+                                       "the slowest shipped validation case on a busy 2-core "
+                                       "CPU."),
     keep_largest: bool = typer.Option(False, "--keep-largest", help="Keep only the largest "
                                       "connected component of each label."),
     min_size_ml: float = typer.Option(0.0, "--min-size-ml", help="Remove components smaller "

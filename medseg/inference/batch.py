@@ -74,9 +74,9 @@ EventFn = Callable[[dict[str, Any]], None]
 #: shipped model's kind comes near it, short enough that a case that crawls (a device slowed
 #: to a fraction of its speed, an input the compute guard lets through at the edge of its
 #: limit on a busy machine) holds a batch for half an hour, not a night. The slowest
-#: shipped validation case takes under a minute on a 2-core CPU shared with a training run
-#: (the synthetic liver CT, 80 windows; ``benchmarks/results/compute_guard.txt``), so the
-#: limit is more than 30 times it. A case near the guard's limit (100x the largest training
+#: shipped validation case (the synthetic liver CT, 80 windows) took 40 to 73 s in three runs
+#: on a 2-core CPU with two trainings beside it (``benchmarks/results/compute_guard.txt``):
+#: the limit is 25 to 45 times it. A case near the guard's limit (100x the largest training
 #: image's windows) can take longer: the guard's estimate, in the failure's reason, says by
 #: how much to raise it.
 DEFAULT_CASE_TIMEOUT_S = 1800.0
