@@ -81,8 +81,9 @@ def test_npe2_validate_is_clean_and_the_napari_page_lists_every_widget() -> None
                           timeout=120)
     assert done.returncode == 0 and "valid" in done.stdout, done.stdout + done.stderr
     manifest = PluginManifest.from_distribution("medseg")
-    page = (Path(__file__).resolve().parents[2] / "docs" / "napari.md").read_text()
+    page_file = Path(__file__).resolve().parents[2] / "docs" / "napari.md"
+    page = " ".join(page_file.read_text().split())  # line breaks do not matter
     for widget in manifest.contributions.widgets:
         assert f"Plugins > medseg > {widget.display_name}" in page, widget.display_name
-    for kind in ("a reader", "a writer", "## Sample data"):
+    for kind in ("a reader", "a writer", "Sample data"):
         assert kind in page
