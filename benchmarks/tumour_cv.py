@@ -34,7 +34,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from medseg.inference.confidence import auroc, confidence_of
+from medseg.inference.confidence import SCORE_RULES, auroc, confidence_of
 from medseg.training.runtime import cpu_name
 
 REPO = Path(__file__).resolve().parents[1]
@@ -133,17 +133,6 @@ def clean(mask: np.ndarray, how: str) -> np.ndarray:
     return keep[comp]
 
 
-#: Scores made from the same sums (medseg.inference.confidence features), compared on the
-#: out-of-fold predictions before one is shipped as the score.
-CANDIDATES = {
-    "expected Dice": lambda f: 2 * f["overlap"] / max(f["soft_voxels"] + f["hard_voxels"], 1),
-    "kept probability mass (overlap / soft)": lambda f: f["overlap"] / max(f["soft_voxels"], 1),
-    "mean probability inside (overlap / hard)": lambda f: f["overlap"] / max(f["hard_voxels"],
-                                                                             1),
-    "1 - uncertain fraction": lambda f: 1.0 - f["uncertain_fraction"],
-}
-
-
 def two_class_probabilities(p: np.ndarray) -> np.ndarray:
     pf = p.astype(np.float32)
     return np.stack([1.0 - pf, pf])
@@ -216,7 +205,8 @@ def main() -> None:
     poor = [d < POOR for d in dices]
     features = [confidence_of(two_class_probabilities(c.p), pred).features
                 for c, pred in zip(cases, preds, strict=True)]
-    candidates = {name: [rule(f) for f in features] for name, rule in CANDIDATES.items()}
+    candidates = {name: [min(max(rule(f), 0.0), 1.0) for f in features]
+                  for name, rule in SCORE_RULES.items()}
     print("\n## Candidate confidence scores: AUROC for Dice < 0.6 (higher separates better)")
     for name, values in candidates.items():
         print(f"  {name}: AUROC {auroc(values, poor):.3f}, "

@@ -1,8 +1,9 @@
 """How far a result can be trusted, from what the engine already computed: a per-case score.
 
-The score is the model's own estimate of its overlap with the truth, the *expected Dice*
-between its foreground probability ``p`` (one minus the background probability) and the label
-map it returned ``y``::
+The default score is the model's own estimate of its overlap with the truth, the *expected
+Dice* between its foreground probability ``p`` (one minus the background probability) and the
+label map it returned ``y`` (a card may name another rule of :data:`SCORE_RULES`, chosen on
+out-of-fold predictions)::
 
     score = (2 * sum(p * y) + s) / (sum(p) + sum(y) + s)
 
@@ -103,19 +104,47 @@ def expected_dice_sums(probabilities: np.ndarray, labels: np.ndarray) -> dict[st
     return sums
 
 
-def score_from_sums(sums: dict[str, float]) -> tuple[float, dict[str, float]]:
-    """Expected Dice and the features recorded with it, from :func:`expected_dice_sums`."""
-    soft, hard = sums["soft_voxels"], sums["hard_voxels"]
-    s = max(SMOOTH_MIN, SMOOTH_FRACTION * 0.5 * (soft + hard))
-    score = (2.0 * sums["overlap"] + s) / (soft + hard + s)
-    features = {"soft_voxels": soft, "hard_voxels": hard, "overlap": sums["overlap"],
+def _smoothed(numerator: float, denominator: float, f: dict[str, float]) -> float:
+    s = max(SMOOTH_MIN, SMOOTH_FRACTION * 0.5 * (f["soft_voxels"] + f["hard_voxels"]))
+    return (numerator + s) / (denominator + s)
+
+
+#: The scores a card can name (``confidence.score``), each from the same sums; all in
+#: ``[0, 1]``, higher is more confident, smoothed so that an empty, certain result scores 1.
+#: ``expected_dice``: the model's expected Dice of its own result (the default);
+#: ``inside_probability``: the mean foreground probability inside the result (how sure the
+#: model is of what it marked); ``kept_mass``: the share of the foreground probability the result
+#: holds (low when clean-up dropped or the threshold left out probable foreground);
+#: ``certain_fraction``: one minus the share of probable voxels with a probability between 0.1
+#: and 0.9. ``benchmarks/tumour_cv.py`` compares them on out-of-fold predictions.
+SCORE_RULES = {
+    "expected_dice": lambda f: _smoothed(2.0 * f["overlap"], f["soft_voxels"] + f["hard_voxels"],
+                                         f),
+    "inside_probability": lambda f: _smoothed(f["overlap"], f["hard_voxels"], f),
+    "kept_mass": lambda f: _smoothed(f["overlap"], f["soft_voxels"], f),
+    "certain_fraction": lambda f: 1.0 - f["uncertain_fraction"],
+}
+
+
+def score_from_sums(sums: dict[str, float], rule: str = "expected_dice"
+                    ) -> tuple[float, dict[str, float]]:
+    """The score named ``rule`` (:data:`SCORE_RULES`) and the features recorded with it,
+    from :func:`expected_dice_sums`."""
+    features = {"soft_voxels": sums["soft_voxels"], "hard_voxels": sums["hard_voxels"],
+                "overlap": sums["overlap"],
                 "uncertain_fraction": sums["uncertain"] / sums["region"] if sums["region"]
                 else 0.0}
+    try:
+        score = SCORE_RULES[rule](features)
+    except KeyError:
+        raise ValueError(f"unknown confidence score {rule!r}; one of {sorted(SCORE_RULES)}"
+                         ) from None
     return float(min(max(score, 0.0), 1.0)), features
 
 
 def confidence_of(probabilities: np.ndarray, labels: np.ndarray, *,
-                  threshold: float | None = None, what: str = "object") -> CaseConfidence:
+                  threshold: float | None = None, what: str = "object",
+                  rule: str = "expected_dice") -> CaseConfidence:
     """The confidence of one result from its probabilities and label map.
 
     Examples:
@@ -129,7 +158,7 @@ def confidence_of(probabilities: np.ndarray, labels: np.ndarray, *,
         >>> round(c.score, 3), c.low
         (0.78, True)
     """
-    score, features = score_from_sums(expected_dice_sums(probabilities, labels))
+    score, features = score_from_sums(expected_dice_sums(probabilities, labels), rule)
     low = threshold is not None and score < threshold
     message = (LOW_CONFIDENCE_MESSAGE.format(score=score, threshold=threshold, what=what)
                if low else None)
@@ -137,7 +166,7 @@ def confidence_of(probabilities: np.ndarray, labels: np.ndarray, *,
 
 
 def case_confidence(prediction: Prediction, *, threshold: float | None = None,
-                    what: str | None = None) -> CaseConfidence:
+                    what: str | None = None, rule: str = "expected_dice") -> CaseConfidence:
     """The confidence of an engine result (made with ``return_probabilities=True``).
 
     ``threshold`` defaults to nothing: the engine passes its card's ``confidence.threshold``.
@@ -153,7 +182,7 @@ def case_confidence(prediction: Prediction, *, threshold: float | None = None,
     kind = what or ("object" if prediction.instances else
                     "lesion" if prediction.labels.meta.ndim == 3 else "region")
     return confidence_of(prediction.probabilities.array, prediction.labels.array,
-                         threshold=threshold, what=kind)
+                         threshold=threshold, what=kind, rule=rule)
 
 
 def rank_least_confident(scores: Iterable[tuple[str, float]]) -> list[tuple[str, float]]:

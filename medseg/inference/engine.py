@@ -393,7 +393,8 @@ class Segmenter:
 
     def _adapt_input(self, image: MedImage) -> MedImage:
         """``image`` as the model takes it: the card's ``channel_rule`` applied, or its
-        ``input_channels`` picked from a multi-channel input; a 2D model accepts a volume (run slice by slice).
+        ``input_channels`` picked from a multi-channel input; a 2D model accepts a volume (run
+        slice by slice).
 
         Raises:
             ModelError: Wrong dimensionality or channel count, with what the model expects.
@@ -765,8 +766,10 @@ class Segmenter:
                                 instances=instances)
         confidence = None
         if probabilities is not None:
-            threshold = (self.card.confidence or {}).get("threshold")
-            confidence = confidence_of(probabilities, labels, threshold=threshold,
+            judged = self.card.confidence or {}
+            confidence = confidence_of(probabilities, labels,
+                                       threshold=judged.get("threshold"),
+                                       rule=judged.get("score", "expected_dice"),
                                        what="object" if instances else
                                        "lesion" if image.meta.ndim == 3 else "region")
             if confidence.low:
