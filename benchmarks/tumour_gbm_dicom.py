@@ -51,7 +51,8 @@ def main() -> None:
     for key in ("status", "timings_s", "volumes_ml", "confidence"):
         print(f"{key} {json.dumps(record.get(key))}")
     nifti = next(out.glob("*.nii.gz"))
-    rows = list(csv.DictReader(open(next(out.glob("*.csv")), encoding="utf-8")))
+    with open(next(out.glob("*.csv")), encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
     print(f"lesions: {len(rows)}")
     for r in rows:
         side = "left" if float(r["centroid_x_mm"]) > 0 else "right"
