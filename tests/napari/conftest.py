@@ -27,16 +27,26 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def segment(make_napari_viewer, tiny_model: Path, qtbot):
-    """A viewer with the Segment widget docked, set to the tiny model on the CPU, its
-    engine imported (Run enabled)."""
+def docked_segment(qtbot):
+    """``docked_segment(viewer, model_file)``: the Segment widget docked in ``viewer``, set
+    to the model file on the CPU, its engine imported (Run enabled)."""
     from napari_plugin._segment_widget import CHECKPOINT_CHOICE, SegmentWidget
 
+    def dock(viewer, model: Path):
+        widget = SegmentWidget(viewer)
+        viewer.window.add_dock_widget(widget)
+        widget.model_box.value = CHECKPOINT_CHOICE
+        widget.checkpoint.value = model
+        widget.device_box.value = "cpu"
+        qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=60_000)
+        return widget
+
+    return dock
+
+
+@pytest.fixture
+def segment(make_napari_viewer, tiny_model: Path, docked_segment):
+    """A viewer with the Segment widget docked, set to the tiny model on the CPU, its
+    engine imported (Run enabled)."""
     viewer = make_napari_viewer()
-    widget = SegmentWidget(viewer)
-    viewer.window.add_dock_widget(widget)
-    widget.model_box.value = CHECKPOINT_CHOICE
-    widget.checkpoint.value = tiny_model
-    widget.device_box.value = "cpu"
-    qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=60_000)
-    return viewer, widget
+    return viewer, docked_segment(viewer, tiny_model)

@@ -29,16 +29,10 @@ def guarded_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
                       build_network(config), card)
 
 
-def test_refused_then_forced_then_boxed(make_napari_viewer, qtbot, guarded_model) -> None:
-    from napari_plugin._segment_widget import CHECKPOINT_CHOICE, SegmentWidget
-
+def test_refused_then_forced_then_boxed(make_napari_viewer, qtbot, docked_segment,
+                                        guarded_model) -> None:
     viewer = make_napari_viewer()
-    widget = SegmentWidget(viewer)
-    viewer.window.add_dock_widget(widget)
-    widget.model_box.value = CHECKPOINT_CHOICE
-    widget.checkpoint.value = guarded_model
-    widget.device_box.value = "cpu"
-    qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=60_000)
+    widget = docked_segment(viewer, guarded_model)
     layer = viewer.add_image(np.zeros((48, 48, 48), np.float32), name="big")  # 216 windows
     widget.image_box.value = layer
 
