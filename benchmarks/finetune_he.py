@@ -79,9 +79,10 @@ def split() -> tuple[list[str], list[str], int]:
     return pool, sorted(test), len(names)
 
 
-def draw(pool: list[str], k: int) -> list[str]:
-    """K images of the pool (nested draws: one seeded order)."""
-    order = np.random.default_rng(SEED + 1).permutation(len(pool))
+def draw(pool: list[str], k: int, number: int = 0) -> list[str]:
+    """K images of the pool (draw 0: nested, one seeded order for every K; draws 1, 2...:
+    other orders)."""
+    order = np.random.default_rng(SEED + 1 + number).permutation(len(pool))
     return [pool[i] for i in order[:k]]
 
 
@@ -153,7 +154,7 @@ def cmd_cell(args: argparse.Namespace) -> None:
     from medseg.training.runtime import cpu_name
 
     pool, test, _ = split()
-    ids = pool if args.k == 0 else draw(pool, args.k)
+    ids = pool if args.k == 0 else draw(pool, args.k, args.draw)
     overrides = dict(SCRATCH) if args.scratch else {}
     import yaml
 
@@ -171,13 +172,19 @@ def cmd_cell(args: argparse.Namespace) -> None:
                                       export=work / "out.safetensors", overrides=overrides,
                                       seed=args.seed, num_threads=1, keep_skill=keep))
     wall = time.monotonic() - t0
-    row = {"kind": "cell", "tag": args.tag, "k": len(ids), "minutes": args.minutes,
+    row = {"kind": "cell", "tag": args.tag, "k": len(ids), "draw": args.draw,
+           "minutes": args.minutes,
            "scratch": args.scratch, "keep_skill": args.keep_skill, "overrides": overrides,
            "seed": args.seed, "steps": result.steps, "wall_min": round(wall / 60, 2),
            "own_before": round(result.before, 4), "own_after": round(result.after, 4),
            "improved": result.improved, "hold_out": len(result.val_cases),
            "test": score(result.model_path, test), "cpu": cpu_name(),
            "load_avg_15min": round(os.getloadavg()[2], 2)}
+    from medseg.model_card import read_model_card
+
+    card = read_model_card(result.model_path)
+    row["instances"] = card.instances
+    row["channel_rule"] = card.channel_rule
     if args.fluo:
         row["fluorescence"] = score(result.model_path, fluorescence_val(), FLUO)
     append(row)
@@ -203,12 +210,21 @@ def cmd_memory(args: argparse.Namespace) -> None:
         result = finetune(FinetuneOptions(base="nuclei", data=folder, minutes=args.minutes,
                                           export=work / "out.safetensors", num_threads=1,
                                           run_dir=work / "run"))
+        from medseg.model_card import read_model_card
+
+        # steps per second between the first and the last logged training epoch (the set-up,
+        # which reads every case, excluded); the whole training phase as a fallback
         rows = [r.split(",") for r in (work / "run" / "train" / "metrics.csv").read_text()
                 .splitlines()[1:] if r.startswith("train")]
-        (it0, t0), (it1, t1) = ((float(r[1]), float(r[3])) for r in (rows[0], rows[-1]))
+        phases = read_model_card(result.model_path).training["finetune"]["phase_start_s"]
+        if len(rows) >= 2:
+            (it0, t0), (it1, t1) = ((float(r[1]), float(r[3])) for r in (rows[0], rows[-1]))
+            rate = (it1 - it0) / (t1 - t0)
+        else:
+            rate = result.steps / (phases["scoring"] - phases["training"])
         (work / "out.json").write_text(json.dumps({
-            "steps": result.steps, "steps_per_s": round((it1 - it0) / (t1 - t0), 3),
-            "train_cases": len(result.train_cases)}))
+            "steps": result.steps, "steps_per_s": round(rate, 3),
+            "train_cases": len(result.train_cases), "phase_start_s": phases}))
         return
     from medseg.training.runtime import cpu_name
 
@@ -248,7 +264,18 @@ def render() -> None:
             out.append(f"shipped nuclei: test AP@0.5 {r['test']['ap50']:.3f} (objects "
                        f"{r['test']['n_pred']}/{r['test']['n_true']})"
                        + (f"; fluorescence validation AP@0.5 {fl['ap50']:.3f}" if fl else ""))
-    out += ["", f"{'K':>4} {'min':>5} {'kind':<22} {'steps':>6} {'wall':>6} {'own':>13} "
+    grid = {(r["k"], r["minutes"]): r["test"]["ap50"] for r in rows
+            if r["kind"] == "cell" and r.get("tag") == "grid" and not r.get("draw")}
+    if grid:
+        out += ["", "test AP@0.5 after fine-tuning on K images for N minutes (draw 0; - = not "
+                "run):", f"{'K':>6} " + " ".join(f"{m:>7g} min" for m in (5, 10, 20))]
+        for k in (1, 3, 5, 10, len(pool)):
+            label = "all " + str(k) if k == len(pool) else str(k)
+            out.append(f"{label:>6} " + " ".join(
+                f"{grid[(k, m)]:>11.3f}" if (k, m) in grid else f"{'-':>11}"
+                for m in (5.0, 10.0, 20.0)))
+    out += ["", "every run:",
+            f"{'K':>4} {'min':>5} {'kind':<22} {'steps':>6} {'wall':>6} {'own':>13} "
             f"{'test AP@0.5':>11} {'fluo AP@0.5':>11}  settings"]
     for r in rows:
         if r["kind"] != "cell":
@@ -261,15 +288,17 @@ def render() -> None:
         out.append(f"{r['k']:>4} {r['minutes']:>5g} {kind:<22} {r['steps']:>6} "
                    f"{r['wall_min']:>5.1f}m {r['own_before']:.3f}->{r['own_after']:.3f} "
                    f"{r['test']['ap50']:>11.3f} {(fl['ap50'] if fl else float('nan')):>11.3f}"
-                   f"  {r.get('tag') or ''} {extra or ''}"
+                   f"  {r.get('tag') or ''}{' draw ' + str(r['draw']) if r.get('draw') else ''}"
+                   f" {extra or ''}"
                    + (f" load {r['load_avg_15min']}" if "load_avg_15min" in r else ""))
     mem = [r for r in rows if r["kind"] == "memory"]
     if mem:
         out += ["", "memory and speed (fine-tune, 1 thread; peak RSS of the whole process):"]
         for r in mem:
+            phases = r.get("phase_start_s") or {}
             out.append(f"  {r['n']:>4} images ({r['train_cases']} trained on), {r['minutes']:g}"
                        f" min: {r['steps_per_s']:.2f} steps/s, peak RSS {r['peak_rss_mb']} MB"
-                       f" (load average {r.get('load_avg_15min')})")
+                       f" (load average {r.get('load_avg_15min')}); phases start at {phases} s")
     (RESULTS / "finetune_he.txt").write_text("\n".join(out) + "\n")
     print("\n".join(out))
 
@@ -287,6 +316,7 @@ def main() -> None:
     p.add_argument("--fluo", action="store_true", help="also score the fluorescence images")
     p.add_argument("--set", action="append", default=[])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--draw", type=int, default=0, help="which draw of K images (0: nested)")
     p.add_argument("--tag", default="")
     p = sub.add_parser("memory")
     p.add_argument("--n", type=int, required=True)

@@ -19,6 +19,11 @@ LR_FACTOR = 0.3
 WARMUP_ITERS = 20
 #: Steps between validations (the best model so far is kept).
 ITERS_PER_EPOCH = 50
+#: At most this many patches drawn per training image (at least one epoch): a few images
+#: trained on for the whole budget are learnt by heart (5 H&E images: pooled AP@0.5 on other
+#: images fell with more steps, benchmarks/results/finetune_he.txt); the schedule then ends
+#: before the time budget does.
+MAX_PATCHES_PER_IMAGE = 300
 #: Options of the base recipe a fine-tune keeps (everything that shapes what is learned).
 KEPT = ("loss", "optimizer", "momentum", "weight_decay", "batch_size", "foreground_prob",
         "case_sampling", "weight_map", "weight_map_w0", "weight_map_sigma", "amp", "augment",
@@ -36,13 +41,15 @@ def write_manifest(path: Path, pairs: Sequence[CasePair]) -> Path:
 def finetune_config(card: ModelCard, *, base_path: Path, name: str, manifest: Path,
                     val_cases: Sequence[str], run_dir: Path, minutes: float,
                     channel_rule: str | None, seed: int, num_threads: int | None,
-                    device: str | None, channels_needed: bool = True,
+                    device: str | None, channels_needed: bool = True, n_train: int = 0,
                     overrides: dict[str, Any] | None = None) -> TrainConfig:
     """The fine-tune's :class:`TrainConfig`: the base recipe (``card.training["config"]``; the
     defaults when the card has none), starting from ``base_path``'s weights with
     :data:`LR_FACTOR` of its learning rate, :data:`WARMUP_ITERS` warm-up steps and a poly
-    decay over ``minutes``; ``overrides`` (dotted keys) last. ``channels_needed``: the images
-    have another channel count than the network, so the card's ``input_channels`` are picked.
+    decay over ``minutes`` or over :data:`MAX_PATCHES_PER_IMAGE` patches for each of the
+    ``n_train`` training cases, whichever ends first; ``overrides`` (dotted keys) last.
+    ``channels_needed``: the images have another channel count than the network, so the
+    card's ``input_channels`` are picked.
     """
     recipe = dict((card.training or {}).get("config") or {})
     kept = {k: recipe[k] for k in KEPT if k in recipe}
@@ -61,7 +68,8 @@ def finetune_config(card: ModelCard, *, base_path: Path, name: str, manifest: Pa
         "init_from": str(base_path),
         "lr": float(kept.get("lr", 0.01)) * LR_FACTOR,
         "warmup_iters": WARMUP_ITERS, "lr_schedule": "poly",
-        "epochs": 100_000, "iters_per_epoch": ITERS_PER_EPOCH, "val_every": 1,
+        "epochs": max_epochs(n_train, int(kept.get("batch_size") or 2)),
+        "iters_per_epoch": ITERS_PER_EPOCH, "val_every": 1,
         "time_budget_min": minutes, "val_overlap": 0.25,
         "num_threads": num_threads, "device": device,
         "fov_pixels": card.fov_pixels,
@@ -70,3 +78,15 @@ def finetune_config(card: ModelCard, *, base_path: Path, name: str, manifest: Pa
     for key, value in (overrides or {}).items():
         _set_dotted(config, key, value)
     return TrainConfig.from_dict(config, source="fine-tune")
+
+
+def max_epochs(n_train: int, batch_size: int) -> int:
+    """Epochs (of :data:`ITERS_PER_EPOCH` steps) that draw about
+    :data:`MAX_PATCHES_PER_IMAGE` patches per training case (at least one epoch).
+
+    Examples:
+        >>> max_epochs(4, 4), max_epochs(25, 4), max_epochs(0, 4)
+        (6, 38, 1)
+    """
+    steps = MAX_PATCHES_PER_IMAGE * n_train / max(batch_size, 1)
+    return max(1, -(-int(steps) // ITERS_PER_EPOCH))

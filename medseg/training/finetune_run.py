@@ -62,6 +62,7 @@ class FinetuneRun:
         self.run_dir = options.run_dir or user_models_dir() / "runs" / self.name
         self.step, self.val_metric = 0, None
         self.phase_start: dict[str, float] = {}
+        self.total_steps, self.reserve_s = 0, 0.0
         self.instances = self.base.instances is not None
 
     # -- progress ---------------------------------------------------------------------------
@@ -76,9 +77,18 @@ class FinetuneRun:
             return
         elapsed = self.elapsed()
         self.progress(FinetuneProgress(step=self.step, elapsed_s=elapsed,
-                                       budget_s=self.budget_s,
-                                       eta_s=max(0.0, self.budget_s - elapsed),
+                                       budget_s=self.budget_s, eta_s=self.eta(elapsed),
                                        val_metric=self.val_metric, phase=phase))
+
+    def eta(self, elapsed: float) -> float:
+        """Seconds left: the budget's remainder, or sooner when the steps will run out first
+        (at the pace of the steps so far, plus the time kept for scoring)."""
+        left = max(0.0, self.budget_s - elapsed)
+        trained = elapsed - self.phase_start.get("training", elapsed)
+        if self.step >= 10 and self.total_steps and trained > 0:
+            steps_left = max(0, self.total_steps - self.step)
+            left = min(left, steps_left * trained / self.step + self.reserve_s)
+        return left
 
     # -- phases -----------------------------------------------------------------------------
     def execute(self) -> FinetuneResult:
@@ -157,14 +167,15 @@ class FinetuneRun:
               ) -> Any:
         from medseg.training.loop import train
 
-        manifest = write_manifest(self.run_dir / "cases.json",
-                                  [*held.train, *held.val, *self.kept_skill(len(held.train))])
+        kept = self.kept_skill(len(held.train))
+        manifest = write_manifest(self.run_dir / "cases.json", [*held.train, *held.val, *kept])
         minutes = max(0.05, (self.budget_s - self.elapsed() - reserve_s) / 60.0)
         config = self.config(manifest, [p.case_id for p in held.val], rule=rule, check=check,
-                             minutes=minutes)
+                             minutes=minutes, n_train=len(held.train) + len(kept))
+        self.reserve_s = reserve_s
 
         def on_step(done: int, total: int) -> None:
-            self.step = done
+            self.step, self.total_steps = done, total
             self.report("training")
 
         def on_validation(record: dict[str, Any]) -> None:
@@ -177,7 +188,7 @@ class FinetuneRun:
         return result
 
     def config(self, manifest: Path, val_cases: list[str], *, rule: str | None,
-               check: FolderCheck | None, minutes: float) -> TrainConfig:
+               check: FolderCheck | None, minutes: float, n_train: int = 0) -> TrainConfig:
         """The training config (also made before anything runs, so that a bad ``--set``
         fails first)."""
         options = self.options
@@ -188,7 +199,7 @@ class FinetuneRun:
                                channel_rule=rule, seed=options.seed,
                                num_threads=options.num_threads, device=options.device,
                                channels_needed=bool(channels - {self.base.network.in_channels}),
-                               overrides=options.overrides)
+                               n_train=n_train, overrides=options.overrides)
 
     def kept_skill(self, n_train: int) -> list[Any]:
         """A seeded draw of ``max(10, n_train)`` pairs from ``keep_skill`` (none without)."""
