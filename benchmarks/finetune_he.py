@@ -135,7 +135,16 @@ def fluorescence_train() -> list[str]:
     return sorted(read_model_card(resolve_model("nuclei")).training["split"]["train"])
 
 
+def commit() -> str:
+    """The repository's commit, with ``+changes`` when medseg/ differs from it."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                          capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "medseg"], cwd=ROOT)
+    return head + ("+changes" if dirty.returncode else "")
+
+
 def append(row: dict) -> None:
+    row.setdefault("commit", COMMIT)
     RESULTS.mkdir(parents=True, exist_ok=True)
     with open(LINES, "a") as f:
         f.write(json.dumps(row) + "\n")
@@ -143,9 +152,19 @@ def append(row: dict) -> None:
 
 
 def cmd_shipped(args: argparse.Namespace) -> None:
+    """The shipped model as it is, or (``--rule``) its weights with a channel rule in the card
+    and no training at all."""
+    from medseg.model_card import load_model, save_model
+    from medseg.models import resolve_model
+
     pool, test, n_groups = split()
-    row = {"kind": "shipped", "model": "nuclei", "test": score("nuclei", test),
-           "fluorescence": score("nuclei", fluorescence_val(), FLUO) if args.fluo else None}
+    model: str | Path = "nuclei"
+    if args.rule:
+        net, card = load_model(resolve_model("nuclei"))
+        card.channel_rule = args.rule
+        model = save_model(Path(tempfile.mkdtemp()) / "ruled.safetensors", net, card)
+    row = {"kind": "shipped", "model": "nuclei", "rule": args.rule, "test": score(model, test),
+           "fluorescence": score(model, fluorescence_val(), FLUO) if args.fluo else None}
     append(row)
 
 
@@ -183,6 +202,8 @@ def cmd_cell(args: argparse.Namespace) -> None:
     from medseg.model_card import read_model_card
 
     card = read_model_card(result.model_path)
+    story = card.training["finetune"]
+    row.update({k: story.get(k) for k in ("base_with_rule", "trained", "kept_base_weights")})
     row["instances"] = card.instances
     row["channel_rule"] = card.channel_rule
     if args.fluo:
@@ -261,7 +282,9 @@ def render() -> None:
     for r in rows:
         if r["kind"] == "shipped":
             fl = r.get("fluorescence")
-            out.append(f"shipped nuclei: test AP@0.5 {r['test']['ap50']:.3f} (objects "
+            rule = (f" with channel rule {r['rule']} (no training)" if r.get("rule")
+                    else "")
+            out.append(f"shipped nuclei{rule}: test AP@0.5 {r['test']['ap50']:.3f} (objects "
                        f"{r['test']['n_pred']}/{r['test']['n_true']})"
                        + (f"; fluorescence validation AP@0.5 {fl['ap50']:.3f}" if fl else ""))
     grid = {(r["k"], r["minutes"]): r["test"]["ap50"] for r in rows
@@ -303,11 +326,17 @@ def render() -> None:
     print("\n".join(out))
 
 
+COMMIT = "?"
+
+
 def main() -> None:
+    global COMMIT
+    COMMIT = commit()  # before the run: the code the run imported
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("shipped")
     p.add_argument("--fluo", action="store_true")
+    p.add_argument("--rule", default=None, help="score the weights with this channel rule")
     p = sub.add_parser("cell")
     p.add_argument("--k", type=int, required=True, help="images (0: the whole pool)")
     p.add_argument("--minutes", type=float, required=True)

@@ -128,6 +128,10 @@ class FinetuneResult:
         minutes: Wall-clock minutes the whole fine-tune took.
         train_cases: The images (or image parts) trained on.
         val_cases: The images (or image parts) scored on.
+        with_rule: The base model's weights with the new channel rule and no training (the
+            rule alone), when the fine-tune chose a rule the base did not have.
+        kept_base_weights: Training did not beat ``with_rule``: the model written is the
+            base's weights with the channel rule (``after`` equals ``with_rule``).
     """
 
     model_path: Path
@@ -141,14 +145,20 @@ class FinetuneResult:
     minutes: float
     train_cases: list[str]
     val_cases: list[str]
+    with_rule: float | None = None
+    kept_base_weights: bool = False
 
     def summary(self) -> str:
-        """One line a user reads: the two figures and where the model went."""
+        """One line a user reads: the figures and where the model went."""
         verdict = (f"better: saved as {self.model_path}" if self.improved else
                    f"not better: nothing exported; kept as candidate {self.model_path}")
+        rule = ("" if self.with_rule is None else
+                f", base weights with the channel rule alone {self.with_rule:.3f}")
+        kept = (" (training did not beat the channel rule alone: the base's weights are kept)"
+                if self.kept_base_weights else "")
         return (f"{self.metric} on {len(self.val_cases)} held-back image(s): base "
-                f"{self.before:.3f}, fine-tuned {self.after:.3f} ({self.steps} steps, "
-                f"{self.minutes:.1f} min); {verdict}")
+                f"{self.before:.3f}{rule}, fine-tuned {self.after:.3f}{kept} ({self.steps} "
+                f"steps, {self.minutes:.1f} min); {verdict}")
 
 
 def finetune(options: FinetuneOptions, *,

@@ -19,10 +19,13 @@ def finetuned_description(base: ModelCard, record: dict[str, Any]) -> str:
     n = len(record["images"])
     rule = (f" Colour images become one channel by the rule {record['channel_rule']!r}, in "
             "training and at inference alike." if record.get("channel_rule") else "")
+    kept = (f" Training ({record['steps']} steps, {record['trained']:.3f}) did not beat the "
+            f"base's weights with the channel rule alone ({record['base_with_rule']:.3f}): "
+            "these are the base's weights." if record.get("kept_base_weights") else "")
     return (f"{base.name} fine-tuned on {n} corrected image(s) from {record['data']} for "
             f"{record['minutes']:g} min ({record['steps']} steps). {record['metric']} on "
             f"{record['hold_out']}: base {record['before']:.3f}, fine-tuned "
-            f"{record['after']:.3f}.{rule} {limitations(record)} Base model "
+            f"{record['after']:.3f}.{kept}{rule} {limitations(record)} Base model "
             f"{base.name!r}: see training.finetune.base and the base's own card.")
 
 
@@ -37,7 +40,8 @@ def limitations(record: dict[str, Any]) -> str:
 
 def write_finetuned_model(checkpoint: Path, destination: Path, *, base: ModelCard,
                           name: str, record: dict[str, Any],
-                          instances: dict[str, Any] | None = None) -> tuple[Path, Path]:
+                          instances: dict[str, Any] | None = None,
+                          weights: Path | None = None) -> tuple[Path, Path]:
     """Write the checkpoint's weights with a card built from the base's and the run's.
 
     Kept from the base: label names and colours, clean-up default, instance settings (unless
@@ -47,10 +51,15 @@ def write_finetuned_model(checkpoint: Path, destination: Path, *, base: ModelCar
     the base's confidence threshold (chosen on the base's validation images). Added:
     ``training["finetune"] = record``.
 
+    ``weights``: take the weights from this model file instead of the checkpoint's (the base's
+    weights, when training did not beat them), the card still from the checkpoint.
+
     Returns:
         The model file and its card's JSON copy.
     """
     model, card = load_model(checkpoint)
+    if weights is not None:
+        model, _ = load_model(weights)
     card.name = name
     card.label_names = dict(base.label_names)
     card.label_colors = dict(base.label_colors)

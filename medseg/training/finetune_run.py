@@ -107,35 +107,41 @@ class FinetuneRun:
         self.report("scoring base")
         t0 = time.monotonic()
         before = self.score(self.base_path, held)
-        scoring_s = time.monotonic() - t0
         logger.info("base %s: %s %.4f on the held-back images", self.base.name,
                     metric_name(self.instances), before)
+        ruled = self.ruled_base(rule)
+        with_rule = self.score_weights(ruled, held)[0] if ruled is not None else None
+        if with_rule is not None:
+            logger.info("base %s's weights with the channel rule %r: %.4f", self.base.name,
+                        rule, with_rule)
+        scoring_s = (time.monotonic() - t0) / (2 if ruled is not None else 1)
         tuning_s = 0.05 * len(settings_variants(self.base.instances or {})) * len(held.val) \
             if self.instances else 0.0
         result = self.train(held, rule, check, reserve_s=scoring_s * 1.5 + tuning_s + 5.0)
         self.report("scoring")
-        instances = self.base.instances
-        if self.instances:
-            card_ap, instances, after = score_instance_settings(
-                result.best_path, held.val, spec=dict(self.base.instances or {}),
-                device=self.options.device, cancel=self.cancel)
-            logger.info("instance settings on the held-back images: AP@0.5 %.4f with the "
-                        "base's, %.4f with %s", card_ap, after, instances)
-        else:
-            after = self.score(result.best_path, held)
+        trained, instances = self.score_weights(result.best_path, held)
+        # the better weights on the held-back images: the fine-tuned ones, or the base's with
+        # the channel rule alone when training did not beat them
+        kept_base = with_rule is not None and with_rule >= trained
+        after = with_rule if kept_base and with_rule is not None else trained
+        if kept_base:
+            instances = self.base.instances
         self.val_metric = after
         improved = bool(after > before)
         record = self.record(check, held, rule, before=before, after=after,
                              steps=result.iterations, improved=improved)
-        record["instances_rechosen"] = instances != self.base.instances
+        record.update({"base_with_rule": None if with_rule is None else round(with_rule, 4),
+                       "trained": round(trained, 4), "kept_base_weights": kept_base,
+                       "instances_rechosen": instances != self.base.instances})
         self.report("saving")
         destination = self.destination(improved)
-        model_path, card_path = write_finetuned_model(result.best_path, destination,
-                                                      base=self.base, name=self.name,
-                                                      record=record, instances=instances)
+        model_path, card_path = write_finetuned_model(
+            result.best_path, destination, base=self.base, name=self.name, record=record,
+            instances=instances, weights=ruled if kept_base else None)
         out = FinetuneResult(model_path=model_path, card_path=card_path,
                              metric=metric_name(self.instances), before=before, after=after,
                              improved=improved, candidate=not improved, steps=result.iterations,
+                             with_rule=with_rule, kept_base_weights=kept_base,
                              minutes=self.elapsed() / 60.0,
                              train_cases=[p.case_id for p in held.train],
                              val_cases=[p.case_id for p in held.val])
@@ -158,6 +164,32 @@ class FinetuneRun:
                                f"{sorted(check.channels)} channels; give model "
                                f"{self.base.name!r} images of one kind")
         return chosen
+
+    def ruled_base(self, rule: str | None) -> Path | None:
+        """The base's weights with ``rule`` in the card (in the run folder), when the rule is
+        not the base's own: what the rule alone does, without any training."""
+        if rule is None or rule == self.base.channel_rule or (
+                "init_from" in self.options.overrides and not self.options.overrides["init_from"]):
+            return None  # no new rule, or a run from scratch (not from the base's weights)
+        from medseg.model_card import load_model, save_model
+
+        model, card = load_model(self.base_path)
+        card.channel_rule = rule
+        card.input_channels = None
+        return save_model(self.run_dir / "base-with-rule.safetensors", model, card)
+
+    def score_weights(self, model: Path, held: HoldOut) -> tuple[float, dict[str, Any] | None]:
+        """The figure of ``model`` on the held-back cases, and the instance settings that
+        gave it (the base's, or others re-chosen on them)."""
+        if not self.instances:
+            return self.score(model, held), self.base.instances
+        spec_ap, instances, best = score_instance_settings(
+            model, held.val, spec=dict(self.base.instances or {}),
+            device=self.options.device, cancel=self.cancel)
+        if instances != self.base.instances:
+            logger.info("instance settings re-chosen on the held-back images: AP@0.5 %.4f with "
+                        "the base's, %.4f with %s", spec_ap, best, instances)
+        return best, instances
 
     def score(self, model: Path, held: HoldOut) -> float:
         return score_model(model, held.val, instances=self.instances,

@@ -79,6 +79,10 @@ def test_finetune_2d_colour_instance_model(tmp_path: Path, user_models: Path) ->
     assert story["images"][0]["objects"] == 6
     assert (story["before"], story["after"], story["steps"]) == (
         round(result.before, 4), round(result.after, 4), 2)
+    # the rule alone (the base's weights, no training) was scored too; the better weights won
+    assert story["base_with_rule"] == round(result.with_rule, 4)
+    assert result.after == max(result.with_rule, story["trained"]) or abs(
+        result.after - max(result.with_rule, story["trained"])) < 1e-4
     # dark objects on a bright background, for a model of bright nuclei on black
     assert card.channel_rule == "luminance-inverted" and card.input_channels is None
     base_instances = read_model_card(resolve_model("nuclei")).instances
@@ -118,6 +122,9 @@ def test_a_model_not_better_is_kept_as_a_candidate_only(tmp_path: Path) -> None:
                                           "data.channel_rule": "red"}))
     assert result.after == pytest.approx(result.before)
     assert not result.improved and result.candidate
+    # the rule 'red' is the base's own pick: the rule alone scores as the base, and training
+    # (none) did not beat it, so the base's weights are what was kept
+    assert result.with_rule == pytest.approx(result.before) and result.kept_base_weights
     assert not export.exists()
     assert result.model_path == tmp_path / "out" / "he.candidate.safetensors"
     assert "not better: nothing exported" in result.summary()
