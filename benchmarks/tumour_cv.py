@@ -34,7 +34,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from medseg.inference.confidence import SCORE_RULES, auroc, confidence_of
+from medseg.inference.confidence import SCORE_RULES, auroc, confidence_of, score_from_sums
 from medseg.training.runtime import cpu_name
 
 REPO = Path(__file__).resolve().parents[1]
@@ -133,6 +133,13 @@ def clean(mask: np.ndarray, how: str) -> np.ndarray:
     return keep[comp]
 
 
+def _sums(features: dict[str, float]) -> dict[str, float]:
+    """The sums behind a confidence's features (uncertain / region as a fraction of 1)."""
+    return {"soft_voxels": features["soft_voxels"], "hard_voxels": features["hard_voxels"],
+            "overlap": features["overlap"], "uncertain": features["uncertain_fraction"],
+            "region": 1.0}
+
+
 def two_class_probabilities(p: np.ndarray) -> np.ndarray:
     pf = p.astype(np.float32)
     return np.stack([1.0 - pf, pf])
@@ -174,6 +181,8 @@ def main() -> None:
     parser.add_argument("--runs", required=True, type=Path)
     parser.add_argument("--tta", action="store_true")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rule", default=None, choices=sorted(SCORE_RULES),
+                        help="the confidence score to report (default: the best AUROC)")
     args = parser.parse_args()
     folds = sorted(d for d in args.runs.glob("fold-*") if (d / "result.json").is_file())
     cases = [c for run in folds for c in predict_fold(run, tta=args.tta, threads=args.threads)]
@@ -205,26 +214,26 @@ def main() -> None:
     poor = [d < POOR for d in dices]
     features = [confidence_of(two_class_probabilities(c.p), pred).features
                 for c, pred in zip(cases, preds, strict=True)]
-    candidates = {name: [min(max(rule(f), 0.0), 1.0) for f in features]
-                  for name, rule in SCORE_RULES.items()}
-    print("\n## Candidate confidence scores: AUROC for Dice < 0.6 (higher separates better)")
+    candidates = {name: [score_from_sums(_sums(f), name)[0] for f in features]
+                  for name in SCORE_RULES}
+    print("\n## Confidence scores (medseg.inference.confidence.SCORE_RULES) on the same "
+          f"predictions: AUROC for Dice < {POOR}, and the warning threshold that warns at most "
+          "1 in 10 good results")
+    print(f"({sum(poor)} poor of {len(poor)} patients; the rule is chosen here on the same "
+          "patients, so its AUROC is optimistic)")
+    thresholds = {}
     for name, values in candidates.items():
-        print(f"  {name}: AUROC {auroc(values, poor):.3f}, "
-              f"Pearson r with Dice {np.corrcoef(values, dices)[0, 1]:.3f}")
-    scores = [confidence_of(two_class_probabilities(c.p), pred).score
-              for c, pred in zip(cases, preds, strict=True)]
-    good_scores = sorted(s for s, bad in zip(scores, poor, strict=True) if not bad)
-    warn_at = good_scores[int(math.floor(0.1 * len(good_scores)))] if good_scores else 0.0
-    warned = [s < warn_at for s in scores]
-    print("\n## Confidence score (expected Dice) on the same predictions")
-    print(f"AUROC for Dice < {POOR}: {auroc(scores, poor):.3f} "
-          f"({sum(poor)} poor of {len(poor)} patients)")
-    print(f"warning threshold (at most 1 in 10 good results warned): {warn_at:.4f}; "
-          f"warned: {sum(w and b for w, b in zip(warned, poor, strict=True))} of {sum(poor)} "
-          f"poor, {sum(w and not b for w, b in zip(warned, poor, strict=True))} of "
-          f"{len(poor) - sum(poor)} good")
-    r = np.corrcoef(scores, dices)[0, 1]
-    print(f"Pearson r(score, Dice): {r:.3f}")
+        good = sorted(v for v, bad in zip(values, poor, strict=True) if not bad)
+        thresholds[name] = good[int(math.floor(0.1 * len(good)))] if good else 0.0
+        caught = sum(v < thresholds[name] and b for v, b in zip(values, poor, strict=True))
+        false = sum(v < thresholds[name] and not b for v, b in zip(values, poor, strict=True))
+        print(f"  {name}: AUROC {auroc(values, poor):.3f}, Pearson r with Dice "
+              f"{np.corrcoef(values, dices)[0, 1]:.3f}; threshold {thresholds[name]:.4f} warns "
+              f"{caught} of {sum(poor)} poor and {false} of {len(poor) - sum(poor)} good")
+    rule = args.rule or max(candidates, key=lambda n: auroc(candidates[n], poor))
+    scores, warn_at = candidates[rule], thresholds[rule]
+    warned = [v < warn_at for v in scores]
+    print(f"chosen: {rule}, threshold {warn_at:.4f}")
 
     print("\n## Per patient (chosen post-processing)")
     print("patient, fold, slices, lesion voxels, Dice, confidence, warned")
