@@ -110,7 +110,8 @@ class FinetuneRun:
         logger.info("base %s: %s %.4f on the held-back images", self.base.name,
                     metric_name(self.instances), before)
         ruled = self.ruled_base(rule)
-        with_rule = self.score_weights(ruled, held)[0] if ruled is not None else None
+        with_rule, ruled_instances = (self.score_weights(ruled, held) if ruled is not None
+                                      else (None, None))
         if with_rule is not None:
             logger.info("base %s's weights with the channel rule %r: %.4f", self.base.name,
                         rule, with_rule)
@@ -125,7 +126,7 @@ class FinetuneRun:
         kept_base = with_rule is not None and with_rule >= trained
         after = with_rule if kept_base and with_rule is not None else trained
         if kept_base:
-            instances = self.base.instances
+            instances = ruled_instances
         self.val_metric = after
         improved = bool(after > before)
         record = self.record(check, held, rule, before=before, after=after,
