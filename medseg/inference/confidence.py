@@ -36,7 +36,7 @@ SMOOTH_MIN = 50.0
 #: Voxels per slab when summing (bounds the float32 temporaries).
 _SLAB_VOXELS = 4_000_000
 
-LOW_CONFIDENCE_MESSAGE = ("low confidence ({score:.2f}, below {threshold:.2f}): the model is "
+LOW_CONFIDENCE_MESSAGE = ("low confidence ({score:.3f}, below {threshold:.3f}): the model is "
                           "unsure of this result; review the outline of every {what} "
                           "(see docs/troubleshooting.md#low-confidence)")
 
