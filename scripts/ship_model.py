@@ -25,6 +25,18 @@ from pathlib import Path
 from medseg.models import MODELS_DIR
 from medseg.training.export import export_model
 
+#: What both tumour cards say of the task and the input.
+_TUMOUR_INPUT = (
+    "FLAIR abnormality (lower-grade glioma and similar hyperintense lesions) on axial brain "
+    "MR FLAIR, slice by slice with a 2D U-Net (MONAI DynUNet), returned as a 3D label map "
+    "on the volume's own grid (NIfTI, DICOM SEG). RESEARCH USE ONLY: not a medical device, "
+    "not validated for diagnosis or treatment decisions. Input: one FLAIR volume (DICOM "
+    "series or NIfTI), axial slices along the last axis; every slice is resampled so its "
+    "whole field of view spans 256 x 256 pixels (as the training slices, whole heads of "
+    "about 220-240 mm over 256 px), and the volume is normalised by its own 1st-99.8th "
+    "intensity percentiles, so 8-bit and 12-bit data are treated alike. Skull not "
+    "stripped (trained with skull). "
+)
 CARDS = {
     "nuclei": (
         "Cell nuclei in 2D fluorescence microscopy images: one instance id per nucleus "
@@ -49,28 +61,19 @@ CARDS = {
         "touching nuclei in large images are merged or missed more often; annotations are "
         "human-made and contain errors."
     ),
-    "brain-flair-tumour": (
-        "FLAIR abnormality (lower-grade glioma and similar hyperintense lesions) on axial brain "
-        "MR FLAIR, slice by slice with a 2D U-Net (MONAI DynUNet), returned as a 3D label map "
-        "on the volume's own grid (NIfTI, DICOM SEG). RESEARCH USE ONLY: not a medical device, "
-        "not validated for diagnosis or treatment decisions. Input: one FLAIR volume (DICOM "
-        "series or NIfTI), axial slices along the last axis; every slice is resampled so its "
-        "whole field of view spans 256 x 256 pixels (as the training slices, whole heads of "
-        "about 220-240 mm over 256 px), and the volume is normalised by its own 1st-99.8th "
-        "intensity percentiles, so 8-bit and 12-bit data are treated alike. Skull not "
-        "stripped (trained with skull). The largest connected lesion is kept (chosen on "
-        "out-of-fold predictions). Every result carries a confidence score (the model's "
-        "expected Dice); a result below the card's threshold is flagged 'low confidence: "
-        "review the outline'. Training data: 48 TCGA-LGG patients of the Kaggle "
-        "lgg-mri-segmentation set (Buda et al., Computers in Biology and Medicine 2019; images "
-        "from TCIA TCGA-LGG, masks by the authors), all used for training; its recipe was "
-        "cross-validated by patient (5 folds, benchmarks/results/tumour_cv.txt: "
-        "{cv}). LICENCE OF THE TRAINING DATA UNVERIFIED: treat this model as research-only and "
-        "check the TCIA/TCGA data-use terms before any other use. Limitations: lower-grade "
-        "gliomas only; other FLAIR hyperintensities (oedema, white-matter lesions, "
-        "post-treatment change) may be marked; a lesion in several separate pieces is reduced "
-        "to its largest; no spacing was known at training, so volumes from a volume without "
-        "spacing are nominal."
+    "brain-flair-tumour": _TUMOUR_INPUT + (
+        "The largest connected lesion is kept (chosen on out-of-fold predictions). Every result"
+        " carries a confidence score (the mean lesion probability inside the outline); a result"
+        " below the card's threshold is flagged 'low confidence: review the outline'. Training "
+        "data: 48 TCGA-LGG patients of the Kaggle lgg-mri-segmentation set (Buda et al., "
+        "Computers in Biology and Medicine 2019; images from TCIA TCGA-LGG, masks by the "
+        "authors), all used for training; its recipe was cross-validated by patient (5 folds, "
+        "benchmarks/results/tumour_cv.txt: {cv}). LICENCE OF THE TRAINING DATA UNVERIFIED: "
+        "treat this model as research-only and check the TCIA/TCGA data-use terms before any "
+        "other use. Limitations: lower-grade gliomas only; other FLAIR hyperintensities "
+        "(oedema, white-matter lesions, post-treatment change) may be marked; a lesion in "
+        "several separate pieces is reduced to its largest; no spacing was known at training, "
+        "so volumes from a volume without spacing are nominal."
     ),
 }
 _FAST = ("FAST PRESET of {name}: the same data, split, method and input handling with a smaller "
@@ -79,16 +82,8 @@ _FAST = ("FAST PRESET of {name}: the same data, split, method and input handling
 CARDS["nuclei-fast"] = _FAST.format(name="nuclei", minutes=40) + CARDS["nuclei"]
 #: The fast preset is still the 18-patient recipe (trained before the 48-patient one); its text
 #: stays that recipe's until it is retrained.
-_TUMOUR_18 = (
-        "FLAIR abnormality (lower-grade glioma and similar hyperintense lesions) on axial brain "
-        "MR FLAIR, slice by slice with a 2D U-Net (MONAI DynUNet), returned as a 3D label map "
-        "on the volume's own grid (NIfTI, DICOM SEG). RESEARCH USE ONLY: not a medical device, "
-        "not validated for diagnosis or treatment decisions. Input: one FLAIR volume (DICOM "
-        "series or NIfTI), axial slices along the last axis; every slice is resampled so its "
-        "whole field of view spans 256 x 256 pixels (as the training slices, whole heads of "
-        "about 220-240 mm over 256 px), and the volume is normalised by its own 1st-99.8th "
-        "intensity percentiles, so 8-bit and 12-bit data are treated alike. Skull not "
-        "stripped (trained with skull). Training data: 18 TCGA-LGG patients of the Kaggle "
+_TUMOUR_18 = _TUMOUR_INPUT + (
+        "Training data: 18 TCGA-LGG patients of the Kaggle "
         "lgg-mri-segmentation set (Buda et al., Computers in Biology and Medicine 2019; images "
         "from TCIA TCGA-LGG, masks by the authors), split by patient (see training.split). "
         "LICENCE OF THE TRAINING DATA UNVERIFIED: treat this model as research-only and check "
