@@ -809,7 +809,11 @@ class Segmenter:
         roi = tuple(self.card.roi_size)
         k = self.card.num_classes
         labels = np.zeros(shape, dtype=np.uint8 if k <= 256 else np.uint16)
-        probs = np.zeros((k, *shape), dtype=np.float16) if probabilities else None
+        # slice-major memory ((slice, class, row, column) viewed as (class, row, column,
+        # slice)): each batch of slices is one contiguous block, written as one copy instead
+        # of a scatter along the last axis (which cost a 2D volume model a fifth of its time)
+        probs = (np.zeros((shape[2], k, *shape[:2]), dtype=np.float16).transpose(1, 2, 3, 0)
+                 if probabilities else None)
         timings["preprocess"] = time.perf_counter() - t
         t = time.perf_counter()
         whole = self._whole_plan(fov)
@@ -842,7 +846,7 @@ class Segmenter:
                     labels[..., z0:z1] = logits.argmax(1).permute(1, 2, 0).numpy()
                 if probs is not None:
                     p = logits.sigmoid() if k == 1 else logits.softmax(1)
-                    probs[..., z0:z1] = p.permute(1, 2, 3, 0).numpy()
+                    probs.transpose(3, 0, 1, 2)[z0:z1] = p.to(torch.float16).numpy()
                 if progress is not None:
                     progress(z1, shape[2])
         timings["infer"] = time.perf_counter() - t
