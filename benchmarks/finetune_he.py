@@ -136,10 +136,12 @@ def fluorescence_train() -> list[str]:
 
 
 def commit() -> str:
-    """The repository's commit, with ``+changes`` when medseg/ differs from it."""
+    """The repository's commit, with ``+changes`` when the training or transforms code differs
+    from it."""
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                           capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "medseg"], cwd=ROOT)
+    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "medseg/training",
+                            "medseg/transforms", "medseg/model_card.py"], cwd=ROOT)
     return head + ("+changes" if dirty.returncode else "")
 
 
@@ -287,17 +289,31 @@ def render() -> None:
             out.append(f"shipped nuclei{rule}: test AP@0.5 {r['test']['ap50']:.3f} (objects "
                        f"{r['test']['n_pred']}/{r['test']['n_true']})"
                        + (f"; fluorescence validation AP@0.5 {fl['ap50']:.3f}" if fl else ""))
-    grid = {(r["k"], r["minutes"]): r["test"]["ap50"] for r in rows
-            if r["kind"] == "cell" and r.get("tag") == "grid" and not r.get("draw")}
+    final = [r for r in rows if r["kind"] == "cell" and r.get("commit")]
+    grid = {(r["k"], r["minutes"]): r["test"]["ap50"] for r in final
+            if r.get("tag") == "grid" and not r.get("draw")}
     if grid:
-        out += ["", "test AP@0.5 after fine-tuning on K images for N minutes (draw 0; - = not "
-                "run):", f"{'K':>6} " + " ".join(f"{m:>7g} min" for m in (5, 10, 20))]
+        out += ["", "test AP@0.5 after fine-tuning on K images for N minutes (the recipe as "
+                "committed, draw 0; latest run of each cell; - = not run; small K stop "
+                "before the budget, at 300 patches per image):",
+                f"{'K':>6} " + " ".join(f"{m:>7g} min" for m in (5, 10, 20))]
         for k in (1, 3, 5, 10, len(pool)):
             label = "all " + str(k) if k == len(pool) else str(k)
             out.append(f"{label:>6} " + " ".join(
                 f"{grid[(k, m)]:>11.3f}" if (k, m) in grid else f"{'-':>11}"
                 for m in (5.0, 10.0, 20.0)))
-    out += ["", "every run:",
+    draws: dict[int, list[float]] = {}
+    for r in final:
+        if r.get("tag") == "grid" and r["minutes"] == 10.0 and r["k"] < len(pool):
+            draws.setdefault(r["k"], []).append(r["test"]["ap50"])
+    if any(len(v) > 1 for v in draws.values()):
+        out += ["", "test AP@0.5 over different draws of K images (10 min):"]
+        for k, values in sorted(draws.items()):
+            out.append(f"  K={k}: mean {np.mean(values):.3f} over {len(values)} draw(s) "
+                       f"({', '.join(f'{v:.3f}' for v in values)})")
+    out += ["", "every run (commit = the code it ran; rows without one ran before the recipe "
+            "was final: no step cap, instance settings re-chosen on any hold-out, no "
+            "rule-alone comparison):",
             f"{'K':>4} {'min':>5} {'kind':<22} {'steps':>6} {'wall':>6} {'own':>13} "
             f"{'test AP@0.5':>11} {'fluo AP@0.5':>11}  settings"]
     for r in rows:
@@ -313,7 +329,9 @@ def render() -> None:
                    f"{r['test']['ap50']:>11.3f} {(fl['ap50'] if fl else float('nan')):>11.3f}"
                    f"  {r.get('tag') or ''}{' draw ' + str(r['draw']) if r.get('draw') else ''}"
                    f" {extra or ''}"
-                   + (f" load {r['load_avg_15min']}" if "load_avg_15min" in r else ""))
+                   + (f" load {r['load_avg_15min']}" if "load_avg_15min" in r else "")
+                   + (f" [{r['commit']}]" if r.get("commit") else "")
+                   + (" kept base weights+rule" if r.get("kept_base_weights") else ""))
     mem = [r for r in rows if r["kind"] == "memory"]
     if mem:
         out += ["", "memory and speed (fine-tune, 1 thread; peak RSS of the whole process):"]

@@ -84,7 +84,7 @@ def test_finetune_2d_colour_instance_model(tmp_path: Path, user_models: Path) ->
     assert result.after == max(result.with_rule, story["trained"]) or abs(
         result.after - max(result.with_rule, story["trained"])) < 1e-4
     # dark objects on a bright background, for a model of bright nuclei on black
-    assert card.channel_rule == "luminance-inverted" and card.input_channels is None
+    assert card.channel_rule == "luminance-auto" and card.input_channels is None
     base_instances = read_model_card(resolve_model("nuclei")).instances
     # the base's instance settings, or others re-chosen on the held-back images
     assert (card.instances == base_instances) != story["instances_rechosen"]
@@ -230,7 +230,7 @@ def test_finetune_2d_model_on_volumes(tmp_path: Path, user_models: Path) -> None
     assert result.metric == "Dice (mean over classes)" and result.steps == 2
 
 
-@pytest.mark.parametrize("dark_objects, rule", [(True, "luminance-inverted"),
+@pytest.mark.parametrize("dark_objects, rule", [(True, "luminance-auto"),
                                                 (False, "luminance")])
 def test_polarity_of_grey_images_follows_the_base_models_images(
         tmp_path: Path, dark_objects: bool, rule: str) -> None:
