@@ -232,7 +232,8 @@ def cmd_memory(args: argparse.Namespace) -> None:
         os.environ["MEDSEG_MODELS_DIR"] = str(work / "models")
         result = finetune(FinetuneOptions(base="nuclei", data=folder, minutes=args.minutes,
                                           export=work / "out.safetensors", num_threads=1,
-                                          run_dir=work / "run"))
+                                          run_dir=work / "run",
+                                          overrides={"data.stream": not args.in_memory}))
         from medseg.model_card import read_model_card
 
         # steps per second between the first and the last logged training epoch (the set-up,
@@ -253,10 +254,12 @@ def cmd_memory(args: argparse.Namespace) -> None:
 
     work = Path(tempfile.mkdtemp(prefix="ft-mem-"))
     subprocess.run([sys.executable, __file__, "memory", "--n", str(args.n), "--minutes",
-                    str(args.minutes), "--child", str(work)], check=True)
+                    str(args.minutes), "--child", str(work)]
+                   + (["--in-memory"] if args.in_memory else []), check=True)
     peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     out = json.loads((work / "out.json").read_text())
     append({"kind": "memory", "n": args.n, "minutes": args.minutes,
+            "in_memory": args.in_memory,
             "peak_rss_mb": round(peak_mb), **out, "cpu": cpu_name(),
             "load_avg_15min": round(os.getloadavg()[2], 2)})
     shutil.rmtree(work, ignore_errors=True)
@@ -337,7 +340,9 @@ def render() -> None:
         out += ["", "memory and speed (fine-tune, 1 thread; peak RSS of the whole process):"]
         for r in mem:
             phases = r.get("phase_start_s") or {}
-            out.append(f"  {r['n']:>4} images ({r['train_cases']} trained on), {r['minutes']:g}"
+            how = "in memory" if r.get("in_memory") else "streamed"
+            out.append(f"  {r['n']:>4} images {how} ({r['train_cases']} trained on), "
+                       f"{r['minutes']:g}"
                        f" min: {r['steps_per_s']:.2f} steps/s, peak RSS {r['peak_rss_mb']} MB"
                        f" (load average {r.get('load_avg_15min')}); phases start at {phases} s")
     (RESULTS / "finetune_he.txt").write_text("\n".join(out) + "\n")
@@ -369,6 +374,8 @@ def main() -> None:
     p.add_argument("--n", type=int, required=True)
     p.add_argument("--minutes", type=float, default=3.0)
     p.add_argument("--child", default=None)
+    p.add_argument("--in-memory", action="store_true",
+                   help="prepared cases kept in memory (data.stream false), for comparison")
     sub.add_parser("render")
     args = parser.parse_args()
     {"shipped": cmd_shipped, "cell": cmd_cell, "memory": cmd_memory,
