@@ -305,12 +305,14 @@ def render() -> None:
             out.append(f"{label:>6} " + " ".join(
                 f"{grid[(k, m)]:>11.3f}" if (k, m) in grid else f"{'-':>11}"
                 for m in (5.0, 10.0, 20.0)))
+    latest = {(r["k"], r.get("draw", 0)): r["test"]["ap50"] for r in final
+              if r.get("tag") == "grid" and r["minutes"] == 10.0 and r["k"] < len(pool)}
     draws: dict[int, list[float]] = {}
-    for r in final:
-        if r.get("tag") == "grid" and r["minutes"] == 10.0 and r["k"] < len(pool):
-            draws.setdefault(r["k"], []).append(r["test"]["ap50"])
+    for (k, _), value in sorted(latest.items()):
+        draws.setdefault(k, []).append(value)
     if any(len(v) > 1 for v in draws.values()):
-        out += ["", "test AP@0.5 over different draws of K images (10 min):"]
+        out += ["", "test AP@0.5 over different draws of K images (10 min; latest run of each "
+                "draw):"]
         for k, values in sorted(draws.items()):
             out.append(f"  K={k}: mean {np.mean(values):.3f} over {len(values)} draw(s) "
                        f"({', '.join(f'{v:.3f}' for v in values)})")
