@@ -11,7 +11,7 @@ slice whose mask is empty) and the record's per-stage timings.
 
 Usage (repository root):
     .venv/bin/python benchmarks/eval_tumour.py --model brain-flair-tumour \
-        --data ../shared/data/lgg_flair [--tta]
+        --data ../shared/data/lgg_flair [--tta] [--patients unseen]
 """
 
 from __future__ import annotations
@@ -54,16 +54,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_predict_options(parser)
     parser.add_argument("--data", required=True, help="lgg_flair folder")
-    parser.add_argument("--patients", default="val", help="val (the card's split) or ids,...")
+    parser.add_argument("--patients", default="val",
+                        help="val (the card's split), unseen (every patient of --data and of "
+                        "lgg_flair_more beside it that the model was not trained on) or ids,...")
     args = parser.parse_args()
     path = resolve_model(args.model)
     card = read_model_card(path)
-    patients = (card.training.get("split", {}).get("val", []) if args.patients == "val"
-                else args.patients.split(","))
+    more = Path(args.data).parent / "lgg_flair_more"
+    if args.patients == "unseen":
+        trained = set(card.training.get("split", {}).get("train", []))
+        everyone = sorted(d.name for d in Path(args.data).glob("TCGA_*") if d.is_dir()) + \
+            sorted(f.name[:-7] for f in (more / "imagesTr").glob("*.nii.gz"))
+        patients = [p for p in everyone if p not in trained]
+    else:
+        patients = (card.training.get("split", {}).get("val", []) if args.patients == "val"
+                    else args.patients.split(","))
     work = Path(tempfile.mkdtemp(prefix="medseg-tumour-"))
     masks, inputs, preds = {}, [], {}
     multi = card.network.in_channels > 1
     for p in patients:
+        if not (Path(args.data) / p).is_dir() and not multi:  # an lgg_flair_more volume
+            masks[p] = np.asanyarray(nib.load(str(more / "labelsTr" / f"{p}.nii.gz")).dataobj) > 0
+            f = work / f"{p}_flair.nii.gz"
+            f.symlink_to((more / "imagesTr" / f"{p}.nii.gz").resolve())
+            inputs.append(str(f))
+            continue
         vol, mask = patient_volume(Path(args.data) / p, None if multi else 1)
         masks[p] = mask
         if multi:

@@ -95,9 +95,9 @@ class ModelCard:
         fingerprint: Dataset fingerprint the plan was derived from.
         versions: Library versions at training time.
         input_channels: Channels the model takes from an input that has more than
-            ``network.in_channels`` (e.g. ``[1]``: FLAIR of an LGG T1/FLAIR/T1c TIFF; ``[0]``:
+            :attr:`image_channels` (e.g. ``[1]``: FLAIR of an LGG T1/FLAIR/T1c TIFF; ``[0]``:
             one grey channel of an RGBA microscopy PNG whose colour channels are equal);
-            ``None``: the input must have exactly ``network.in_channels``.
+            ``None``: the input must have exactly :attr:`image_channels`.
         fov_pixels: For 2D models: every image (or slice of a volume) is resampled so that its
             whole field of view spans this many pixels per axis, as the training images were
             (LGG slices: a 220-240 mm head over 256 x 256); ``None`` runs on native pixels.
@@ -130,6 +130,10 @@ class ModelCard:
             the negative of a colour image's luminance; see :mod:`medseg.transforms.channels`),
             applied in training and at inference alike, before ``input_channels``;
             ``None``: no rule.
+        context_slices: For a 2D model over volumes: how many neighbouring slices on either
+            side of each slice it also sees, as extra channels (a "2.5D" model; see
+            :mod:`medseg.transforms.context`); the network takes ``2k + 1`` times the image's
+            channels. ``0``: each slice alone.
     """
 
     name: str
@@ -152,6 +156,7 @@ class ModelCard:
     domain: dict[str, Any] | None = None
     confidence: dict[str, Any] | None = None
     channel_rule: str | None = None
+    context_slices: int = 0
     format_version: int = CARD_FORMAT_VERSION
 
     def _check_instances(self) -> None:
@@ -200,10 +205,18 @@ class ModelCard:
                              f"{self.network.spatial_dims} finite voxel offsets, got "
                              f"{self.label_offset!r}")
         self.label_offset = offset
+        k = self.context_slices
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 0 \
+                or (k and (self.network.spatial_dims != 2
+                           or self.network.in_channels % (2 * k + 1))):
+            raise ModelError(f"model card {self.name!r}: context_slices must be a non-negative "
+                             "integer, for a 2D network whose input channels it divides into "
+                             f"2k + 1 slices, got {k!r} ({self.network.spatial_dims}D network, "
+                             f"{self.network.in_channels} input channels)")
         if self.channel_rule is not None:
             from medseg.transforms.channels import CHANNEL_RULES
 
-            if self.channel_rule not in CHANNEL_RULES or self.network.in_channels != 1:
+            if self.channel_rule not in CHANNEL_RULES or self.image_channels != 1:
                 raise ModelError(f"model card {self.name!r}: channel_rule must be one of "
                                  f"{CHANNEL_RULES} for a one-channel network, got "
                                  f"{self.channel_rule!r}")
@@ -232,6 +245,12 @@ class ModelCard:
         if any(not 0 <= k <= highest for k in self.label_names):
             raise ModelError(f"model card {self.name!r}: label values {sorted(self.label_names)} "
                              f"do not fit {self.network.out_channels} output channel(s)")
+
+    @property
+    def image_channels(self) -> int:
+        """Channels the model takes from the image (the network's input holds them for each
+        of the ``2 * context_slices + 1`` slices it sees)."""
+        return self.network.in_channels // (2 * self.context_slices + 1)
 
     @property
     def spatial_dims(self) -> int:

@@ -71,13 +71,13 @@ class CaseConfidence:
 def foreground_probability(probabilities: np.ndarray) -> np.ndarray:
     """``(*spatial)`` probability of any foreground class from ``(K, *spatial)``: one minus the
     background's for ``K >= 2``, the sigmoid output itself for ``K == 1``."""
-    p = np.asarray(probabilities, dtype=np.float32)
-    return p[0] if p.shape[0] == 1 else 1.0 - p[0]
+    p = np.asarray(probabilities[0], dtype=np.float32)  # converts the one channel it reads
+    return p if probabilities.shape[0] == 1 else 1.0 - p
 
 
 def expected_dice_sums(probabilities: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """The sums the score is made of, slab by slab along the last axis (no full-size float
-    copy of a large volume).
+    """The sums the score is made of, slab by slab (no full-size float copy of a large
+    volume).
 
     Args:
         probabilities: ``(K, *spatial)`` class probabilities (float16 as the engine keeps them).
@@ -89,15 +89,20 @@ def expected_dice_sums(probabilities: np.ndarray, labels: np.ndarray) -> dict[st
     if labels.shape != probabilities.shape[1:]:
         raise ValueError(f"labels {labels.shape} and probabilities {probabilities.shape[1:]} "
                          "differ in shape")
-    per_slice = max(1, labels.size // max(labels.shape[-1], 1))
-    step = max(1, _SLAB_VOXELS // per_slice)
+    if probabilities.ndim >= 3 and probabilities.strides[-1] > max(probabilities.strides[1:-1]):
+        # slice-major memory (the engine's 2D-over-volume buffer): read it in its own order,
+        # slices first (the sums do not depend on the order)
+        probabilities = np.moveaxis(probabilities, -1, 1)
+        labels = np.moveaxis(labels, -1, 0)
+    per_slab = max(1, labels.size // max(labels.shape[0], 1))
+    step = max(1, _SLAB_VOXELS // per_slab)
     sums = dict.fromkeys(("soft_voxels", "hard_voxels", "overlap", "uncertain", "region"), 0.0)
-    for z in range(0, labels.shape[-1], step):
-        p = foreground_probability(probabilities[..., z:z + step])
-        y = labels[..., z:z + step] != 0
+    for z in range(0, labels.shape[0], step):  # slabs along the first spatial axis
+        p = foreground_probability(probabilities[:, z:z + step])
+        y = labels[z:z + step] != 0
         sums["soft_voxels"] += float(p.sum(dtype=np.float64))
-        sums["hard_voxels"] += float(y.sum())
-        sums["overlap"] += float(p[y].sum(dtype=np.float64))
+        sums["hard_voxels"] += float(np.count_nonzero(y))
+        sums["overlap"] += float(np.sum(p, where=y, dtype=np.float64))
         region = y | (p >= 0.1)
         sums["region"] += float(region.sum())
         sums["uncertain"] += float(((p >= 0.1) & (p <= 0.9)).sum())

@@ -56,6 +56,7 @@ from medseg.transforms import (
     resampled_shape,
     spacing_matches,
 )
+from medseg.transforms.context import with_neighbour_slices
 from medseg.transforms.onto_grid import argmax_onto, linear_onto, slabs
 
 logger = logging.getLogger(__name__)
@@ -413,7 +414,7 @@ class Segmenter:
                              f"single slice (shape {image.spatial_shape}){hint}; a 3D model "
                              "needs a volume")
         image = apply_card_channel_rule(image, self.card)
-        expected = self.card.network.in_channels
+        expected = self.card.image_channels
         picks = self.card.input_channels
         if image.num_channels != expected and picks and len(picks) == expected \
                 and max(picks) < image.num_channels:
@@ -607,13 +608,20 @@ class Segmenter:
             if self.inference_options.object_diameter is not None:
                 raise ModelError(f"{image.meta.provenance.path or 'the image'}: "
                                  "object_diameter zooms 2D images; this one is a volume")
+            # a confidence alone needs only the foreground probability: half the memory
+            # traffic of every class's
             prediction = self._finish(image, *self._predict_slices(
                 image, progress=progress, should_cancel=should_cancel,
-                probabilities=want_probabilities), return_probabilities=return_probabilities)
+                probabilities=want_probabilities,
+                foreground_only=not (return_probabilities or self.card.instances)),
+                return_probabilities=return_probabilities)
             fov = self.card.fov_pixels
             if fov and list(fov) != list(image.spatial_shape[:2]):
                 prediction.model_grid = {"slice_shape": [int(n) for n in fov]}
             return prediction
+        if self.card.context_slices:  # a 2.5D model on one 2D image: its own neighbours
+            image = image.with_array(with_neighbour_slices(image.array,
+                                                           self.card.context_slices))
         timings: dict[str, float] = {}
         t = time.perf_counter()
         work = image
@@ -788,7 +796,8 @@ class Segmenter:
         )
 
     def _predict_slices(self, image: MedImage, *, progress: ProgressFn | None,
-                        should_cancel: CancelFn | None, probabilities: bool
+                        should_cancel: CancelFn | None, probabilities: bool,
+                        foreground_only: bool = False
                         ) -> tuple[np.ndarray, np.ndarray | None, dict[str, float], int]:
         """A 2D model over every slice of a volume along its last (acquisition) axis.
 
@@ -797,7 +806,10 @@ class Segmenter:
         spans that many pixels (bilinear, antialiased when shrinking), and the logits come back
         to the slice's own pixels bilinearly before the argmax. Slices that fit the window run
         whole, several per forward pass (see ``InferenceOptions.whole_image``); larger ones go
-        through the sliding window.
+        through the sliding window. A model with ``context_slices`` gets each slice's
+        neighbours as extra channels (:mod:`medseg.transforms.context`). With
+        ``foreground_only`` the probabilities kept are one channel, the probability of any
+        foreground class (what :mod:`medseg.inference.confidence` reads).
         """
         import torch.nn.functional as F
 
@@ -808,11 +820,13 @@ class Segmenter:
         fov = tuple(self.card.fov_pixels) if self.card.fov_pixels else shape[:2]
         roi = tuple(self.card.roi_size)
         k = self.card.num_classes
+        context = self.card.context_slices
         labels = np.zeros(shape, dtype=np.uint8 if k <= 256 else np.uint16)
         # slice-major memory ((slice, class, row, column) viewed as (class, row, column,
         # slice)): each batch of slices is one contiguous block, written as one copy instead
         # of a scatter along the last axis (which cost a 2D volume model a fifth of its time)
-        probs = (np.zeros((shape[2], k, *shape[:2]), dtype=np.float16).transpose(1, 2, 3, 0)
+        kept = 1 if foreground_only else k
+        probs = (np.zeros((shape[2], kept, *shape[:2]), dtype=np.float16).transpose(1, 2, 3, 0)
                  if probabilities else None)
         timings["preprocess"] = time.perf_counter() - t
         t = time.perf_counter()
@@ -823,8 +837,11 @@ class Segmenter:
                 if should_cancel is not None and should_cancel():
                     raise CancelledError("prediction cancelled")
                 z1 = min(shape[2], z0 + per_pass)
+                # with context slices, the k neighbours on either side come along as channels
+                lo, hi = max(0, z0 - context), min(shape[2], z1 + context)
+                chunk = with_neighbour_slices(normalise(image.array[..., lo:hi]), context)
                 x = torch.from_numpy(np.ascontiguousarray(
-                    normalise(image.array[..., z0:z1]).transpose(3, 0, 1, 2))).to(self.device)
+                    chunk[..., z0 - lo:z1 - lo].transpose(3, 0, 1, 2))).to(self.device)
                 if fov != shape[:2]:
                     x = F.interpolate(x, size=fov, mode="bilinear", align_corners=False,
                                       antialias=fov[0] < shape[0] or fov[1] < shape[1])
@@ -845,7 +862,14 @@ class Segmenter:
                 else:
                     labels[..., z0:z1] = logits.argmax(1).permute(1, 2, 0).numpy()
                 if probs is not None:
-                    p = logits.sigmoid() if k == 1 else logits.softmax(1)
+                    if k == 1:
+                        p = logits.sigmoid()
+                    elif foreground_only and k == 2:  # softmax's class 1, in one sigmoid
+                        p = (logits[:, 1:2] - logits[:, 0:1]).sigmoid()
+                    elif foreground_only:
+                        p = 1.0 - logits.softmax(1)[:, 0:1]
+                    else:
+                        p = logits.softmax(1)
                     probs.transpose(3, 0, 1, 2)[z0:z1] = p.to(torch.float16).numpy()
                 if progress is not None:
                     progress(z1, shape[2])

@@ -104,7 +104,7 @@ def prepare_streamed(
         prepared = prepare_case(raw, normalization=plan.normalization,
                                 target_spacing=plan.target_spacing,
                                 num_classes=plan.num_classes, seed=seed, instances=instances,
-                                fov_pixels=fov_pixels)
+                                fov_pixels=fov_pixels, context_slices=plan.context_slices)
         stored[case_id] = store_case(prepared, folder, n)
     domain = combine_domains(stats, modality=plan.modality, instances=instances)
     return (fp, plan, [stored[i] for i in train_ids], [stored[i] for i in val_ids], domain)

@@ -26,6 +26,9 @@ INSTANCE_TARGETS = ("boundary", "centre", "gap")
 INSTANCE_METHOD = {"boundary": "boundary", "centre": "centre", "gap": "components"}
 
 
+#: The ``normalization`` a config may name (``None``: from the modality).
+NORMALIZATIONS = (None, "zscore", "ct", "percentile", "zscore-nonzero", "percentile-nonzero")
+
 @dataclass
 class MoreData:
     """A further dataset folder trained on in the same run as ``data.path``, in its own layout.
@@ -222,8 +225,9 @@ class TrainConfig:
         spatial_dims: 2 or 3.
         target_spacing: Training spacing (mm); cases are resampled to it once, up front.
         normalization: ``"zscore"``, ``"ct"`` or ``"percentile"`` (per image, 1st to 99.8th
-            percentile mapped to 0..1; per case volume for ``"slices"`` data); ``None`` picks
-            from the modality.
+            percentile mapped to 0..1; per case volume for ``"slices"`` data); ``"zscore-nonzero"``
+            and ``"percentile-nonzero"`` take their statistics over the non-zero voxels only
+            (the head of an MR scan, not the air around it); ``None`` picks from the modality.
         patch_size: Training/validation window.
         batch_size: Samples per iteration.
         base_filters: Features at full resolution (doubled per level up to ``max_filters``).
@@ -267,6 +271,9 @@ class TrainConfig:
         fov_pixels: For a 2D model: the field of view in pixels it is trained at, recorded in
             the card so inference resamples other images to it (see
             :attr:`medseg.model_card.ModelCard.fov_pixels`).
+        context_slices: For a 2D model over volumes: the ``k`` slices on either side of each
+            slice it also sees, as extra channels (a "2.5D" model, :mod:`medseg.transforms.context`;
+            recorded in the card, so inference feeds the same); ``0``: each slice alone.
         init_from: A model file (``.safetensors``) whose weights start the run and whose card
             fixes the plan (network, normalisation, spacing, window, classes): a fine-tune
             (see :mod:`medseg.training.finetune`). ``None``: random weights, planned from the
@@ -310,6 +317,7 @@ class TrainConfig:
     weight_map_w0: float = 10.0
     weight_map_sigma: float = 5.0
     fov_pixels: list[int] | None = None
+    context_slices: int = 0
     init_from: str | None = None
 
     def __post_init__(self) -> None:
@@ -329,12 +337,18 @@ class TrainConfig:
             raise ConfigError(f"amp must be auto, bf16, fp16 or off, got {self.amp!r}")
         if self.spatial_dims not in (None, 2, 3):
             raise ConfigError(f"spatial_dims must be 2 or 3, got {self.spatial_dims}")
-        if self.normalization not in (None, "zscore", "ct", "percentile"):
-            raise ConfigError("normalization must be 'zscore', 'ct' or 'percentile', got "
+        if self.normalization not in NORMALIZATIONS:
+            raise ConfigError(f"normalization must be one of {NORMALIZATIONS[1:]}, got "
                               f"{self.normalization!r}")
         for name in ("epochs", "iters_per_epoch", "val_every"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if isinstance(self.context_slices, bool) or not isinstance(self.context_slices, int) \
+                or self.context_slices < 0:
+            raise ConfigError(f"context_slices must be an integer >= 0, got "
+                              f"{self.context_slices!r}")
+        if self.context_slices and self.spatial_dims == 3:
+            raise ConfigError("context_slices is for 2D models over volumes (spatial_dims: 2)")
         if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
 

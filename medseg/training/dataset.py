@@ -21,6 +21,7 @@ from medseg.model_card import NormalizationConfig
 from medseg.training.reading import read_case_image, read_case_label
 from medseg.training.sources import CasePair
 from medseg.transforms import normalize_intensity, resample_to_spacing
+from medseg.transforms.context import with_neighbour_slices
 
 logger = logging.getLogger(__name__)
 
@@ -157,13 +158,16 @@ def prepare_case(
     seed: int = 0,
     instances: bool = False,
     fov_pixels: Sequence[int] | None = None,
+    context_slices: int = 0,
 ) -> PreparedCase:
     """Resample to ``target_spacing`` (labels nearest-neighbour) and normalise intensities.
 
     With ``instances`` the label holds instance ids (kept as they are, int32): foreground
     sampling locations are those of any object (class 1). With ``fov_pixels`` (a 2D model's
     field of view) the slices of a volume are resampled in-plane to it after normalisation, as
-    the inference engine does (bilinear, antialiased when shrinking; labels nearest)."""
+    the inference engine does (bilinear, antialiased when shrinking; labels nearest). With
+    ``context_slices`` (a 2.5D model) each slice's neighbours become extra channels, as the
+    engine feeds them (:func:`medseg.transforms.context.with_neighbour_slices`)."""
     image, label = case.image, case.label
     if target_spacing is not None:
         image = resample_to_spacing(image, target_spacing, order=3)
@@ -173,6 +177,7 @@ def prepare_case(
     if fov_pixels is not None and array.ndim == len(fov_pixels) + 2 \
             and tuple(array.shape[1:3]) != tuple(fov_pixels):
         array, lab = _slices_to_fov(array, lab, tuple(int(n) for n in fov_pixels))
+    array = with_neighbour_slices(array, context_slices)
     rng = np.random.default_rng(seed)
     locations = {}
     for c in range(1, 2 if instances else num_classes):

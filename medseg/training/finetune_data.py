@@ -114,7 +114,7 @@ def check_pairs(pairs: Sequence[CasePair], card: ModelCard, *,
         DatasetError: The first pair that does not fit, named, with the reason.
     """
     dims = card.spatial_dims
-    wanted = card.network.in_channels
+    wanted = card.image_channels
     found_dims: set[int] = set()
     result = FolderCheck(list(pairs), colour=False, spatial_dims=dims)
     for n, pair in enumerate(pairs, 1):

@@ -157,7 +157,7 @@ class FinetuneRun:
         when the images' intensities are the negative of the base model's training images
         (:func:`polarity_rule`): dark nuclei on a bright stain become bright ones on black."""
         chosen = self.options.overrides.get("data.channel_rule") or self.base.channel_rule
-        if chosen is None and self.base.network.in_channels == 1 \
+        if chosen is None and self.base.image_channels == 1 \
                 and self.base.modality.upper() not in RADIOLOGY:
             return polarity_rule(check, self.base)
         if chosen is None and len(check.channels) > 1:
@@ -231,7 +231,7 @@ class FinetuneRun:
                                run_dir=self.run_dir / "train", minutes=minutes,
                                channel_rule=rule, seed=options.seed,
                                num_threads=options.num_threads, device=options.device,
-                               channels_needed=bool(channels - {self.base.network.in_channels}),
+                               channels_needed=bool(channels - {self.base.image_channels}),
                                n_train=n_train, overrides=options.overrides)
 
     def kept_skill(self, n_train: int) -> list[Any]:

@@ -104,7 +104,8 @@ def prepare_data(config: TrainConfig, runtime: Runtime) -> PreparedRun:
         return [prepare_case(by_id[i], normalization=plan.normalization,
                              target_spacing=plan.target_spacing, num_classes=plan.num_classes,
                              seed=config.seed, instances=instances,
-                             fov_pixels=config.fov_pixels) for i in ids]
+                             fov_pixels=config.fov_pixels,
+                             context_slices=plan.context_slices) for i in ids]
 
     domain = compute_domain([by_id[i] for i in train_ids], label_names=dict(plan.label_names),
                             normalization=plan.normalization, modality=plan.modality,

@@ -141,6 +141,7 @@ class TrainingPlan:
     label_names: dict[int, str]
     network: NetworkConfig
     modality: str
+    context_slices: int = 0
 
     @property
     def num_classes(self) -> int:
@@ -186,6 +187,8 @@ def resolve_plan(config: TrainConfig, fp: Fingerprint, *, label_names: dict[int,
     slicewise = dims == 2 and fp.spatial_dims == 3  # a 2D model trained on slices of volumes
     if dims != fp.spatial_dims and not slicewise:
         raise ConfigError(f"spatial_dims {dims} does not match the {fp.spatial_dims}D dataset")
+    if config.context_slices and dims != 2:
+        raise ConfigError("context_slices is for 2D models (spatial_dims: 2)")
     if slicewise:  # in-plane axes only; slices are used at their native pixels
         fp = dataclasses.replace(fp, median_shape=fp.median_shape[:2],
                                  max_shape=fp.max_shape[:2],
@@ -208,10 +211,10 @@ def resolve_plan(config: TrainConfig, fp: Fingerprint, *, label_names: dict[int,
         raise ConfigError(f"target_spacing {spacing} must have {dims} entries")
     shape = [int(round(s * sp / t))
              for s, sp, t in zip(fp.median_shape, fp.median_spacing, spacing, strict=True)]
-    if config.normalization == "zscore":
-        norm = NormalizationConfig(scheme="zscore")
-    elif config.normalization == "percentile":
-        norm = NormalizationConfig(scheme="percentile")
+    if config.normalization in ("zscore", "percentile", "zscore-nonzero",
+                                "percentile-nonzero"):
+        scheme, _, nonzero = config.normalization.partition("-")
+        norm = NormalizationConfig(scheme=scheme, nonzero=bool(nonzero))
     elif config.normalization == "ct":
         norm = default_normalization(dataclasses.replace(fp, modality="CT"))
     else:
@@ -221,7 +224,8 @@ def resolve_plan(config: TrainConfig, fp: Fingerprint, *, label_names: dict[int,
     if len(patch) != dims:
         raise ConfigError(f"patch_size {patch} must have {dims} entries")
     network = plan_network(
-        spatial_dims=dims, in_channels=fp.in_channels, out_channels=len(names),
+        spatial_dims=dims, in_channels=fp.in_channels * (2 * config.context_slices + 1),
+        out_channels=len(names),
         patch_size=patch, spacing=spacing, base_filters=config.base_filters,
         max_filters=config.max_filters, deep_supervision=config.deep_supervision,
         max_levels=config.max_levels, upsample=config.upsample,
@@ -240,6 +244,7 @@ def resolve_plan(config: TrainConfig, fp: Fingerprint, *, label_names: dict[int,
         label_names=names,
         network=network,
         modality=fp.modality,
+        context_slices=config.context_slices,
     )
 
 
@@ -255,8 +260,8 @@ def plan_from_card(card: ModelCard, config: TrainConfig, fp: Fingerprint, *, dev
     dims = card.spatial_dims
     if fp.spatial_dims != dims and not (dims == 2 and fp.spatial_dims == 3):
         raise DatasetError(f"model {card.name!r} is {dims}D, the data are {fp.spatial_dims}D")
-    if fp.in_channels != card.network.in_channels:
-        raise DatasetError(f"model {card.name!r} takes {card.network.in_channels} channel(s), "
+    if fp.in_channels != card.image_channels:
+        raise DatasetError(f"model {card.name!r} takes {card.image_channels} channel(s), "
                            f"the images have {fp.in_channels} (set data.channels or "
                            "data.channel_rule)")
     names = {int(k): str(v) for k, v in sorted(card.label_names.items())}
@@ -281,4 +286,5 @@ def plan_from_card(card: ModelCard, config: TrainConfig, fp: Fingerprint, *, dev
         label_names=names,
         network=card.network,
         modality=card.modality,
+        context_slices=card.context_slices,
     )

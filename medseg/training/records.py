@@ -182,6 +182,7 @@ def build_card(config: TrainConfig, plan: TrainingPlan, data: PreparedRun, *,
                         if config.data.channels and not config.data.channel_rule else None),
         channel_rule=config.data.channel_rule,
         fov_pixels=list(config.fov_pixels) if config.fov_pixels else None,
+        context_slices=plan.context_slices,
         instances=({"method": INSTANCE_METHOD[config.data.instance_targets]}
                    if config.data.instance_targets else None),
     )
