@@ -78,20 +78,12 @@ def training_threads(cores: int | None) -> int:
 
 
 def run_finetune(options: Any, *, progress: Any, cancel: Any) -> Any:
-    """The worker's call (kept apart so the panel never imports torch on the GUI thread).
-
-    torch's thread count is put back afterwards: the pool thread runs the next Segment job,
-    which must not inherit the training's count (its sums, and near-tied labels, would
-    differ from a run elsewhere)."""
-    import torch
-
+    """The worker's call (kept apart so the panel never imports torch on the GUI thread;
+    :func:`~medseg.training.finetune.finetune` gives the thread count back afterwards, so the
+    pool thread's next Segment job runs as before)."""
     from medseg.training.finetune import finetune
 
-    threads = torch.get_num_threads()
-    try:
-        return finetune(options, progress=progress, cancel=cancel)
-    finally:
-        torch.set_num_threads(threads)
+    return finetune(options, progress=progress, cancel=cancel)
 
 
 class FineTuneWidget(Container):

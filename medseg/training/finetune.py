@@ -186,10 +186,19 @@ def finetune(options: FinetuneOptions, *,
         ModelError: The base model cannot be found or read.
         CancelledError: ``cancel`` returned ``True``.
     """
+    import torch
+
     from medseg.training.finetune_run import FinetuneRun
 
-    run = FinetuneRun(options, progress=progress, cancel=cancel, started=time.monotonic())
-    return run.execute()
+    # torch's thread count is the caller's again afterwards (training sets its own): the next
+    # prediction in this process must not inherit it (its sums, and near-tied labels, would
+    # differ from a run elsewhere)
+    threads = torch.get_num_threads()
+    try:
+        run = FinetuneRun(options, progress=progress, cancel=cancel, started=time.monotonic())
+        return run.execute()
+    finally:
+        torch.set_num_threads(threads)
 
 
 def check_cancel(cancel: Callable[[], bool] | None) -> None:

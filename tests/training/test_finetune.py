@@ -230,6 +230,42 @@ def test_finetune_2d_model_on_volumes(tmp_path: Path, user_models: Path) -> None
     assert result.metric == "Dice (mean over classes)" and result.steps == 2
 
 
+def test_finetune_a_2_5d_model_keeps_its_context_and_the_thread_count(
+        tmp_path: Path, user_models: Path) -> None:
+    """A 2.5D base (neighbouring slices as channels) is fine-tuned with the same context, and
+    the caller's torch thread count is its own again afterwards."""
+    import dataclasses
+
+    import torch
+
+    from medseg.model_card import load_model, save_model
+    from medseg.networks import build_network
+
+    _, card = load_model(resolve_model("brain-flair-tumour-fast"))
+    card = dataclasses.replace(card, name="flair-25d", context_slices=1,
+                               network=dataclasses.replace(card.network, in_channels=3))
+    base = save_model(tmp_path / "flair-25d.safetensors", build_network(card.network), card)
+    root = tmp_path / "flair"
+    for i in range(2):
+        write_volume_pair(root, f"patient{i}", seed=i, shape=(64, 64, 5))
+        label = read_image(root / "masks" / f"patient{i}.nii.gz")
+        write_nifti(label.with_array((label.array > 0).astype(np.uint8)),
+                    root / "masks" / f"patient{i}.nii.gz")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        result = finetune(FinetuneOptions(base=str(base), data=root, minutes=2.0, num_threads=1,
+                                          overrides={**FEW_STEPS, "patch_size": [64, 64]}))
+        assert torch.get_num_threads() == 2  # training ran on 1, the caller keeps its 2
+    finally:
+        torch.set_num_threads(threads)
+    tuned = read_model_card(result.model_path)
+    assert tuned.context_slices == 1 and tuned.network.in_channels == 3
+    stored = sorted((user_models / "runs" / tuned.name / "train" / "cases-0").iterdir())
+    assert np.load(stored[0] / "image.npy").shape == (3, 256, 256, 4)  # 3 slices per slice
+    assert result.steps == 2
+
+
 @pytest.mark.parametrize("dark_objects, rule", [(True, "luminance-auto"),
                                                 (False, "luminance")])
 def test_polarity_of_grey_images_follows_the_base_models_images(
