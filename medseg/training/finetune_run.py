@@ -202,7 +202,13 @@ class FinetuneRun:
 
         kept = self.kept_skill(len(held.train))
         manifest = write_manifest(self.run_dir / "cases.json", [*held.train, *held.val, *kept])
-        minutes = max(0.05, (self.budget_s - self.elapsed() - reserve_s) / 60.0)
+        left_s = self.budget_s - self.elapsed() - reserve_s
+        if left_s < 30.0:
+            logger.warning("the %.1f-minute budget leaves %.0f s for training after checking "
+                           "the images and scoring the held-back ones (about %.0f s): too little "
+                           "to learn anything; give more minutes", self.budget_s / 60.0,
+                           max(left_s, 0.0), self.elapsed() + reserve_s)
+        minutes = max(0.05, left_s / 60.0)
         config = self.config(manifest, [p.case_id for p in held.val], rule=rule, check=check,
                              minutes=minutes, n_train=len(held.train) + len(kept))
         self.reserve_s = reserve_s
