@@ -838,10 +838,15 @@ class Segmenter:
                     raise CancelledError("prediction cancelled")
                 z1 = min(shape[2], z0 + per_pass)
                 # with context slices, the k neighbours on either side come along as channels
+                # (with_neighbour_slices' order, gathered from the slice-major chunk in one copy)
                 lo, hi = max(0, z0 - context), min(shape[2], z1 + context)
-                chunk = with_neighbour_slices(normalise(image.array[..., lo:hi]), context)
-                x = torch.from_numpy(np.ascontiguousarray(
-                    chunk[..., z0 - lo:z1 - lo].transpose(3, 0, 1, 2))).to(self.device)
+                chunk = np.ascontiguousarray(
+                    normalise(image.array[..., lo:hi]).transpose(3, 0, 1, 2))
+                if context:
+                    near = np.clip(np.arange(z0, z1)[:, None] + np.arange(-context, context + 1),
+                                   0, shape[2] - 1) - lo
+                    chunk = chunk[near].reshape(z1 - z0, -1, *chunk.shape[2:])
+                x = torch.from_numpy(chunk).to(self.device)
                 if fov != shape[:2]:
                     x = F.interpolate(x, size=fov, mode="bilinear", align_corners=False,
                                       antialias=fov[0] < shape[0] or fov[1] < shape[1])
