@@ -112,17 +112,27 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if denom == 0 else 2.0 * int((a & b).sum()) / denom
 
 
-def clean(mask: np.ndarray, how: str) -> np.ndarray:
-    """``none``, ``largest``, ``min:<voxels>`` or ``rel:<fraction of the largest>``
-    (face-connected components, as the engine's clean-up)."""
+def clean(mask: np.ndarray, how: str, p: np.ndarray | None = None) -> np.ndarray:
+    """``none``, ``largest``, ``min:<voxels>``, ``rel:<fraction of the largest>``, ``mass``
+    (the component with the most foreground probability ``p``) or ``near:<voxels>`` (the
+    largest and the pieces of at least 5% of its size within that many voxels of it);
+    face-connected components, as the engine's clean-up."""
     if how == "none" or not mask.any():
         return mask
     comp, n = ndimage.label(mask)
     sizes = np.bincount(comp.ravel())
     sizes[0] = 0
-    if how == "largest":
+    if how in ("largest", "mass"):
         keep = np.zeros(n + 1, bool)
-        keep[int(np.argmax(sizes))] = True
+        weights = sizes if how == "largest" else np.bincount(
+            comp.ravel(), weights=np.asarray(p, np.float64).ravel())
+        weights[0] = 0
+        keep[int(np.argmax(weights))] = True
+    elif how.startswith("near:"):
+        largest = int(np.argmax(sizes))
+        distance = ndimage.distance_transform_edt(comp != largest)
+        nearest = ndimage.minimum(distance, comp, np.arange(n + 1))
+        keep = (np.asarray(nearest) <= float(how[5:])) & (sizes >= 0.05 * sizes[largest])
     elif how.startswith("min:"):
         keep = sizes >= float(how[4:])
     elif how.startswith("rel:"):
@@ -198,11 +208,12 @@ def main() -> None:
         print(f"# {run.name}: {r['iterations']} iterations, {r['elapsed_s'] / 60:.1f} min")
 
     thresholds = [0.3, 0.4, 0.5, 0.6, 0.7]
-    cleanups = ["none", "largest", "min:100", "min:500", "min:1000", "rel:0.1", "rel:0.2"]
+    cleanups = ["none", "largest", "min:100", "min:500", "min:1000", "rel:0.1", "rel:0.2",
+                "mass", "near:5", "near:10"]
     table: dict[tuple[float, str], list[float]] = {}
     for t in thresholds:
         for how in cleanups:
-            table[(t, how)] = [dice(clean(c.p >= t, how), c.truth) for c in cases]
+            table[(t, how)] = [dice(clean(c.p >= t, how, c.p), c.truth) for c in cases]
     print("\n## Post-processing on the out-of-fold predictions (per-patient Dice)")
     print("threshold, clean-up, mean, median, min, below 0.6")
     for (t, how), v in table.items():
@@ -218,7 +229,7 @@ def main() -> None:
     t, how = best
 
     dices = table[best]
-    preds = [clean(c.p >= t, how) for c in cases]
+    preds = [clean(c.p >= t, how, c.p) for c in cases]
     poor = [d < POOR for d in dices]
     features = [confidence_of(two_class_probabilities(c.p), pred).features
                 for c, pred in zip(cases, preds, strict=True)]

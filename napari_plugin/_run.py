@@ -326,15 +326,17 @@ class Relabel:
 
 
 def relabel_job(request: SegmentRequest, prediction: Any) -> Relabel | None:
-    """The :class:`Relabel` of a finished run at its current settings (threshold 0.5, no
-    minimum size), or ``None`` when its probabilities were not kept."""
+    """The :class:`Relabel` of a finished run at its current settings (the threshold its
+    labels were drawn at, no minimum size), or ``None`` when its probabilities were not
+    kept."""
     if not request.options.probabilities or prediction.probabilities is None:
         return None
     spec = None
     if getattr(prediction, "instances", False):  # the settings the run used (zoom included)
         spec = dict(getattr(prediction, "instance_settings", None) or {})
     return Relabel(probabilities=prediction.probabilities.array,
-                   spacing=tuple(request.image.meta.spacing), instances=spec)
+                   spacing=tuple(request.image.meta.spacing), instances=spec,
+                   threshold=float(getattr(prediction, "threshold", 0.5)))
 
 
 def relabel(job: Relabel) -> np.ndarray:

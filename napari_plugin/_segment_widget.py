@@ -421,7 +421,7 @@ class SegmentWidget(Container):
             control.enabled = job is not None
         if job is not None:  # the controls start from the result as it is
             with self.threshold.changed.blocked(), self.min_size.changed.blocked():
-                self.threshold.value, self.min_size.value = 0.5, 0
+                self.threshold.value, self.min_size.value = job.threshold, 0
         self.status.value = f"done: {request.result_name}"
         banner = plain_fit_banner(prediction)
         self.fit_banner.value = banner.text

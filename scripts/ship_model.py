@@ -61,9 +61,7 @@ CARDS = {
         "touching nuclei in large images are merged or missed more often; annotations are "
         "human-made and contain errors."
     ),
-    "brain-flair-tumour": _TUMOUR_INPUT.replace(
-        "{method}", "2.5D U-Net (each slice seen with the slice above and the slice below as "
-        "two more channels)") + (
+    "brain-flair-tumour": _TUMOUR_INPUT.replace("{method}", "2D U-Net") + (
         "The largest connected lesion is kept (chosen on out-of-fold predictions). Every result"
         " carries a confidence score (the mean lesion probability inside the outline); a result"
         " below the card's threshold is flagged 'low confidence: review the outline'. Training "

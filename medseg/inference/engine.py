@@ -35,6 +35,7 @@ from medseg.inference.postprocess import (
     clean_labels,
     label_areas,
     label_volumes_ml,
+    labels_from_probabilities,
 )
 from medseg.inference.preprocess import apply_card_channel_rule, window_normalizer
 from medseg.inference.sliding_window import (
@@ -105,6 +106,8 @@ class Prediction:
         work: The compute guard's estimate (:mod:`medseg.inference.guard`), made before the
             network ran: windows on the model grid, against the largest training image, and
             the seconds expected on this device.
+        threshold: The foreground probability the labels were drawn at (the card's
+            ``postprocess.threshold``; 0.5: the argmax of two classes).
     """
 
     labels: MedImage
@@ -122,6 +125,7 @@ class Prediction:
     instance_settings: dict[str, Any] | None = None
     confidence: CaseConfidence | None = None
     work: WorkEstimate | None = None
+    threshold: float = 0.5
 
     def uncertainty(self) -> MedImage:
         """Normalised entropy of the probabilities, in ``[0, 1]`` (float16, one channel):
@@ -269,8 +273,15 @@ class Segmenter:
         self.margin = options.margin
         self.blend = options.blend
         postprocess = options.postprocess
+        card_post = dict(card.postprocess or {})
+        #: the foreground probability a voxel needs to be labelled (the card's, chosen on
+        #: out-of-fold predictions; 0.5 is the argmax of two classes)
+        self.decision_threshold = float(card_post.pop("threshold", 0.5))
+        if not 0.0 < self.decision_threshold < 1.0:
+            raise ModelError(f"model {card.name!r}: postprocess.threshold must be in (0, 1), "
+                             f"got {self.decision_threshold!r}")
         if not postprocess.active:  # the model's own default, if any
-            postprocess = PostprocessConfig(**(card.postprocess or {}))
+            postprocess = PostprocessConfig(**card_post)
         if card.instances and postprocess.active:
             raise ModelError(f"model {card.name!r} separates objects (its card's "
                              "instances.min_size drops small ones): keep_largest and "
@@ -326,6 +337,7 @@ class Segmenter:
             "amp_dtype": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else None,
             "keep_largest": self.postprocess.keep_largest,
             "min_size_ml": self.postprocess.min_size_ml, "roi_size": list(self.card.roi_size),
+            "threshold": self.decision_threshold,
             "target_spacing": self.card.target_spacing,
             "low_memory": self.inference_options.low_memory,
             "whole_image": self.inference_options.whole_image,
@@ -603,7 +615,7 @@ class Segmenter:
         # instance models separate objects on the softmax: they always need it
         # so do a confidence threshold
         want_probabilities = (return_probabilities or bool(self.card.instances)
-                              or bool(self.card.confidence))
+                              or bool(self.card.confidence) or self.decision_threshold != 0.5)
         if self.card.spatial_dims == 2 and image.meta.ndim == 3:
             if self.inference_options.object_diameter is not None:
                 raise ModelError(f"{image.meta.provenance.path or 'the image'}: "
@@ -753,6 +765,12 @@ class Segmenter:
         t = time.perf_counter()
         meta = image.meta.replace(
             label_names={k: v for k, v in self.card.label_names.items() if k != 0})
+        if self.decision_threshold != 0.5 and probabilities is not None \
+                and not self.card.instances:
+            if probabilities.shape[0] == 1 and self.card.num_classes == 2:  # foreground only
+                labels = (probabilities[0] >= self.decision_threshold).astype(labels.dtype)
+            else:
+                labels = labels_from_probabilities(probabilities, self.decision_threshold)
         labels = clean_labels(labels, image.meta.spacing, self.postprocess)
         instances = bool(self.card.instances)
         num_objects = None
@@ -792,7 +810,7 @@ class Segmenter:
                            if return_probabilities and probabilities is not None else None),
             timings=timings, volumes_ml=volumes, num_windows=num_windows, areas=areas,
             area_unit=unit, instances=instances, num_objects=num_objects,
-            instance_settings=spec, confidence=confidence,
+            instance_settings=spec, confidence=confidence, threshold=self.decision_threshold,
         )
 
     def _predict_slices(self, image: MedImage, *, progress: ProgressFn | None,
@@ -825,8 +843,10 @@ class Segmenter:
         # slice-major memory ((slice, class, row, column) viewed as (class, row, column,
         # slice)): each batch of slices is one contiguous block, written as one copy instead
         # of a scatter along the last axis (which cost a 2D volume model a fifth of its time)
-        kept = 1 if foreground_only else k
-        probs = (np.zeros((shape[2], kept, *shape[:2]), dtype=np.float16).transpose(1, 2, 3, 0)
+        # the foreground probability alone (for the confidence) stays float32: no conversion
+        # on the way in or out, in the bytes of two float16 classes
+        kept, dtype = (1, np.float32) if foreground_only else (k, np.float16)
+        probs = (np.zeros((shape[2], kept, *shape[:2]), dtype=dtype).transpose(1, 2, 3, 0)
                  if probabilities else None)
         timings["preprocess"] = time.perf_counter() - t
         t = time.perf_counter()
@@ -875,7 +895,8 @@ class Segmenter:
                         p = 1.0 - logits.softmax(1)[:, 0:1]
                     else:
                         p = logits.softmax(1)
-                    probs.transpose(3, 0, 1, 2)[z0:z1] = p.to(torch.float16).numpy()
+                    probs.transpose(3, 0, 1, 2)[z0:z1] = p.to(
+                        torch.float32 if foreground_only else torch.float16).numpy()
                 if progress is not None:
                     progress(z1, shape[2])
         timings["infer"] = time.perf_counter() - t

@@ -146,3 +146,31 @@ def test_plan_of_a_2d_model_over_volumes(name: str, scheme: str, nonzero: bool) 
     with pytest.raises(ConfigError, match="normalization"):
         TrainConfig.from_dict({"name": "x", "data": {"source": "msd", "path": "."},
                                "normalization": "minmax"})
+
+
+@pytest.mark.parametrize("volume", [True, False])
+def test_a_cards_decision_threshold_draws_the_labels(volume: bool) -> None:
+    """``postprocess.threshold`` (chosen on out-of-fold predictions) labels a voxel where the
+    foreground probability reaches it, through the slice path and the image path alike; the
+    probabilities themselves are unchanged."""
+    from inference_helpers import ThresholdNet
+
+    shape = (20, 24, 3) if volume else (20, 24)
+    ramp = np.linspace(0.0, 1.0, 20 * 24, dtype=np.float32).reshape(20, 24)
+    array = np.repeat(ramp[..., None], 3, axis=-1) if volume else ramp
+    image = MedImage(array[None], oblique_meta(len(shape)))
+    card = dataclasses.replace(threshold_card(roi=[16, 16]),
+                               postprocess={"threshold": 0.7, "keep_largest": False})
+    pred = Segmenter(ThresholdNet(), card, device="cpu").predict(image,
+                                                                 return_probabilities=True)
+    p1 = 1.0 / (1.0 + np.exp(-(8.0 * array - 2.0)))  # ThresholdNet's softmax, class 1
+    assert pred.threshold == 0.7
+    assert pred.probabilities is not None
+    np.testing.assert_allclose(pred.probabilities.array[1], p1, atol=2e-3)
+    sure = np.abs(p1 - 0.7) > 3e-3  # float16 probabilities: leave the boundary voxels out
+    np.testing.assert_array_equal(pred.labels.array[0][sure], (p1 >= 0.7)[sure])
+    alone = Segmenter(ThresholdNet(), card, device="cpu").predict(image)  # no probabilities asked
+    np.testing.assert_array_equal(alone.labels.array, pred.labels.array)
+    with pytest.raises(ModelError, match="threshold"):
+        Segmenter(ThresholdNet(), dataclasses.replace(card, postprocess={"threshold": 1.5}),
+                  device="cpu")

@@ -103,3 +103,25 @@ def test_threshold_controls_relabel_without_rerunning(segment, qtbot, monkeypatc
     expected = relabel(Relabel(kept, (1.0, 1.0, 1.0), threshold=0.3, min_voxels=50))
     np.testing.assert_array_equal(from_layer_array(result.data), expected)
     assert len(calls) == 1  # the network ran once
+
+
+def test_the_threshold_control_starts_from_the_models_threshold() -> None:
+    """A model whose card draws its labels at another threshold (``postprocess.threshold``)
+    hands that threshold to the relabel job the control starts from."""
+    import dataclasses
+
+    from medseg.inference.engine import Prediction
+    from napari_plugin._run import relabel_job
+
+    meta = ImageMeta(spacing=(1.0, 1.0), origin=(0.0, 0.0), direction=((1, 0), (0, 1)))
+    probs = _probabilities((8, 9))[:2]
+    prediction = Prediction(labels=MedImage(np.zeros((1, 8, 9), np.uint8), meta),
+                            probabilities=MedImage(probs, meta), threshold=0.7)
+
+    class Request:  # what relabel_job reads of a run's request
+        options = type("Options", (), {"probabilities": True})()
+        image = MedImage(np.zeros((1, 8, 9), np.float32), meta)
+
+    job = relabel_job(Request(), prediction)
+    assert job is not None and job.threshold == 0.7
+    assert relabel_job(Request(), dataclasses.replace(prediction, threshold=0.5)).threshold == 0.5
