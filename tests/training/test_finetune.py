@@ -311,12 +311,12 @@ def test_keep_skill_mixes_in_images_like_the_base_models(tmp_path: Path) -> None
 
 def test_a_budget_too_short_to_train_says_so(tmp_path: Path, caplog: pytest.LogCaptureFixture
                                             ) -> None:
-    """A few seconds of budget go to checking and scoring: the run warns that nothing is left
-    to learn with; what is kept is the base's weights with the channel rule alone (which
-    beat the base without it on these purple-on-pink images)."""
+    """A few seconds of budget go to checking and scoring: the run warns that little is left
+    to learn with, and still ends with a model (the better of the trained weights and the
+    base's with the channel rule) and its figures."""
     folder = write_he_folder(tmp_path / "corrections", 2)
     with caplog.at_level("WARNING", logger="medseg.training.finetune_run"):
         result = finetune(FinetuneOptions(base="nuclei", data=folder, minutes=0.05,
                                           num_threads=1, overrides={"patch_size": [64, 64]}))
     assert any("too little to learn anything" in r.getMessage() for r in caplog.records)
-    assert result.steps == 0 and result.kept_base_weights and result.after == result.with_rule
+    assert result.model_path.is_file() and result.after >= result.before
