@@ -320,3 +320,19 @@ def test_a_budget_too_short_to_train_says_so(tmp_path: Path, caplog: pytest.LogC
                                           num_threads=1, overrides={"patch_size": [64, 64]}))
     assert any("too little to learn anything" in r.getMessage() for r in caplog.records)
     assert result.model_path.is_file() and result.after >= result.before
+
+
+def test_many_images_are_fine_tuned_at_the_base_rate(tmp_path: Path) -> None:
+    from medseg.training.finetune_recipe import MANY_IMAGES, finetune_config
+
+    card = read_model_card(resolve_model("nuclei"))
+    base_lr = float(card.training["config"]["lr"])
+
+    def lr(n_train: int) -> float:
+        return finetune_config(card, base_path=resolve_model("nuclei"), name="x",
+                               manifest=tmp_path / "cases.json", val_cases=[],
+                               run_dir=tmp_path / "run", minutes=1.0, channel_rule=None,
+                               seed=0, num_threads=1, device="cpu", n_train=n_train).lr
+
+    assert lr(MANY_IMAGES) == pytest.approx(base_lr)
+    assert lr(MANY_IMAGES - 1) == pytest.approx(0.3 * base_lr)
