@@ -1,6 +1,6 @@
 """Per-case time of batch inference on MSD Hippocampus, against nnU-Net's on this machine.
 
-Reference (measured on this machine with ``nnUNetv2_predict`` on CPU, as given in issue #4):
+Reference (measured on this machine with ``nnUNetv2_predict`` on CPU, as reported with the inference-speed target):
 1.97 s per case with test-time mirroring, 0.52 s without. The target is at most half.
 
 Every case goes through the real batch pipeline (:func:`medseg.inference.batch.run_batch`:
@@ -42,7 +42,7 @@ from medseg.inference.batch import run_batch
 from medseg.io import read_image
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "msd_hippocampus"
-NNUNET_S = {False: 0.52, True: 1.97}  # per case, without / with mirroring (issue #4)
+NNUNET_S = {False: 0.52, True: 1.97}  # per case, without / with mirroring (the reported reference)
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:

@@ -1,5 +1,5 @@
 """End-to-end time of ``medseg-predict`` against its network time, where the result must come
-back from the model's grid to the source grid (issue #22), and where it need not.
+back from the model's grid to the source grid, and where it need not.
 
 Scenarios, each one ``medseg-predict`` call in its own process (as users run it):
 
