@@ -1,7 +1,8 @@
 """Per-case time of batch inference on MSD Hippocampus, against nnU-Net's on this machine.
 
 Reference (measured on this machine with ``nnUNetv2_predict`` on CPU, as reported with the
-inference-speed target): 1.97 s per case with test-time mirroring, 0.52 s without. The target is at most half.
+inference-speed target): 1.97 s per case with test-time mirroring, 0.52 s without. The target is
+at most half.
 
 Every case goes through the real batch pipeline (:func:`medseg.inference.batch.run_batch`:
 read the NIfTI, z-score, windowed forward pass, write the label NIfTI and the JSON record), on
