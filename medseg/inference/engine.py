@@ -57,7 +57,7 @@ from medseg.transforms import (
     resampled_shape,
     spacing_matches,
 )
-from medseg.transforms.context import with_neighbour_slices
+from medseg.transforms.context import neighbour_slices, with_neighbour_slices
 from medseg.transforms.onto_grid import argmax_onto, linear_onto, slabs
 
 logger = logging.getLogger(__name__)
@@ -620,12 +620,13 @@ class Segmenter:
             if self.inference_options.object_diameter is not None:
                 raise ModelError(f"{image.meta.provenance.path or 'the image'}: "
                                  "object_diameter zooms 2D images; this one is a volume")
-            # a confidence alone needs only the foreground probability: half the memory
-            # traffic of every class's
+            # a confidence (or a two-class threshold) needs only the foreground probability:
+            # half the memory traffic of every class's
+            every_class = (return_probabilities or bool(self.card.instances)
+                           or (self.decision_threshold != 0.5 and self.card.num_classes > 2))
             prediction = self._finish(image, *self._predict_slices(
                 image, progress=progress, should_cancel=should_cancel,
-                probabilities=want_probabilities,
-                foreground_only=not (return_probabilities or self.card.instances)),
+                probabilities=want_probabilities, foreground_only=not every_class),
                 return_probabilities=return_probabilities)
             fov = self.card.fov_pixels
             if fov and list(fov) != list(image.spatial_shape[:2]):
@@ -766,11 +767,8 @@ class Segmenter:
         meta = image.meta.replace(
             label_names={k: v for k, v in self.card.label_names.items() if k != 0})
         if self.decision_threshold != 0.5 and probabilities is not None \
-                and not self.card.instances:
-            if probabilities.shape[0] == 1 and self.card.num_classes == 2:  # foreground only
-                labels = (probabilities[0] >= self.decision_threshold).astype(labels.dtype)
-            else:
-                labels = labels_from_probabilities(probabilities, self.decision_threshold)
+                and not self.card.instances:  # (a one-channel foreground reads as a sigmoid's)
+            labels = labels_from_probabilities(probabilities, self.decision_threshold)
         labels = clean_labels(labels, image.meta.spacing, self.postprocess)
         instances = bool(self.card.instances)
         num_objects = None
@@ -863,8 +861,7 @@ class Segmenter:
                 chunk = np.ascontiguousarray(
                     normalise(image.array[..., lo:hi]).transpose(3, 0, 1, 2))
                 if context:
-                    near = np.clip(np.arange(z0, z1)[:, None] + np.arange(-context, context + 1),
-                                   0, shape[2] - 1) - lo
+                    near = neighbour_slices(z0, z1, shape[2], context) - lo
                     chunk = chunk[near].reshape(z1 - z0, -1, *chunk.shape[2:])
                 x = torch.from_numpy(chunk).to(self.device)
                 if fov != shape[:2]:

@@ -29,6 +29,7 @@ INSTANCE_METHOD = {"boundary": "boundary", "centre": "centre", "gap": "component
 #: The ``normalization`` a config may name (``None``: from the modality).
 NORMALIZATIONS = (None, "zscore", "ct", "percentile", "zscore-nonzero", "percentile-nonzero")
 
+
 @dataclass
 class MoreData:
     """A further dataset folder trained on in the same run as ``data.path``, in its own layout.

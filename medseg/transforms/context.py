@@ -33,7 +33,17 @@ def with_neighbour_slices(array: np.ndarray, k: int) -> np.ndarray:
         return np.concatenate([array] * (2 * k + 1), axis=0)
     if array.ndim != 4:
         raise ValueError(f"expected (C, H, W, D) or (C, H, W), got shape {array.shape}")
-    depth = array.shape[-1]
-    z = np.arange(depth)
-    parts = [np.take(array, np.clip(z + o, 0, depth - 1), axis=-1) for o in range(-k, k + 1)]
-    return np.concatenate(parts, axis=0)
+    near = neighbour_slices(0, array.shape[-1], array.shape[-1], k)
+    return np.concatenate([np.take(array, near[:, j], axis=-1) for j in range(2 * k + 1)],
+                          axis=0)
+
+
+def neighbour_slices(start: int, stop: int, depth: int, k: int) -> np.ndarray:
+    """``(stop - start, 2k + 1)`` slice indices: row ``i`` holds slices ``start + i - k`` to
+    ``start + i + k`` of a ``depth``-slice volume, the end slice standing in past either end.
+
+    Examples:
+        >>> neighbour_slices(0, 3, 3, 1).tolist()
+        [[0, 0, 1], [0, 1, 2], [1, 2, 2]]
+    """
+    return np.clip(np.arange(start, stop)[:, None] + np.arange(-k, k + 1), 0, depth - 1)

@@ -174,3 +174,28 @@ def test_a_cards_decision_threshold_draws_the_labels(volume: bool) -> None:
     with pytest.raises(ModelError, match="threshold"):
         Segmenter(ThresholdNet(), dataclasses.replace(card, postprocess={"threshold": 1.5}),
                   device="cpu")
+
+
+def test_a_threshold_on_three_classes_keeps_every_class_over_a_volume() -> None:
+    """With more than two classes the threshold needs every class's probability, also when
+    none is asked for: the labels equal those drawn from the returned probabilities."""
+    from medseg.inference.postprocess import labels_from_probabilities
+
+    class ThreeNet(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            v = x[:, :1]
+            return torch.cat([(0.5 - v) * 4, (v - 0.3) * 3, (v - 0.6) * 6], dim=1)
+
+    card = threshold_card(roi=[16, 16])
+    card = dataclasses.replace(
+        card, network=dataclasses.replace(card.network, out_channels=3),
+        label_names={0: "bg", 1: "low", 2: "high"}, postprocess={"threshold": 0.7})
+    ramp = np.linspace(0.0, 1.0, 20 * 24, dtype=np.float32).reshape(20, 24)
+    image = MedImage(np.repeat(ramp[..., None], 3, axis=-1)[None], oblique_meta(3))
+    seg = Segmenter(ThreeNet(), card, device="cpu")
+    alone = seg.predict(image)
+    full = seg.predict(image, return_probabilities=True)
+    assert full.probabilities is not None
+    expected = labels_from_probabilities(full.probabilities.array, 0.7)
+    np.testing.assert_array_equal(alone.labels.array[0], expected)
+    assert set(np.unique(expected)) == {0, 1, 2}

@@ -207,13 +207,18 @@ def test_finetune_3d_model_on_nifti_and_dicom_seg(tmp_path: Path) -> None:
     assert 0.0 <= result.before <= 1.0 and 0.0 <= result.after <= 1.0
 
 
-def test_finetune_2d_model_on_volumes(tmp_path: Path, user_models: Path) -> None:
-    root = tmp_path / "flair"
+def write_flair_folder(root: Path) -> Path:
+    """Two 64 x 64 x 5 volumes with one-class (0/1) masks, as a tumour model's corrections."""
     for i in range(2):
         write_volume_pair(root, f"patient{i}", seed=i, shape=(64, 64, 5))
         label = read_image(root / "masks" / f"patient{i}.nii.gz")
         write_nifti(label.with_array((label.array > 0).astype(np.uint8)),
                     root / "masks" / f"patient{i}.nii.gz")
+    return root
+
+
+def test_finetune_2d_model_on_volumes(tmp_path: Path, user_models: Path) -> None:
+    root = write_flair_folder(tmp_path / "flair")
     result = finetune(FinetuneOptions(base="brain-flair-tumour-fast", data=root, minutes=2.0,
                                       num_threads=1,
                                       overrides={**FEW_STEPS, "patch_size": [64, 64]}))
@@ -245,12 +250,7 @@ def test_finetune_a_2_5d_model_keeps_its_context_and_the_thread_count(
     card = dataclasses.replace(card, name="flair-25d", context_slices=1,
                                network=dataclasses.replace(card.network, in_channels=3))
     base = save_model(tmp_path / "flair-25d.safetensors", build_network(card.network), card)
-    root = tmp_path / "flair"
-    for i in range(2):
-        write_volume_pair(root, f"patient{i}", seed=i, shape=(64, 64, 5))
-        label = read_image(root / "masks" / f"patient{i}.nii.gz")
-        write_nifti(label.with_array((label.array > 0).astype(np.uint8)),
-                    root / "masks" / f"patient{i}.nii.gz")
+    root = write_flair_folder(tmp_path / "flair")
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
