@@ -26,7 +26,8 @@ import time
 
 import torch
 
-from medseg.inference.engine import cpu_has_native_bf16, instance_norm_as_group_norm
+from medseg.devices import cpu_has_native_bf16
+from medseg.inference.engine import instance_norm_as_group_norm
 from medseg.model_card import load_model
 from medseg.models import resolve_model
 from medseg.training.runtime import cpu_name
