@@ -4,15 +4,25 @@ Both models run through the engine (``Segmenter.predict``, the card's clean-up a
 on one patient's FLAIR NIfTI; runs alternate A, B, A, B... so that a busy machine slows both
 alike; the median of each is reported.
 
+With ``--code OLD_ROOT NEW_ROOT`` each model runs on its own source tree (a ``git worktree`` of
+an older commit for the old model: what users got then, engine included), in a process of its
+own per round; rounds alternate old, new, old, new... and each reports its median.
+
 Usage (repository root):
     .venv/bin/python benchmarks/tumour_speed.py OLD.safetensors brain-flair-tumour [--reps 5]
+    git worktree add /tmp/old-medseg 152466b
+    .venv/bin/python benchmarks/tumour_speed.py OLD.safetensors brain-flair-tumour \
+        --code /tmp/old-medseg . --reps 5
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -31,22 +41,47 @@ def main() -> None:
     parser.add_argument("models", nargs=2)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--code", nargs=2, metavar=("ROOT_A", "ROOT_B"), default=None,
+                        help="the medseg source tree each model runs on (own process per round)")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     image = read_image(VOLUME)
     slices = image.spatial_shape[2]
-    segs = [Segmenter.from_file(m) for m in args.models]
-    for seg in segs:
-        seg.predict(image)  # warm-up
-    times: list[list[float]] = [[], []]
-    for _ in range(args.reps):
-        for i, seg in enumerate(segs):
+    if args.child:  # one round of one model: warm-up, then --reps timed predictions
+        seg = Segmenter.from_file(args.models[0])
+        seg.predict(image)
+        ts = []
+        for _ in range(args.reps):
             t = time.perf_counter()
             seg.predict(image)
-            times[i].append(time.perf_counter() - t)
+            ts.append(time.perf_counter() - t)
+        print(json.dumps(ts))
+        return
+    times: list[list[float]] = [[], []]
+    if args.code:
+        for _ in range(args.reps):
+            for i, (model, root) in enumerate(zip(args.models, args.code, strict=True)):
+                env = {**os.environ, "PYTHONPATH": str(Path(root).resolve())}
+                out = subprocess.run(
+                    [sys.executable, __file__, model, model, "--child", "--reps", "3",
+                     "--threads", str(args.threads)], env=env, check=True, text=True,
+                    capture_output=True, cwd=Path(root).resolve()).stdout
+                times[i].append(statistics.median(json.loads(out.strip().splitlines()[-1])))
+    else:
+        segs = [Segmenter.from_file(m) for m in args.models]
+        for seg in segs:
+            seg.predict(image)  # warm-up
+        for _ in range(args.reps):
+            for i, seg in enumerate(segs):
+                t = time.perf_counter()
+                seg.predict(image)
+                times[i].append(time.perf_counter() - t)
+    code = (f"; code {args.code[0]} / {args.code[1]}, one process per round (median of 3)"
+            if args.code else "")
     print(f"# {VOLUME.name}: {slices} slices of {image.spatial_shape[:2]}; {cpu_name()}, "
           f"{args.threads} thread(s), load average {os.getloadavg()[0]:.1f}; "
-          f"{args.reps} interleaved runs each")
+          f"{args.reps} interleaved runs each{code}")
     for model, ts in zip(args.models, times, strict=True):
         med = statistics.median(ts)
         print(f"{model}: median {med:.2f} s per volume, {1000 * med / slices:.1f} ms per slice "

@@ -64,8 +64,13 @@ logger = logging.getLogger(__name__)
 
 #: Mirrored copies of a window batch are run as one batch up to this many input voxels.
 _TTA_BATCH_VOXELS = 1 << 21
-#: Slices of a volume given to a 2D model are run this many pixels per forward pass.
-_SLICE_BATCH_PIXELS = 1 << 19
+#: Pixels of a volume's slices a 2D model runs per forward pass on a CPU with bf16: about what
+#: stays in cache (4 slices of 256 x 256); in float32, whose activations take twice the bytes,
+#: half that. Passes of 8 slices took 3-8% more time per slice in bf16 and 46-63% more in
+#: float32 on an AMD EPYC (benchmarks/results/slice_batch.txt).
+_CPU_SLICE_BATCH_PIXELS = 1 << 18
+#: The same on a GPU, which wants larger passes.
+_GPU_SLICE_BATCH_PIXELS = 1 << 19
 #: A 2D model runs an image whole (one forward pass) up to this many padded pixels.
 _WHOLE_IMAGE_PIXELS = 1 << 21
 #: ``object_diameter`` zooms an image by at most this factor either way.
@@ -534,8 +539,14 @@ class Segmenter:
                              seconds_per_window=lambda: self._window_seconds(batch))
 
     def _slices_per_pass(self, slice_shape: Sequence[int]) -> int:
-        """Slices of a volume a 2D model runs per forward pass (see :meth:`_predict_slices`)."""
-        return max(1, self.sw_batch_size, _SLICE_BATCH_PIXELS // max(1, math.prod(slice_shape)))
+        """Slices of a volume a 2D model runs per forward pass (see :meth:`_predict_slices`):
+        :data:`_CPU_SLICE_BATCH_PIXELS` of them on a CPU (half in float32), at least
+        ``sw_batch_size``."""
+        if self.device.type == "cpu":
+            pixels = _CPU_SLICE_BATCH_PIXELS // (1 if self.amp_dtype is not None else 2)
+        else:
+            pixels = _GPU_SLICE_BATCH_PIXELS
+        return max(1, self.sw_batch_size, pixels // max(1, math.prod(slice_shape)))
 
     def _window_seconds(self, batch: int) -> float:
         """One window's share of a forward pass of ``batch`` windows (as the engine batches

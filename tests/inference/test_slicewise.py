@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from inference_helpers import ThresholdNet, ball_image, dice, oblique_meta, threshold_card
 
 from medseg.errors import ModelError
@@ -33,6 +34,25 @@ def test_2d_model_over_an_oblique_volume_keeps_every_slice_and_the_grid() -> Non
     assert pred.probabilities.array.shape == (2, 41, 37, 30)
     voxel_ml = float(np.prod(meta.spacing)) / 1000
     assert pred.volumes_ml["ball"] == pytest.approx(mask.sum() * voxel_ml, abs=1e-6)
+
+
+def test_slices_per_pass_on_a_cpu_follow_the_precision_and_sw_batch_size() -> None:
+    card = threshold_card(roi=[16, 16])
+    bf16 = Segmenter(ThresholdNet(), card, device="cpu")
+    bf16.amp_dtype = torch.bfloat16  # as on a CPU with native bf16
+    fp32 = Segmenter(ThresholdNet(), card, device="cpu", amp=False)
+    assert fp32.amp_dtype is None
+    assert bf16._slices_per_pass((256, 256)) == 4
+    assert fp32._slices_per_pass((256, 256)) == 2  # float32 activations: twice the bytes
+    assert fp32._slices_per_pass((1024, 1024)) == 1
+    assert Segmenter(ThresholdNet(), card, device="cpu", amp=False,
+                     sw_batch_size=6)._slices_per_pass((256, 256)) == 6
+    # whatever the pass size, every slice gets the same labels
+    meta = oblique_meta(3)
+    image, mask = ball_image((41, 37, 11), meta)
+    for per_pass in (1, 3, 11):
+        seg = Segmenter(ThresholdNet(), card, device="cpu", sw_batch_size=per_pass)
+        np.testing.assert_array_equal(seg.predict(image).labels.array[0], mask)
 
 
 def test_slices_larger_than_the_window_go_through_the_sliding_window_when_asked() -> None:
