@@ -32,6 +32,10 @@ from medseg.inference import Segmenter
 from medseg.io import read_image
 from medseg.training.runtime import cpu_name
 
+#: Predictions a fresh process makes before it is timed: the first few of a process are slower
+#: (memory the allocator has not kept yet, kernels chosen on first use), not what a batch of
+#: many cases sees.
+WARM_UP = 3
 VOLUME = (Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lgg_flair_more"
           / "imagesTr" / "TCGA_DU_5852_19950709.nii.gz")
 
@@ -50,7 +54,8 @@ def main() -> None:
     slices = image.spatial_shape[2]
     if args.child:  # one round of one model: warm-up, then --reps timed predictions
         seg = Segmenter.from_file(args.models[0])
-        seg.predict(image)
+        for _ in range(WARM_UP):
+            seg.predict(image)
         ts = []
         for _ in range(args.reps):
             t = time.perf_counter()
@@ -64,7 +69,7 @@ def main() -> None:
             for i, (model, root) in enumerate(zip(args.models, args.code, strict=True)):
                 env = {**os.environ, "PYTHONPATH": str(Path(root).resolve())}
                 out = subprocess.run(
-                    [sys.executable, __file__, model, model, "--child", "--reps", "3",
+                    [sys.executable, __file__, model, model, "--child", "--reps", "5",
                      "--threads", str(args.threads)], env=env, check=True, text=True,
                     capture_output=True, cwd=Path(root).resolve()).stdout
                 times[i].append(statistics.median(json.loads(out.strip().splitlines()[-1])))
@@ -77,7 +82,8 @@ def main() -> None:
                 t = time.perf_counter()
                 seg.predict(image)
                 times[i].append(time.perf_counter() - t)
-    code = (f"; code {args.code[0]} / {args.code[1]}, one process per round (median of 3)"
+    code = (f"; code {args.code[0]} / {args.code[1]}, one process per round ({WARM_UP} "
+            "predictions to warm up, then the median of 5)"
             if args.code else "")
     print(f"# {VOLUME.name}: {slices} slices of {image.spatial_shape[:2]}; {cpu_name()}, "
           f"{args.threads} thread(s), load average {os.getloadavg()[0]:.1f}; "

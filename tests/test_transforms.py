@@ -1,9 +1,11 @@
 import numpy as np
+import pytest
 import SimpleITK as sitk
 
 from medseg.io.image import ImageMeta, MedImage
 from medseg.model_card import NormalizationConfig
 from medseg.transforms import normalize_intensity, resample_onto, resample_to_spacing
+from medseg.transforms.intensity import percentile_range
 
 
 def _meta() -> ImageMeta:
@@ -56,3 +58,25 @@ def test_normalisation_schemes():
     np.testing.assert_allclose(z[0, 1], [-1.0, 1.0], atol=1e-6)
     ct = normalize_intensity(x, NormalizationConfig(scheme="ct", clip=(0, 20), mean=10, std=5))
     np.testing.assert_allclose(ct[0], [[-2, -2], [0, 2]])
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.uint16, np.int16])
+@pytest.mark.parametrize("nonzero", [False, True])
+def test_integer_percentiles_equal_numpys_on_float32(dtype, nonzero) -> None:
+    """The histogram path for 8/16-bit images gives np.percentile's values bit for bit, so a
+    model normalises its inputs exactly as it did in training."""
+    rng = np.random.default_rng(int(np.dtype(dtype).itemsize) * 10 + nonzero)
+    info = np.iinfo(dtype)
+    for trial in range(300):
+        n = int(rng.integers(1, 3000))
+        low, high = max(info.min, -1500), min(info.max, 4000)
+        x = rng.integers(low, high, n, endpoint=True).astype(dtype)
+        x[rng.random(n) < 0.3] = 0  # background, as in a head or a microscope field
+        pcts = (float(rng.choice([0.0, 0.5, 1.0, 2.0, 50.0])),
+                float(rng.choice([98.0, 99.5, 99.8, 100.0])))
+        config = NormalizationConfig(scheme="percentile", percentiles=pcts, nonzero=nonzero)
+        sample = x.astype(np.float32)
+        if nonzero and np.any(sample != 0):
+            sample = sample[sample != 0]
+        lo, hi = np.percentile(sample, pcts)
+        assert percentile_range(x, config) == (float(lo), float(max(hi, lo + 1e-6))), trial
