@@ -43,7 +43,7 @@ def main() -> None:
     for amp in args.amp:
         seg = Segmenter.from_file(args.model,
                                   options=InferenceOptions(amp=None if amp == "auto" else False))
-        shipped = engine_choice(seg, image.spatial_shape[:2])
+        shipped = engine_choice(seg, tuple(seg.card.fov_pixels or image.spatial_shape[:2]))
         for threads in args.threads:
             torch.set_num_threads(threads)
             times: dict[int, list[float]] = {b: [] for b in SIZES}

@@ -65,8 +65,10 @@ def main() -> None:
         return
     times: list[list[float]] = [[], []]
     if args.code:
+        # model files named relative to here, shipped names as they are (each tree's own)
+        models = [str(Path(m).resolve()) if Path(m).is_file() else m for m in args.models]
         for _ in range(args.reps):
-            for i, (model, root) in enumerate(zip(args.models, args.code, strict=True)):
+            for i, (model, root) in enumerate(zip(models, args.code, strict=True)):
                 env = {**os.environ, "PYTHONPATH": str(Path(root).resolve())}
                 out = subprocess.run(
                     [sys.executable, __file__, model, model, "--child", "--reps", "5",

@@ -66,7 +66,7 @@ logger = logging.getLogger(__name__)
 _TTA_BATCH_VOXELS = 1 << 21
 #: Pixels of a volume's slices a 2D model runs per forward pass on a CPU with bf16: about what
 #: stays in cache (4 slices of 256 x 256); in float32, whose activations take twice the bytes,
-#: half that. Passes of 8 slices took 3-8% more time per slice in bf16 and 46-63% more in
+#: half that. Passes of 8 slices took 13-18% more time per slice in bf16 and 52-61% more in
 #: float32 on an AMD EPYC (benchmarks/results/slice_batch.txt).
 _CPU_SLICE_BATCH_PIXELS = 1 << 18
 #: The same on a GPU, which wants larger passes.

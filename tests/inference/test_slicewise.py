@@ -47,12 +47,20 @@ def test_slices_per_pass_on_a_cpu_follow_the_precision_and_sw_batch_size() -> No
     assert fp32._slices_per_pass((1024, 1024)) == 1
     assert Segmenter(ThresholdNet(), card, device="cpu", amp=False,
                      sw_batch_size=6)._slices_per_pass((256, 256)) == 6
-    # whatever the pass size, every slice gets the same labels
+
+
+
+def test_every_slice_lands_in_its_place_whatever_the_slices_per_pass(monkeypatch) -> None:
     meta = oblique_meta(3)
     image, mask = ball_image((41, 37, 11), meta)
-    for per_pass in (1, 3, 11):
-        seg = Segmenter(ThresholdNet(), card, device="cpu", sw_batch_size=per_pass)
-        np.testing.assert_array_equal(seg.predict(image).labels.array[0], mask)
+    card = threshold_card(roi=[16, 16])
+    for per_pass in (1, 3, 4, 11):  # 3 and 4: a last, shorter pass
+        monkeypatch.setattr(Segmenter, "_slices_per_pass", lambda self, shape, n=per_pass: n)
+        pred = Segmenter(ThresholdNet(), card, device="cpu").predict(
+            image, return_probabilities=True)
+        np.testing.assert_array_equal(pred.labels.array[0], mask)
+        assert pred.probabilities is not None
+        np.testing.assert_array_equal(pred.probabilities.array[1] > 0.5, mask)
 
 
 def test_slices_larger_than_the_window_go_through_the_sliding_window_when_asked() -> None:
