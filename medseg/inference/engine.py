@@ -26,7 +26,7 @@ from medseg.errors import CancelledError, DomainError, ModelError
 from medseg.inference.confidence import CaseConfidence, confidence_of
 from medseg.inference.fit import FitReport, check_input, check_output, spacing_unit
 from medseg.inference.guard import ComputeLimitError, WorkEstimate, estimate_work, window_seconds
-from medseg.inference.heap import release_freed_memory, request_huge_pages
+from medseg.inference.heap import keep_freed_memory, release_freed_memory, request_huge_pages
 from medseg.inference.instances import instances_from_classes, scaled_instance_spec
 from medseg.inference.options import InferenceOptions, merge_options
 from medseg.inference.postprocess import (
@@ -270,6 +270,8 @@ class Segmenter:
         if options.low_memory:
             release_freed_memory()  # smaller peak, slower forward passes (see inference.heap)
         self.device = resolve_device(options.device)
+        if self.device.type == "cpu" and not options.low_memory:
+            keep_freed_memory()  # no page faults for memory freed and taken again each pass
         self.card = card
         self.overlap = float(options.overlap)
         self.tta = bool(options.tta)

@@ -5,7 +5,14 @@ The threshold is dynamic: each freed mapping raises it (up to 32 MB on 64-bit), 
 first few windows the window-sized tensors (activations, logits) come from the heap, where
 freed memory is kept for reuse and fragments. Fixing the threshold at 1 MB turns that off.
 
-It is a trade, so it is opt-in (``InferenceOptions(low_memory=True)``, ``medseg-predict
+Without low-memory mode, CPU inference fixes the thresholds the other way
+(:func:`keep_freed_memory`: mmap threshold 32 MB, trim threshold 128 MB): left dynamic, glibc
+still hands the heap's freed top back to the system after each forward pass and faults it in
+again on the next, which cost a 2D model over a 36-slice volume a fifth of its time at two
+threads (0.553 -> 0.449 s, ``benchmarks/results/tumour_speed.txt``); at most 128 MB of freed
+memory is kept, and buffers of 32 MB and more still get their own mappings.
+
+Low-memory mode is a trade, so it is opt-in (``InferenceOptions(low_memory=True)``, ``medseg-predict
 --low-memory``): the peak falls, but every layer's output is then a fresh mapping whose pages
 fault in, so forward passes are slower (figures: ``benchmarks/results/inference_large.txt``).
 Thresholds of 16-32 MB keep the speed and save nothing. Process-wide, applied once.
@@ -33,10 +40,15 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-_M_MMAP_THRESHOLD = -3  # from glibc's malloc.h
+_M_TRIM_THRESHOLD = -1  # from glibc's malloc.h
+_M_MMAP_THRESHOLD = -3
+#: :func:`keep_freed_memory`'s thresholds.
+FAST_MMAP_THRESHOLD = 32 << 20
+FAST_TRIM_THRESHOLD = 128 << 20
 _HUGE_PAGE = 2 << 20
 _THP_SETTING = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 _applied: bool | None = None
+_kept: bool | None = None
 
 
 @functools.cache
@@ -89,3 +101,31 @@ def release_freed_memory(threshold_bytes: int = 1 << 20) -> bool:
                     "%s", threshold_bytes, "on" if huge else
                     "off (export THP_MEM_ALLOC_ENABLE=1 before loading the model to speed it up)")
     return _applied
+
+
+def keep_freed_memory() -> bool:
+    """Fix glibc's mmap threshold at :data:`FAST_MMAP_THRESHOLD` and its trim threshold at
+    :data:`FAST_TRIM_THRESHOLD` (once per process; never after low-memory mode, whose setting
+    then stands).
+
+    Returns:
+        Whether the setting is in effect (``False`` off glibc or in low-memory mode).
+    """
+    global _kept
+    if _applied:  # low-memory mode asked for the opposite
+        return False
+    if _kept is not None:
+        return _kept
+    _kept = False
+    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        _kept = bool(libc.mallopt(_M_MMAP_THRESHOLD, FAST_MMAP_THRESHOLD)
+                     and libc.mallopt(_M_TRIM_THRESHOLD, FAST_TRIM_THRESHOLD))
+    except (OSError, AttributeError) as exc:  # not the glibc we expected: leave malloc alone
+        logger.debug("mallopt unavailable: %s", exc)
+    if _kept:
+        logger.debug("glibc mmap threshold %d, trim threshold %d bytes", FAST_MMAP_THRESHOLD,
+                     FAST_TRIM_THRESHOLD)
+    return _kept

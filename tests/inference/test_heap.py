@@ -116,3 +116,58 @@ def test_low_memory_mode_predicts_the_same_labels(monkeypatch: pytest.MonkeyPatc
               .predict(image).labels.array for low in (False, True)]
     assert len(np.unique(labels[0])) == 3
     np.testing.assert_array_equal(labels[1], labels[0])
+
+
+# glibc's own count of bytes in mmapped chunks (mallinfo2().hblkhd) tells where a buffer went
+_KEEP_SCRIPT = """
+import ctypes, sys, numpy as np
+from medseg.inference import heap
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = Info
+def mapped():
+    return libc.mallinfo2().hblkhd >> 20
+if sys.argv[1] == "low":
+    heap.release_freed_memory()
+kept = heap.keep_freed_memory() if sys.argv[1] != "default" else False
+before = mapped()
+a = np.ones(20 << 17)  # 20 MB
+mid = mapped() - before
+b = np.ones(40 << 17)  # 40 MB
+print(int(kept), mid, mapped() - before)
+"""
+
+
+def _keep(mode: str) -> tuple[int, int, int]:
+    out = subprocess.run([sys.executable, "-c", _KEEP_SCRIPT, mode], check=True,
+                         capture_output=True, text=True)
+    kept, mid, end = out.stdout.split()
+    return int(kept), int(mid), int(end)
+
+
+@pytest.mark.skipif(tuple(int(v) for v in platform.libc_ver()[1].split(".")[:2]) < (2, 33),
+                    reason="mallinfo2 needs glibc 2.33")
+def test_keep_freed_memory_serves_buffers_under_32_mb_from_the_heap() -> None:
+    kept, mid, end = _keep("keep")
+    assert kept == 1 and mid == 0 and end >= 40  # 20 MB from the heap, 40 MB mapped
+    _, mid_default, _ = _keep("default")
+    assert mid_default >= 20  # glibc's own default maps it: the check can fail
+    kept_after_low, mid_low, _ = _keep("low")
+    assert kept_after_low == 0 and mid_low >= 20  # low-memory mode's 1 MB threshold stands
+
+
+def test_cpu_inference_keeps_freed_memory_unless_low_memory(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from inference_helpers import ThresholdNet, threshold_card
+
+    from medseg.inference import Segmenter, engine
+
+    calls: list[int] = []
+    monkeypatch.setattr(engine, "keep_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(engine, "release_freed_memory", lambda: True)
+    Segmenter(ThresholdNet(), threshold_card(roi=[8, 8]), device="cpu")
+    assert calls == [1]
+    Segmenter(ThresholdNet(), threshold_card(roi=[8, 8]), device="cpu", low_memory=True)
+    assert calls == [1]
