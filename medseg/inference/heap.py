@@ -78,6 +78,19 @@ def request_huge_pages() -> bool:
     return all(p.data_ptr() % page == 0 for p in probes)
 
 
+def _mallopt(*settings: tuple[int, int]) -> bool:
+    """glibc's ``mallopt(param, value)`` for each setting; whether all took (``False`` off
+    glibc, and then malloc is left alone)."""
+    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return all(bool(libc.mallopt(param, value)) for param, value in settings)
+    except (OSError, AttributeError) as exc:  # not the glibc we expected
+        logger.debug("mallopt unavailable: %s", exc)
+        return False
+
+
 def release_freed_memory(threshold_bytes: int = 1 << 20) -> bool:
     """Fix glibc's mmap threshold at ``threshold_bytes`` (once per process).
 
@@ -87,14 +100,7 @@ def release_freed_memory(threshold_bytes: int = 1 << 20) -> bool:
     global _applied
     if _applied is not None:
         return _applied
-    _applied = False
-    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        _applied = bool(libc.mallopt(_M_MMAP_THRESHOLD, int(threshold_bytes)))
-    except (OSError, AttributeError) as exc:  # not the glibc we expected: leave malloc alone
-        logger.debug("mallopt unavailable: %s", exc)
+    _applied = _mallopt((_M_MMAP_THRESHOLD, int(threshold_bytes)))
     if _applied:
         huge = request_huge_pages()
         logger.info("low-memory mode: glibc mmap threshold fixed at %d bytes; torch huge pages "
@@ -116,15 +122,8 @@ def keep_freed_memory() -> bool:
         return False
     if _kept is not None:
         return _kept
-    _kept = False
-    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        _kept = bool(libc.mallopt(_M_MMAP_THRESHOLD, FAST_MMAP_THRESHOLD)
-                     and libc.mallopt(_M_TRIM_THRESHOLD, FAST_TRIM_THRESHOLD))
-    except (OSError, AttributeError) as exc:  # not the glibc we expected: leave malloc alone
-        logger.debug("mallopt unavailable: %s", exc)
+    _kept = _mallopt((_M_MMAP_THRESHOLD, FAST_MMAP_THRESHOLD),
+                     (_M_TRIM_THRESHOLD, FAST_TRIM_THRESHOLD))
     if _kept:
         logger.debug("glibc mmap threshold %d, trim threshold %d bytes", FAST_MMAP_THRESHOLD,
                      FAST_TRIM_THRESHOLD)
