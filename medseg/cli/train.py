@@ -183,7 +183,16 @@ def _finetune(base: str, data: Path, *, minutes: float, export: Path | None, nam
 
 
 def main() -> None:
-    app()
+    from medseg.distributed import ddp
+
+    try:
+        app()
+    except SystemExit as exc:  # typer ends every command this way
+        ddp.shutdown(together=exc.code in (0, None))
+        raise
+    except BaseException:
+        ddp.shutdown(together=False)
+        raise
 
 
 if __name__ == "__main__":

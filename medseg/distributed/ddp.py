@@ -117,6 +117,25 @@ def _destroy() -> None:
         dist.destroy_process_group()
 
 
+def shutdown(*, together: bool) -> None:
+    """Leave the process group before the interpreter exits (a no-op outside a distributed run).
+
+    ``together`` (every rank finished its work): a barrier first, so no rank tears its gloo
+    connections down while a peer still uses them; torn down at interpreter exit instead, a
+    rank was seen to abort ("terminate called without an active exception") after a training
+    that had finished and written everything. After an error: no barrier (a peer may never
+    come), just the teardown.
+    """
+    dist = _dist()
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    try:
+        if together:
+            dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
 def wrap(model: torch.nn.Module) -> torch.nn.Module:
     """``DistributedDataParallel(model)`` in a distributed run (rank 0's weights are broadcast
     to all ranks here), else ``model`` itself."""

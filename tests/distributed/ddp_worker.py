@@ -53,6 +53,7 @@ def main() -> None:
         torch.save({"weights": weights, "saved": list(saved), "iterations": result.iterations,
                     "world_size": ddp.world_size(), "distributed": ddp.is_distributed()},
                    args.report_dir / f"{phase}_rank{ddp.rank()}.pt")
+    ddp.shutdown(together=True)  # as medseg-train leaves the group: before interpreter exit
 
 
 if __name__ == "__main__":
