@@ -104,17 +104,11 @@ def init_from_env(device: torch.device, *, timeout_min: float = 30.0) -> bool:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist.init_process_group(backend=backend, timeout=timedelta(minutes=timeout_min))
-    atexit.register(_destroy)
+    atexit.register(shutdown, together=False)  # unless the caller left the group already
     logger.info("rank %d/%d joined the %s process group (%s:%s, device %s)", dist.get_rank(),
                 dist.get_world_size(), backend, os.environ["MASTER_ADDR"],
                 os.environ["MASTER_PORT"], device)
     return True
-
-
-def _destroy() -> None:
-    dist = _dist()
-    if dist.is_initialized():
-        dist.destroy_process_group()
 
 
 def shutdown(*, together: bool) -> None:
