@@ -42,6 +42,8 @@ logger = logging.getLogger(__name__)
 
 _M_TRIM_THRESHOLD = -1  # from glibc's malloc.h
 _M_MMAP_THRESHOLD = -3
+#: glibc's default trim threshold, which low-memory mode restores.
+_GLIBC_TRIM_THRESHOLD = 128 << 10
 #: :func:`keep_freed_memory`'s thresholds.
 FAST_MMAP_THRESHOLD = 32 << 20
 FAST_TRIM_THRESHOLD = 128 << 20
@@ -92,7 +94,9 @@ def _mallopt(*settings: tuple[int, int]) -> bool:
 
 
 def release_freed_memory(threshold_bytes: int = 1 << 20) -> bool:
-    """Fix glibc's mmap threshold at ``threshold_bytes`` (once per process).
+    """Fix glibc's mmap threshold at ``threshold_bytes`` and its trim threshold at glibc's
+    default (once per process; the latter undoes :func:`keep_freed_memory` if CPU inference
+    came first).
 
     Returns:
         Whether the setting is in effect (``False`` off glibc).
@@ -100,7 +104,8 @@ def release_freed_memory(threshold_bytes: int = 1 << 20) -> bool:
     global _applied
     if _applied is not None:
         return _applied
-    _applied = _mallopt((_M_MMAP_THRESHOLD, int(threshold_bytes)))
+    _applied = _mallopt((_M_MMAP_THRESHOLD, int(threshold_bytes)),
+                        (_M_TRIM_THRESHOLD, _GLIBC_TRIM_THRESHOLD))
     if _applied:
         huge = request_huge_pages()
         logger.info("low-memory mode: glibc mmap threshold fixed at %d bytes; torch huge pages "
