@@ -40,6 +40,7 @@ FLUO = ROOT.parent / "shared" / "data" / "dsb2018_nuclei"
 RESULTS = ROOT / "benchmarks" / "results"
 LINES = RESULTS / "finetune_he.jsonl"
 TEST_SIZE = 15
+FOLDS = 3
 GROUP_DISTANCE = 8.0
 SEED = 0
 SCRATCH = {"init_from": None, "lr": 0.01, "warmup_iters": 0, "base_filters": 8,
@@ -64,17 +65,21 @@ def colour_groups(ids: list[str]) -> dict[str, int]:
     return {i: int(g) for i, g in zip(ids, groups, strict=True)}
 
 
-def split() -> tuple[list[str], list[str], int]:
-    """``(pool, test, number of groups)``: whole colour groups drawn until ``TEST_SIZE``."""
+def split(fold: int = 0) -> tuple[list[str], list[str], int]:
+    """``(pool, test, number of groups)``: whole colour groups, in one seeded order, dealt into
+    :data:`FOLDS` test sets of at least ``TEST_SIZE`` images (the last takes the rest); ``fold``
+    picks the test set, the other images are the pool. Fold 0 is the test set of every figure
+    before the other folds existed."""
     ids = image_ids()
     groups = colour_groups(ids)
     names = sorted(set(groups.values()))
     order = np.random.default_rng(SEED).permutation(len(names))
-    test: list[str] = []
+    folds: list[list[str]] = [[]]
     for k in order:
-        if len(test) >= TEST_SIZE:
-            break
-        test += [i for i in ids if groups[i] == names[k]]
+        if len(folds[-1]) >= TEST_SIZE and len(folds) < FOLDS:
+            folds.append([])
+        folds[-1] += [i for i in ids if groups[i] == names[k]]
+    test = folds[fold]
     pool = [i for i in ids if i not in set(test)]
     return pool, sorted(test), len(names)
 
@@ -117,7 +122,10 @@ def score(model: str | Path, ids: list[str], source: Path = DATA) -> dict:
             yield np.asarray(truth.array[0]), np.asarray(seg.predict(image).labels.array[0])
 
     s = pooled_scores(pairs())
-    return {"ap50": round(s["ap50_pooled"], 4), "n_true": s["n_true"], "n_pred": s["n_pred"]}
+    ap, n_true, n_pred = s["ap50_pooled"], s["n_true"], s["n_pred"]
+    # AP = TP / (TP + FP + FN) = TP / (n_true + n_pred - TP)
+    tp = round(ap * (n_true + n_pred) / (1 + ap)) if n_true + n_pred else 0
+    return {"ap50": round(ap, 4), "n_true": n_true, "n_pred": n_pred, "tp": tp}
 
 
 def fluorescence_val() -> list[str]:
@@ -174,7 +182,7 @@ def cmd_cell(args: argparse.Namespace) -> None:
     from medseg.training.finetune import FinetuneOptions, finetune
     from medseg.training.runtime import cpu_name
 
-    pool, test, _ = split()
+    pool, test, _ = split(args.fold)
     ids = pool if args.k == 0 else draw(pool, args.k, args.draw)
     overrides = dict(SCRATCH) if args.scratch else {}
     import yaml
@@ -191,9 +199,11 @@ def cmd_cell(args: argparse.Namespace) -> None:
     t0 = time.monotonic()
     result = finetune(FinetuneOptions(base="nuclei", data=folder, minutes=args.minutes,
                                       export=work / "out.safetensors", overrides=overrides,
-                                      seed=args.seed, num_threads=1, keep_skill=keep))
+                                      seed=args.seed, num_threads=1, keep_skill=keep,
+                                      object_scale=not args.native_scale))
     wall = time.monotonic() - t0
     row = {"kind": "cell", "tag": args.tag, "k": len(ids), "draw": args.draw,
+           "fold": args.fold, "all_pool": args.k == 0, "object_scale": not args.native_scale,
            "minutes": args.minutes,
            "scratch": args.scratch, "keep_skill": args.keep_skill, "overrides": overrides,
            "seed": args.seed, "steps": result.steps, "wall_min": round(wall / 60, 2),
@@ -211,6 +221,12 @@ def cmd_cell(args: argparse.Namespace) -> None:
     if args.fluo:
         row["fluorescence"] = score(result.model_path, fluorescence_val(), FLUO)
     append(row)
+    if args.keep:
+        args.keep.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(result.model_path, args.keep)
+        shutil.copy(result.card_path, args.keep.with_suffix(".json"))
+        shutil.copytree(work / "models" / "runs", args.keep.with_suffix(".runs"),
+                        dirs_exist_ok=True)
     shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(row))
 
@@ -265,6 +281,41 @@ def cmd_memory(args: argparse.Namespace) -> None:
     shutil.rmtree(work, ignore_errors=True)
 
 
+def cross_validation(rows: list[dict]) -> list[str]:
+    """Lines of the all-pool fine-tunes over the :data:`FOLDS` colour-group folds: each fold's
+    test AP@0.5 and the AP@0.5 pooled over every image, each scored by the fine-tune that did
+    not see it. Runs are grouped by recipe (commit, options, minutes, seed); the latest run per
+    fold counts."""
+    runs: dict[tuple, dict[int, dict]] = {}
+    for r in rows:
+        if not r.get("all_pool", r["k"] == 31 and not r.get("fold")):
+            continue
+        key = (r["commit"], json.dumps(r["overrides"], sort_keys=True), r["minutes"],
+               r.get("seed", 0), r["scratch"], r["keep_skill"], r.get("object_scale", False))
+        runs.setdefault(key, {})[r.get("fold", 0)] = r
+    done = {key: by_fold for key, by_fold in runs.items() if len(by_fold) == FOLDS}
+    if not done:
+        return []
+    out = ["", f"fine-tuned on the whole pool, {FOLDS} folds by colour group (each fold's test "
+           "set is whole colour groups, the pool the other images; fold 0 is the test set "
+           "above): test AP@0.5 per fold, and pooled over all 47 images, each scored by the "
+           "fine-tune that did not see it",
+           f"{'recipe':<40} {'min':>4} " + " ".join(f"{'fold ' + str(f):>7}"
+                                                   for f in range(FOLDS)) + f" {'pooled':>7}"]
+    for (commit, overrides, minutes, seed, scratch, keep, scale), by_fold in done.items():
+        t = [by_fold[f]["test"] for f in range(FOLDS)]
+        tps = [x.get("tp", round(x["ap50"] * (x["n_true"] + x["n_pred"]) / (1 + x["ap50"])))
+               for x in t]
+        pooled = sum(tps) / (sum(x["n_true"] + x["n_pred"] for x in t) - sum(tps))
+        name = ("one object scale " if scale else "native scale ") + \
+            ("from scratch " if scratch else "") + ("+keep-skill " if keep else "") + \
+            (overrides if overrides != "{}" else "as committed") + \
+            (f" seed {seed}" if seed else "") + f" [{commit}]"
+        out.append(f"{name:<40} {minutes:>4g} " + " ".join(f"{x['ap50']:>7.3f}" for x in t)
+                   + f" {pooled:>7.3f}")
+    return out
+
+
 def render() -> None:
     from medseg.training.runtime import cpu_name
 
@@ -292,7 +343,8 @@ def render() -> None:
             out.append(f"shipped nuclei{rule}: test AP@0.5 {r['test']['ap50']:.3f} (objects "
                        f"{r['test']['n_pred']}/{r['test']['n_true']})"
                        + (f"; fluorescence validation AP@0.5 {fl['ap50']:.3f}" if fl else ""))
-    final = [r for r in rows if r["kind"] == "cell" and r.get("commit")]
+    folded = [r for r in rows if r["kind"] == "cell" and r.get("commit")]
+    final = [r for r in folded if not r.get("fold")]
     grid = {(r["k"], r["minutes"]): r["test"]["ap50"] for r in final
             if r.get("tag") == "grid" and not r.get("draw")}
     if grid:
@@ -316,6 +368,7 @@ def render() -> None:
         for k, values in sorted(draws.items()):
             out.append(f"  K={k}: mean {np.mean(values):.3f} over {len(values)} draw(s) "
                        f"({', '.join(f'{v:.3f}' for v in values)})")
+    out += cross_validation(folded)
     out += ["", "every run (commit = the code it ran; rows without one ran before the recipe "
             "was final: no step cap, instance settings re-chosen on any hold-out, no "
             "rule-alone comparison):",
@@ -325,7 +378,8 @@ def render() -> None:
         if r["kind"] != "cell":
             continue
         kind = ("from scratch" if r["scratch"] else "fine-tune") + \
-            (" +keep-skill" if r["keep_skill"] else "")
+            (" +keep-skill" if r["keep_skill"] else "") + \
+            (" 1-scale" if r.get("object_scale") else "")
         fl = r.get("fluorescence")
         extra = {k: v for k, v in r["overrides"].items() if k not in SCRATCH or
                  not r["scratch"]}
@@ -333,6 +387,8 @@ def render() -> None:
                    f"{r['wall_min']:>5.1f}m {r['own_before']:.3f}->{r['own_after']:.3f} "
                    f"{r['test']['ap50']:>11.3f} {(fl['ap50'] if fl else float('nan')):>11.3f}"
                    f"  {r.get('tag') or ''}{' draw ' + str(r['draw']) if r.get('draw') else ''}"
+                   f"{' fold ' + str(r['fold']) if r.get('fold') else ''}"
+                   f"{' seed ' + str(r['seed']) if r.get('seed') else ''}"
                    f" {extra or ''}"
                    + (f" load {r['load_avg_15min']}" if "load_avg_15min" in r else "")
                    + (f" [{r['commit']}]" if r.get("commit") else "")
@@ -372,6 +428,11 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--draw", type=int, default=0, help="which draw of K images (0: nested)")
     p.add_argument("--tag", default="")
+    p.add_argument("--native-scale", action="store_true",
+                   help="fine-tune on the images as they are (no zoom to one object scale)")
+    p.add_argument("--fold", type=int, default=0, choices=range(FOLDS),
+                   help="which colour-group fold is the test set (0: the first figures')")
+    p.add_argument("--keep", type=Path, help="copy the fine-tuned model (and its card) here")
     p = sub.add_parser("memory")
     p.add_argument("--n", type=int, required=True)
     p.add_argument("--minutes", type=float, default=3.0)

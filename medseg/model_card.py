@@ -178,6 +178,10 @@ class ModelCard:
         if method == "centre" and any(k in spec for k in ("seeds", "h", "sigma")):
             raise ModelError(f"model card {self.name!r}: the 'centre' method is seeded by its "
                              "centres: instances.seeds, h and sigma apply to 'boundary' only")
+        if spec.get("object_diameter", "auto") != "auto":
+            raise ModelError(f"model card {self.name!r}: instances.object_diameter can only be "
+                             f"'auto' (estimate each image's from a first pass), got "
+                             f"{spec['object_diameter']!r}")
         ranges = {"seed_threshold": (0.0, 1.0), "foreground_threshold": (0.0, 1.0),
                   "centre_threshold": (0.0, 1.0),
                   "h": (0.0, 1e3), "sigma": (0.0, 1e2), "min_size": (0.0, 1e9),

@@ -64,6 +64,10 @@ def train_command(
     keep_skill: Path | None = typer.Option(
         None, "--keep-skill", help="With --from-model: a folder (same layout) of images like "
         "the model's own training images, mixed in so it keeps its skill on them."),
+    native_scale: bool = typer.Option(
+        False, "--native-scale", help="With --from-model: train on the images as they are "
+        "(default for an instance model of 2D images: zoom each so that its objects are the "
+        "size the model learnt, and the new model sizes every image it meets)."),
     name: str | None = typer.Option(None, "--name", help="With --from-model: the new model's "
                                     "name (default: the --export file's stem)."),
     threads: int | None = typer.Option(None, "--threads", help="CPU threads."),
@@ -91,7 +95,7 @@ def train_command(
             raise _fail(ValueError("--from-model needs --data DIR (images/ and masks/)"))
         _finetune(from_model, data, minutes=minutes, export=export, name=name,
                   overrides=overrides, seed=seed, threads=threads, keep_skill=keep_skill,
-                  run_dir=output_dir, quiet=quiet)
+                  run_dir=output_dir, quiet=quiet, object_scale=not native_scale)
         return
     assert config is not None
     if threads is not None:
@@ -152,7 +156,8 @@ def _train(config: Path, *, overrides: dict[str, Any], resume: bool, output_dir:
 
 def _finetune(base: str, data: Path, *, minutes: float, export: Path | None, name: str | None,
               overrides: dict[str, Any], seed: int, threads: int | None,
-              keep_skill: Path | None, run_dir: Path | None, quiet: bool) -> None:
+              keep_skill: Path | None, run_dir: Path | None, quiet: bool,
+              object_scale: bool = True) -> None:
     from medseg.errors import MedsegError
     from medseg.training.finetune import FinetuneOptions, FinetuneProgress, finetune
 
@@ -165,7 +170,8 @@ def _finetune(base: str, data: Path, *, minutes: float, export: Path | None, nam
     try:
         options = FinetuneOptions(base=base, data=data, minutes=minutes, export=export,
                                   name=name, overrides=overrides, seed=seed,
-                                  num_threads=threads, keep_skill=keep_skill, run_dir=run_dir)
+                                  num_threads=threads, keep_skill=keep_skill, run_dir=run_dir,
+                                  object_scale=object_scale)
         result = finetune(options, progress=progress)
     except MedsegError as exc:
         raise _fail(exc) from exc

@@ -76,7 +76,10 @@ class InferenceOptions:
             diameter of the objects in the input, in its pixels (Cellpose's "diameter").
             The image is zoomed by the model's training diameter (``domain.object_diameter``)
             over this, at most 2x either way, and the objects come back on the input's
-            pixels. ``None``: native pixels.
+            pixels. ``"auto"``: estimated for each image from the model's own result at
+            native pixels (:mod:`medseg.inference.diameter`), then zoomed by it.
+            ``None``: the card's default (``instances.object_diameter``, ``"auto"`` for
+            models fine-tuned at one object scale), else native pixels.
         max_work: The compute guard's limit (:mod:`medseg.inference.guard`): a case whose
             sliding windows on the model grid number more than this many times those of the
             largest image the model was trained on is refused before the network runs, with
@@ -99,7 +102,7 @@ class InferenceOptions:
     low_memory: bool = False
     whole_image: bool | None = None
     strict: bool = False
-    object_diameter: float | None = None
+    object_diameter: float | str | None = None
     max_work: float = field(default_factory=default_max_work)
     force: bool = False
 
@@ -113,11 +116,12 @@ class InferenceOptions:
             raise ConfigError(f"blend must be one of {BLENDS}, got {self.blend!r}")
         if not (math.isfinite(self.min_size_ml) and self.min_size_ml >= 0):
             raise ConfigError(f"min_size_ml must be >= 0, got {self.min_size_ml!r}")
-        if self.object_diameter is not None:
+        if self.object_diameter is not None and self.object_diameter != "auto":
             d = self.object_diameter
             if isinstance(d, bool) or not isinstance(d, numbers.Real) \
                     or not (math.isfinite(d) and d > 0):
-                raise ConfigError(f"object_diameter must be a positive number of pixels, got "
+                raise ConfigError(f"object_diameter must be 'auto' or a positive number of "
+                                  f"pixels, got "
                                   f"{d!r}")
             object.__setattr__(self, "object_diameter", float(d))  # numpy scalars too
         w = self.max_work

@@ -64,6 +64,11 @@ class FinetuneOptions:
         run_dir: Where the run's checkpoints and logs go; ``None``:
             ``<user models folder>/runs/<name>``.
         device: ``"cpu"``, ``"cuda"``...; ``None`` picks CUDA when present.
+        object_scale: For an instance model of 2D images that records its objects' diameter
+            in pixels (``nuclei``): zoom every training image so that its objects have that
+            diameter, and let the fine-tuned model estimate each image's diameter
+            (``object_diameter="auto"``; :mod:`medseg.training.finetune_scale`). ``False``:
+            train on the images as they are.
     """
 
     base: str
@@ -77,6 +82,7 @@ class FinetuneOptions:
     keep_skill: Path | None = None
     run_dir: Path | None = None
     device: str | None = None
+    object_scale: bool = True
 
     def __post_init__(self) -> None:
         self.data = Path(self.data)

@@ -64,6 +64,9 @@ class FinetuneRun:
         self.phase_start: dict[str, float] = {}
         self.total_steps, self.reserve_s = 0, 0.0
         self.instances = self.base.instances is not None
+        #: the objects' diameter every training image is zoomed to (None: as they are)
+        self.scale_to: float | None = None
+        self.zooms: dict[str, float] = {}
 
     # -- progress ---------------------------------------------------------------------------
     def elapsed(self) -> float:
@@ -101,6 +104,9 @@ class FinetuneRun:
             shutil.rmtree(self.run_dir)
         self.run_dir.mkdir(parents=True)
         slicewise = self.base.spatial_dims == 2 and check.spatial_dims == 3
+        if options.object_scale and self.instances and self.base.spatial_dims == 2 \
+                and check.spatial_dims == 2:
+            self.scale_to = self.base.object_diameter_px
         held = hold_out(check.pairs, seed=options.seed, band_dir=self.run_dir / "bands",
                         instances=self.instances, slicewise=slicewise)
         logger.info("%s", held.describe())
@@ -120,7 +126,8 @@ class FinetuneRun:
             if self.instances else 0.0
         result = self.train(held, rule, check, reserve_s=scoring_s * 1.5 + tuning_s + 5.0)
         self.report("scoring")
-        trained, instances = self.score_weights(result.best_path, held)
+        trained, instances = self.score_weights(result.best_path, held,
+                                                scaled=self.scale_to is not None)
         # the better weights on the held-back images: the fine-tuned ones, or the base's with
         # the channel rule alone when training did not beat them
         kept_base = with_rule is not None and with_rule >= trained
@@ -179,9 +186,17 @@ class FinetuneRun:
         card.input_channels = None
         return save_model(self.run_dir / "base-with-rule.safetensors", model, card)
 
-    def score_weights(self, model: Path, held: HoldOut) -> tuple[float, dict[str, Any] | None]:
+    def score_weights(self, model: Path, held: HoldOut, *, scaled: bool = False
+                      ) -> tuple[float, dict[str, Any] | None]:
         """The figure of ``model`` on the held-back cases, and the instance settings that
-        gave it (the base's, or others re-chosen on them)."""
+        gave it (the base's, or others re-chosen on them). ``scaled``: the model learnt at
+        one object scale; it is scored as it will run, sizing each image
+        (``object_diameter="auto"``, with the base's settings: they were chosen at that
+        scale)."""
+        if scaled:
+            return (score_model(model, held.val, instances=True, device=self.options.device,
+                                cancel=self.cancel, object_diameter="auto"),
+                    {**(self.base.instances or {}), "object_diameter": "auto"})
         if not self.instances:
             return self.score(model, held), self.base.instances
         spec_ap, instances, best = score_instance_settings(
@@ -201,7 +216,16 @@ class FinetuneRun:
         from medseg.training.loop import train
 
         kept = self.kept_skill(len(held.train))
-        manifest = write_manifest(self.run_dir / "cases.json", [*held.train, *held.val, *kept])
+        cases = [*held.train, *held.val, *kept]
+        if self.scale_to is not None:
+            from medseg.inference.engine import MAX_ZOOM
+            from medseg.training.finetune_scale import scaled_pairs
+
+            cases, self.zooms = scaled_pairs(cases, self.scale_to, self.run_dir / "scaled",
+                                             max_zoom=MAX_ZOOM)
+            logger.info("%d of %d training images zoomed to objects %.1f px across",
+                        sum(z != 1.0 for z in self.zooms.values()), len(cases), self.scale_to)
+        manifest = write_manifest(self.run_dir / "cases.json", cases)
         left_s = self.budget_s - self.elapsed() - reserve_s
         if left_s < 30.0:
             logger.warning("the %.1f-minute budget leaves %.0f s for training after checking "
@@ -276,6 +300,8 @@ class FinetuneRun:
             "val_cases": [p.case_id for p in held.val],
             "keep_skill": str(self.options.keep_skill) if self.options.keep_skill else None,
             "channel_rule": rule, "minutes": self.options.minutes,
+            "object_scale": None if self.scale_to is None else {
+                "diameter_px": round(self.scale_to, 2), "zoom": dict(self.zooms)},
             "elapsed_s": round(self.elapsed(), 1), "steps": steps,
             "metric": metric_name(self.instances), "before": round(before, 4),
             "after": round(after, 4), "improved": improved,

@@ -28,17 +28,18 @@ def metric_name(instances: bool) -> str:
 def score_model(model: str | Path, cases: Sequence[CasePair], *, instances: bool,
                 device: str | None = None,
                 progress: Callable[[int, int], None] | None = None,
-                cancel: Callable[[], bool] | None = None) -> float:
+                cancel: Callable[[], bool] | None = None,
+                object_diameter: float | str | None = None) -> float:
     """:func:`metric_name`'s figure of ``model`` on ``cases`` (read one at a time).
 
     Instance models: TP / (TP + FP + FN) at IoU 0.5, counts pooled over the cases. Class
     models: per case, the mean Dice of the foreground classes present in the mask or the
-    prediction, averaged over the cases.
+    prediction, averaged over the cases. ``object_diameter``: as the engine's option.
     """
     from medseg.inference import Segmenter
     from medseg.metrics import pooled_scores
 
-    segmenter = Segmenter.from_file(model, device=device)
+    segmenter = Segmenter.from_file(model, device=device, object_diameter=object_diameter)
     labels = [k for k in segmenter.card.label_names if k != 0]
 
     def pairs() -> Iterator[tuple[np.ndarray, np.ndarray]]:
