@@ -161,6 +161,9 @@ class SegmentWidget(Container):
         # (shown, with its tooltip, by _show_model_card for a model that records a diameter)
         self.diameter = FloatSpinBox(label="diameter (px)", value=0.0, min=0.0,
                                      max=1000.0, step=1.0, visible=False)
+        # ... or estimated for each image from a first pass (a fine-tuned model's default)
+        self.auto_diameter = CheckBox(text="estimate the diameter (auto)", value=False,
+                                      visible=False)
         self.keep_probabilities = CheckBox(
             text="probability layer + threshold / min-size controls", value=False)
         # act on the last result with kept probabilities, without re-running the network
@@ -202,7 +205,8 @@ class SegmentWidget(Container):
         self.fine_tune_offer.changed.connect(self.offer_fine_tune)
         self.extend([
             self.image_box, self.model_box, self.checkpoint, self.model_info, self.device_box,
-            self.overlap, self.tta, self.diameter, self.uncertainty, self.keep_probabilities,
+            self.overlap, self.tta, self.diameter, self.auto_diameter, self.uncertainty,
+            self.keep_probabilities,
             self.region, self.force,
             self.rerun, self.run_button, self.cancel_button,
             self.progress, self.status, self.fit_banner, self.fine_tune_offer, self.threshold,
@@ -210,6 +214,7 @@ class SegmentWidget(Container):
         ])
         self._cache = SegmenterCache()
         self._diameter_applies = False  # set by _show_model_card
+        self._native_diameter: float | None = None
         self._cancel_event = threading.Event()
         # parented to the widget, so it is deleted with it (not left to a dead dock)
         self._relay = _ProgressRelay(self.native)
@@ -273,15 +278,23 @@ class SegmentWidget(Container):
             trained = card.object_diameter_px
             # kept apart from .visible, which Qt reports False while the dock is hidden
             self._diameter_applies = trained is not None
-            self.diameter.visible = self._diameter_applies
+            self.diameter.visible = self.auto_diameter.visible = self._diameter_applies
+            card_auto = (card.instances or {}).get("object_diameter") == "auto"
+            # native pixels for a model whose card says "auto": its own diameter (no zoom)
+            self._native_diameter = trained if card_auto else None
+            self.auto_diameter.value = card_auto
             if self._diameter_applies:
                 self.diameter.tooltip = (f"typical object diameter in this image's pixels "
                                          f"(the model learned {trained:.0f} px); the image is "
                                          "zoomed to that size, at most 2x either way. "
                                          "0: native pixels")
+                self.auto_diameter.tooltip = (
+                    "estimate each image's object diameter from a first pass and zoom by it "
+                    "(on for a model fine-tuned at one object scale)")
         except (MedsegError, OSError) as exc:
             self.model_info.value = f"(no model card: {exc})"
             self._diameter_applies = self.diameter.visible = False
+            self.auto_diameter.visible = False
 
     def offer_fine_tune(self, *_: Any) -> None:
         """Open the Fine-tune panel (set to this model) and Review's Add to training set."""
@@ -317,10 +330,15 @@ class SegmentWidget(Container):
         # that the engine checks it
         device = resolve_device(str(self.device_box.value),
                                 cuda_available=self._cuda_available)
-        diameter = float(self.diameter.value) if self._diameter_applies else 0.0
+        diameter: float | str | None = None
+        if self._diameter_applies:
+            given = float(self.diameter.value)
+            # unticked, 0: native pixels, also for a model whose card says "auto"
+            diameter = ("auto" if self.auto_diameter.value else given if given > 0
+                        else self._native_diameter)
         inference = InferenceOptions(device=device, overlap=float(self.overlap.value),
                                      tta=bool(self.tta.value),
-                                     object_diameter=diameter if diameter > 0 else None,
+                                     object_diameter=diameter,
                                      force=bool(self.force.value))
         return EngineOptions(model=model, inference=inference,
                              uncertainty=bool(self.uncertainty.value),

@@ -77,11 +77,14 @@ def predict_command(
     strict: bool = typer.Option(False, "--strict", help="Fail a case whose image does not "
                                 "fit the model's training domain (modality, field of view, "
                                 "intensities, label sizes) instead of only warning."),
-    diameter: float | None = typer.Option(None, "--diameter",
-                                          help="Instance models (nuclei): typical object "
-                                          "diameter in the input's pixels; the image is zoomed "
-                                          "to the model's training size (at most 2x either "
-                                          "way). Default: native pixels."),
+    diameter: str | None = typer.Option(None, "--diameter",
+                                        help="Instance models (nuclei): typical object "
+                                        "diameter in the input's pixels, or 'auto' (estimated "
+                                        "for each image from a first pass); the image is "
+                                        "zoomed to the model's training size (at most 2x "
+                                        "either way). Default: the model card's ('auto' for "
+                                        "a model fine-tuned at one object scale), else native "
+                                        "pixels."),
     force: bool = typer.Option(False, "--force", help="Run cases the compute guard refuses "
                                "(work more than --max-work times the largest training "
                                "image's); their estimate is still recorded."),
@@ -160,7 +163,8 @@ def predict_command(
         inference = InferenceOptions(device=device, overlap=overlap, tta=tta, amp=amp,
                                      keep_largest=keep_largest, min_size_ml=min_size_ml,
                                      low_memory=low_memory, whole_image=whole_image,
-                                     strict=strict, object_diameter=diameter, force=force,
+                                     strict=strict, object_diameter=_diameter(diameter),
+                                     force=force,
                                      **guard)
         summary = run_batch(inputs, model, output, formats=formats, overwrite=overwrite,
                             inference=inference, progress=progress, on_event=log, runner=runner,
@@ -195,3 +199,13 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _diameter(text: str | None) -> float | str | None:
+    """``--diameter``: ``auto`` or a number of pixels (checked by ``InferenceOptions``)."""
+    if text is None or text.strip().lower() == "auto":
+        return None if text is None else "auto"
+    try:
+        return float(text)
+    except ValueError:
+        return text  # refused with InferenceOptions' message

@@ -258,3 +258,48 @@ def test_a_zoom_out_scales_the_cards_pixel_settings_and_a_zoom_in_keeps_them(mon
     assert out["h"] == pytest.approx(card["h"] * scale)
     assert out["min_size"] == round(card["min_size"] * scale**2)
     assert into == card
+
+
+def test_auto_object_diameter_finds_the_magnification_itself() -> None:
+    """``object_diameter="auto"``: a first pass at native pixels estimates the nuclei's
+    diameter from the objects' union; the sample shown at 2x is then zoomed back about as a
+    user giving the diameter would, and the sample at 1x is left as it is (one pass)."""
+    from PIL import Image
+
+    from medseg.errors import ModelError
+    from medseg.inference import Segmenter
+    from medseg.io import read_image
+    from medseg.metrics import pooled_scores
+    from medseg.model_card import ModelCard
+    from medseg.samples import nuclei_samples
+
+    png, mask = nuclei_samples()[0]
+    image, truth = read_image(png), np.asarray(Image.open(mask)).T
+    big = image.with_array(np.repeat(np.repeat(image.array, 2, 1), 2, 2))
+    big_truth = np.repeat(np.repeat(truth, 2, 0), 2, 1)
+    native = Segmenter.from_file("nuclei", device="cpu")
+    trained = native.card.object_diameter_px
+    auto = Segmenter(native.model, native.card,
+                     native.inference_options.replace(object_diameter="auto"))
+
+    def ap(p) -> float:  # noqa: ANN001
+        return pooled_scores([(p[1], p[0].labels.array[0])])["ap50_pooled"]
+
+    on_big = auto.predict(big)
+    sized = on_big.model_grid["object_diameter"]
+    assert sized["mode"] == "auto" and sized["trained"] == round(trained, 2)
+    assert 1.5 * trained < sized["used"] < 2.6 * trained  # truly 2x
+    assert on_big.labels.array.shape == (1, 512, 512)
+    assert ap((on_big, big_truth)) >= ap((native.predict(big), big_truth)) + 0.05
+    on_1x = auto.predict(image)
+    assert len(on_1x.model_grid["object_diameter"]["estimates"]) == 1
+    assert on_1x.model_grid["object_diameter"]["used"] == round(trained, 2)
+    np.testing.assert_array_equal(on_1x.labels.array, native.predict(image).labels.array)
+    # a card can make it the default (a model fine-tuned at one object scale does)
+    card = ModelCard.from_dict({**native.card.to_dict(),
+                                "instances": {**native.card.instances,
+                                              "object_diameter": "auto"}})
+    assert Segmenter(native.model, card, native.inference_options).object_diameter == "auto"
+    with pytest.raises(ModelError, match="object_diameter"):
+        ModelCard.from_dict({**native.card.to_dict(),
+                             "instances": {**native.card.instances, "object_diameter": 20}})

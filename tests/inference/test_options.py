@@ -93,6 +93,7 @@ def test_object_diameter_takes_positive_pixel_counts_only() -> None:
     assert InferenceOptions(object_diameter=np.float32(12.5)).object_diameter == 12.5
     assert type(InferenceOptions(object_diameter=np.int64(30)).object_diameter) is float
     assert InferenceOptions().object_diameter is None
-    for bad in (0, -3.0, float("nan"), float("inf"), True, "20"):
+    assert InferenceOptions(object_diameter="auto").object_diameter == "auto"
+    for bad in (0, -3.0, float("nan"), float("inf"), True, "20", "Auto"):
         with pytest.raises(ConfigError, match="object_diameter"):
             InferenceOptions(object_diameter=bad)

@@ -169,6 +169,10 @@ def test_the_object_diameter_field_is_offered_for_nuclei_only_and_reaches_the_en
     assert widget._options().inference.object_diameter is None  # 0: native pixels
     widget.diameter.value = 40.0
     assert widget._options().inference.object_diameter == 40.0
+    assert not widget.auto_diameter.value  # the card says nothing: off
+    widget.auto_diameter.value = True
+    assert widget._options().inference.object_diameter == "auto"
+    widget.auto_diameter.value = False
     widget.model_box.value = "isbi2012"  # semantic EM model: no object size to scale to
     assert not widget._diameter_applies
     assert widget._options().inference.object_diameter is None

@@ -91,6 +91,15 @@ def test_finetune_2d_colour_instance_model(tmp_path: Path, user_models: Path) ->
     assert card.instances["method"] == "boundary" and set(card.instances) >= set(
         base_instances) - {"min_score"}
     assert card.domain["num_cases"] == 2 and card.domain["unit"] == "px"
+    # the discs (about 10 px across) were learnt at the base's object size (zoomed 2x, the
+    # most allowed), and a trained model sizes each image it meets
+    scale = story["object_scale"]
+    assert scale["diameter_px"] == round(read_model_card(resolve_model("nuclei"))
+                                         .object_diameter_px, 2)
+    assert sorted(scale["zoom"]) == ["he0-train", "he0-val", "he1-train", "he1-val"]
+    assert all(z == 2.0 for z in scale["zoom"].values())
+    assert card.instances.get("object_diameter") == (
+        None if story["kept_base_weights"] else "auto")
     assert json.loads(result.card_path.read_text())["name"] == card.name
     # the fit report accepts the new kind of image, which the base model's warns about
     from medseg.inference import Segmenter
