@@ -104,8 +104,10 @@ def make_folder(ids: list[str], folder: Path, source: Path = DATA, *,
     return folder
 
 
-def score(model: str | Path, ids: list[str], source: Path = DATA) -> dict:
-    """Pooled AP@0.5 of ``model`` on ``ids`` through the engine (one thread)."""
+def score(model: str | Path, ids: list[str], source: Path = DATA, *,
+          diameter: float | str | dict[str, float] | None = None) -> dict:
+    """Pooled AP@0.5 of ``model`` on ``ids`` through the engine (one thread); ``diameter``:
+    ``object_diameter`` for every image, or one per image id."""
     import torch
 
     from medseg.inference import Segmenter
@@ -113,13 +115,20 @@ def score(model: str | Path, ids: list[str], source: Path = DATA) -> dict:
     from medseg.metrics import pooled_scores
 
     torch.set_num_threads(1)
-    seg = Segmenter.from_file(model, device="cpu")
+    seg = Segmenter.from_file(model, device="cpu",
+                              **({"object_diameter": diameter}
+                                 if diameter is not None and not isinstance(diameter, dict)
+                                 else {}))
 
     def pairs():
         for i in ids:
+            if isinstance(diameter, dict):
+                seg_i = Segmenter.from_file(model, device="cpu", object_diameter=diameter[i])
+            else:
+                seg_i = seg
             image = read_image(source / "images" / f"{i}.png")
             truth = read_image(source / "masks" / f"{i}.png")
-            yield np.asarray(truth.array[0]), np.asarray(seg.predict(image).labels.array[0])
+            yield np.asarray(truth.array[0]), np.asarray(seg_i.predict(image).labels.array[0])
 
     s = pooled_scores(pairs())
     ap, n_true, n_pred = s["ap50_pooled"], s["n_true"], s["n_pred"]
@@ -229,6 +238,38 @@ def cmd_cell(args: argparse.Namespace) -> None:
                         dirs_exist_ok=True)
     shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(row))
+
+
+def cmd_diameter(args: argparse.Namespace) -> None:
+    """A kept fine-tuned model (``cell --keep``) on its fold's test images at native pixels,
+    with ``object_diameter="auto"`` after 1 and 2 re-estimates, and zoomed by each image's
+    true median nucleus diameter (index.csv; what a perfect estimate would give)."""
+    import math
+
+    import medseg.inference.engine as engine
+    from medseg.training.runtime import cpu_name
+
+    _, test, _ = split(args.fold)
+    rows = {r["image_id"]: r for r in _index()}
+    true = {i: 2 * math.sqrt(float(rows[i]["median_nucleus_area_px"]) / math.pi) for i in test}
+    from medseg.model_card import read_model_card
+
+    trained = read_model_card(args.model).object_diameter_px  # its own size: no zoom
+    out = {}
+    for name, diameter, passes in (("native", trained, 0), ("auto, 1 re-estimate", "auto", 1),
+                                   ("auto, 2 re-estimates", "auto", 2), ("true", true, 0)):
+        engine.AUTO_DIAMETER_PASSES = passes or engine.AUTO_DIAMETER_PASSES
+        out[name] = score(args.model, test, diameter=diameter)["ap50"]
+        print(name, out[name])
+    append({"kind": "diameter", "model": str(args.model), "fold": args.fold, "ap50": out,
+            "cpu": cpu_name()})
+
+
+def _index() -> list[dict]:
+    import csv
+
+    with open(DATA / "index.csv") as f:
+        return list(csv.DictReader(f))
 
 
 def cmd_memory(args: argparse.Namespace) -> None:
@@ -393,6 +434,14 @@ def render() -> None:
                    + (f" load {r['load_avg_15min']}" if "load_avg_15min" in r else "")
                    + (f" [{r['commit']}]" if r.get("commit") else "")
                    + (" kept base weights+rule" if r.get("kept_base_weights") else ""))
+    sized = [r for r in rows if r["kind"] == "diameter"]
+    if sized:
+        out += ["", "object diameter at inference, a model fine-tuned at one object scale on "
+                "its fold's test images (pooled AP@0.5; 'true': each image zoomed by its true "
+                "median nucleus diameter):"]
+        for r in sized:
+            out.append(f"  fold {r['fold']} [{r['commit']}]: " + ", ".join(
+                f"{k} {v:.3f}" for k, v in r["ap50"].items()) + f"  ({Path(r['model']).name})")
     mem = [r for r in rows if r["kind"] == "memory"]
     if mem:
         out += ["", "memory and speed (fine-tune, 1 thread; peak RSS of the whole process):"]
@@ -433,6 +482,9 @@ def main() -> None:
     p.add_argument("--fold", type=int, default=0, choices=range(FOLDS),
                    help="which colour-group fold is the test set (0: the first figures')")
     p.add_argument("--keep", type=Path, help="copy the fine-tuned model (and its card) here")
+    p = sub.add_parser("diameter")
+    p.add_argument("model", type=Path)
+    p.add_argument("--fold", type=int, default=0)
     p = sub.add_parser("memory")
     p.add_argument("--n", type=int, required=True)
     p.add_argument("--minutes", type=float, default=3.0)
@@ -441,7 +493,7 @@ def main() -> None:
                    help="prepared cases kept in memory (data.stream false), for comparison")
     sub.add_parser("render")
     args = parser.parse_args()
-    {"shipped": cmd_shipped, "cell": cmd_cell, "memory": cmd_memory,
+    {"shipped": cmd_shipped, "cell": cmd_cell, "memory": cmd_memory, "diameter": cmd_diameter,
      "render": lambda a: render()}[args.cmd](args)
 
 

@@ -194,9 +194,14 @@ class FinetuneRun:
         (``object_diameter="auto"``, with the base's settings: they were chosen at that
         scale)."""
         if scaled:
-            return (score_model(model, held.val, instances=True, device=self.options.device,
-                                cancel=self.cancel, object_diameter="auto"),
-                    {**(self.base.instances or {}), "object_diameter": "auto"})
+            from medseg.model_card import load_model, save_model
+
+            spec = {**(self.base.instances or {}), "object_diameter": "auto"}
+            network, card = load_model(model)  # a training checkpoint: the method alone
+            card.instances = spec
+            scored = save_model(self.run_dir / "scored.safetensors", network, card)
+            return (score_model(scored, held.val, instances=True, device=self.options.device,
+                                cancel=self.cancel), spec)
         if not self.instances:
             return self.score(model, held), self.base.instances
         spec_ap, instances, best = score_instance_settings(
