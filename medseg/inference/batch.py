@@ -331,14 +331,19 @@ def requested_options(model_path: Path | None, options: InferenceOptions,
     from medseg.inference.postprocess import PostprocessConfig
 
     post = options.postprocess
-    if not post.active and model_path is not None:
+    diameter = options.object_diameter
+    if model_path is not None and (not post.active or diameter is None):
         from medseg.model_card import read_model_card
 
-        post = PostprocessConfig(**(read_model_card(model_path).postprocess or {}))
+        card = read_model_card(model_path)
+        if not post.active:
+            post = PostprocessConfig(**(card.postprocess or {}))
+        if diameter is None:  # the card's default, as the engine takes it
+            diameter = (card.instances or {}).get("object_diameter")
     # a record made before object_diameter existed has none: it matches a run without one
     wanted: dict[str, Any] = {"overlap": options.overlap, "tta": options.tta,
                               "keep_largest": post.keep_largest, "min_size_ml": post.min_size_ml,
-                              "object_diameter": options.object_diameter}
+                              "object_diameter": diameter}
     if options.amp is not None:
         wanted["amp"] = bool(options.amp)
     return wanted

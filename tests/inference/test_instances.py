@@ -224,6 +224,18 @@ def test_a_resumed_batch_redoes_cases_made_with_another_object_diameter(tmp_path
     trained = read_model_card(resolve_model("nuclei")).object_diameter_px
     assert zoomed.records[0].geometry["model_grid"]["shape"] == [round(256 * trained / 41.5)] * 2
     assert run(41.5).already_done == 1
+    assert run("auto").completed == 1 and run("auto").already_done == 1
+    # a model whose card says "auto": a resumed run without --diameter finds its cases done
+    from medseg.model_card import load_model, save_model
+
+    network, card = load_model(resolve_model("nuclei"))
+    card.instances = {**card.instances, "object_diameter": "auto"}
+    sized = save_model(tmp_path / "sized.safetensors", network, card)
+    first = run_batch([png], sized, tmp_path / "sized",
+                      inference=InferenceOptions(device="cpu"))
+    assert first.records[0].geometry["model_grid"]["object_diameter"]["mode"] == "auto"
+    again = run_batch([png], sized, tmp_path / "sized", inference=InferenceOptions(device="cpu"))
+    assert again.already_done == 1
 
 
 def test_a_zoom_out_scales_the_cards_pixel_settings_and_a_zoom_in_keeps_them(monkeypatch) -> None:
