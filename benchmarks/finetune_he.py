@@ -325,13 +325,13 @@ def cmd_memory(args: argparse.Namespace) -> None:
 def cross_validation(rows: list[dict]) -> list[str]:
     """Lines of the all-pool fine-tunes over the :data:`FOLDS` colour-group folds: each fold's
     test AP@0.5 and the AP@0.5 pooled over every image, each scored by the fine-tune that did
-    not see it. Runs are grouped by recipe (commit, options, minutes, seed); the latest run per
-    fold counts."""
+    not see it. Runs are grouped by recipe (object scale, options, minutes, seed); the latest
+    run per fold counts, and the commits they ran are listed."""
     runs: dict[tuple, dict[int, dict]] = {}
     for r in rows:
         if not r.get("all_pool", r["k"] == 31 and not r.get("fold")):
             continue
-        key = (r["commit"], json.dumps(r["overrides"], sort_keys=True), r["minutes"],
+        key = (json.dumps(r["overrides"], sort_keys=True), r["minutes"],
                r.get("seed", 0), r["scratch"], r["keep_skill"], r.get("object_scale", False))
         runs.setdefault(key, {})[r.get("fold", 0)] = r
     done = {key: by_fold for key, by_fold in runs.items() if len(by_fold) == FOLDS}
@@ -343,7 +343,7 @@ def cross_validation(rows: list[dict]) -> list[str]:
            "fine-tune that did not see it",
            f"{'recipe':<40} {'min':>4} " + " ".join(f"{'fold ' + str(f):>7}"
                                                    for f in range(FOLDS)) + f" {'pooled':>7}"]
-    for (commit, overrides, minutes, seed, scratch, keep, scale), by_fold in done.items():
+    for (overrides, minutes, seed, scratch, keep, scale), by_fold in done.items():
         t = [by_fold[f]["test"] for f in range(FOLDS)]
         tps = [x.get("tp", round(x["ap50"] * (x["n_true"] + x["n_pred"]) / (1 + x["ap50"])))
                for x in t]
@@ -351,9 +351,10 @@ def cross_validation(rows: list[dict]) -> list[str]:
         name = ("one object scale " if scale else "native scale ") + \
             ("from scratch " if scratch else "") + ("+keep-skill " if keep else "") + \
             (overrides if overrides != "{}" else "as committed") + \
-            (f" seed {seed}" if seed else "") + f" [{commit}]"
+            (f" seed {seed}" if seed else "")
+        commits = sorted({by_fold[f]["commit"] for f in range(FOLDS)})
         out.append(f"{name:<40} {minutes:>4g} " + " ".join(f"{x['ap50']:>7.3f}" for x in t)
-                   + f" {pooled:>7.3f}")
+                   + f" {pooled:>7.3f}  [{', '.join(commits)}]")
     return out
 
 

@@ -193,14 +193,6 @@ def predict_command(
         raise typer.Exit(code=1)
 
 
-def main() -> None:
-    app()
-
-
-if __name__ == "__main__":
-    main()
-
-
 def _diameter(text: str | None) -> float | str | None:
     """``--diameter``: ``auto`` or a number of pixels (checked by ``InferenceOptions``)."""
     if text is None or text.strip().lower() == "auto":
@@ -209,3 +201,12 @@ def _diameter(text: str | None) -> float | str | None:
         return float(text)
     except ValueError:
         return text  # refused with InferenceOptions' message
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
+

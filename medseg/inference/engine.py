@@ -106,7 +106,9 @@ class Prediction:
             was resampled for it (to the card's target spacing, zoomed by
             ``object_diameter``; with ``region``, the box's grid); ``None``: the input's own
             grid. A 2D model over a volume's slices records ``{"slice_shape"}`` instead, when
-            each slice is resampled to the card's ``fov_pixels``.
+            each slice is resampled to the card's ``fov_pixels``. With
+            ``object_diameter="auto"``, ``"object_diameter"`` holds the estimates, the diameter
+            the image was zoomed by (``used``, within the zoom limit) and the model's.
         instance_settings: The instance settings the objects were made with (the card's
             ``instances``, its pixel settings scaled when ``object_diameter`` zoomed the image
             out); ``None`` for a semantic model. A relabelling of the kept probabilities
@@ -132,7 +134,7 @@ class Prediction:
     num_objects: int | None = None
     fit: FitReport = field(default_factory=FitReport)
     region: tuple[tuple[int, int], ...] | None = None
-    model_grid: dict[str, list[float]] | None = None
+    model_grid: dict[str, Any] | None = None
     instance_settings: dict[str, Any] | None = None
     confidence: CaseConfidence | None = None
     work: WorkEstimate | None = None
@@ -509,6 +511,12 @@ class Segmenter:
         t = time.perf_counter()
         sizes, unit = ((prediction.volumes_ml, "mL") if image.meta.ndim == 3
                        else (prediction.areas, prediction.area_unit))
+        grid = prediction.model_grid or {}
+        if unit == "px^2" and "spacing" in grid and self.object_diameter is not None:
+            # zoomed for the objects' diameter: sizes compared at the scale the model learnt
+            shrink = math.prod(float(g) / float(s) for g, s in
+                               zip(grid["spacing"], image.meta.spacing, strict=True))
+            sizes = {name: value / shrink for name, value in sizes.items()}
         fit.checks += check_output(sizes, unit, self.card)
         prediction.fit = fit
         prediction.work = work
@@ -544,7 +552,9 @@ class Segmenter:
                                    else image.spatial_shape[:2])
             batch = self._slices_per_pass(grid)
         else:
-            fixed = self.object_diameter if self.object_diameter != "auto" else None
+            # "auto": the largest pass it may make (the image zoomed in the most)
+            fixed = (self.object_diameter if self.object_diameter != "auto"
+                     else self._trained_diameter() / MAX_ZOOM)
             resampled = self._model_grid(image, fixed)
             grid = resampled[1] if resampled is not None else image.spatial_shape
         options = self.inference_options
@@ -649,15 +659,21 @@ class Segmenter:
         prediction = self._predict(image, diameter=None, **kwargs)
         trained = used = self._trained_diameter()
         estimates: list[float] = []
+        timings = dict(prediction.timings)
         for _ in range(AUTO_DIAMETER_PASSES):
             estimate = estimate_diameter(np.asarray(prediction.labels.array[0]) > 0)
             if estimate is None:
                 break
             estimates.append(round(estimate, 2))
+            # the zoom the engine can make (at most MAX_ZOOM either way)
+            estimate = float(np.clip(estimate, trained / MAX_ZOOM, trained * MAX_ZOOM))
             if abs(math.log(estimate / used)) < math.log1p(AUTO_DIAMETER_TOLERANCE):
                 break
             prediction = self._predict(image, diameter=estimate, **kwargs)
             used = estimate
+            for stage, seconds in prediction.timings.items():  # every pass's time counts
+                timings[stage] = timings.get(stage, 0.0) + seconds
+        prediction.timings = timings
         prediction.model_grid = {**(prediction.model_grid or {}), "object_diameter": {
             "mode": "auto", "estimates": estimates, "used": round(used, 2),
             "trained": round(trained, 2)}}
@@ -673,7 +689,7 @@ class Segmenter:
         want_probabilities = (return_probabilities or bool(self.card.instances)
                               or bool(self.card.confidence) or self.decision_threshold != 0.5)
         if self.card.spatial_dims == 2 and image.meta.ndim == 3:
-            if diameter is not None:
+            if diameter is not None and abs(diameter / self._trained_diameter() - 1) > 1e-6:
                 raise ModelError(f"{image.meta.provenance.path or 'the image'}: "
                                  "object_diameter zooms 2D images; this one is a volume")
             # a confidence (or a two-class threshold) needs only the foreground probability:

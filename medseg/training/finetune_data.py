@@ -49,6 +49,8 @@ class FolderCheck:
         objects: Objects (instance models) or labelled voxels (class models) per stem.
         shapes: Spatial shape per stem.
         channels: The images' channel counts.
+        units: The images' spacing units (``"px"``, ``"um"``, ``"mm"``;
+            :func:`medseg.inference.fit.spacing_unit`).
     """
 
     pairs: list[CasePair]
@@ -58,6 +60,7 @@ class FolderCheck:
     objects: dict[str, int] = field(default_factory=dict)
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     channels: set[int] = field(default_factory=set)
+    units: set[str] = field(default_factory=set)
 
 
 def index_folder(folder: str | Path) -> list[CasePair]:
@@ -113,6 +116,8 @@ def check_pairs(pairs: Sequence[CasePair], card: ModelCard, *,
     Raises:
         DatasetError: The first pair that does not fit, named, with the reason.
     """
+    from medseg.inference.fit import spacing_unit
+
     dims = card.spatial_dims
     wanted = card.image_channels
     found_dims: set[int] = set()
@@ -147,6 +152,7 @@ def check_pairs(pairs: Sequence[CasePair], card: ModelCard, *,
                                f"{label.meta.spacing} vs {image.meta.spacing})")
         result.objects[pair.case_id] = _check_mask_values(pair.label, label, card)
         result.shapes[pair.case_id] = image.spatial_shape
+        result.units.add(spacing_unit(image))
         result.digests[pair.case_id] = content_digest(pair.image)
         if progress is not None:
             progress(n, len(pairs))

@@ -105,7 +105,9 @@ class FinetuneRun:
         self.run_dir.mkdir(parents=True)
         slicewise = self.base.spatial_dims == 2 and check.spatial_dims == 3
         if options.object_scale and self.instances and self.base.spatial_dims == 2 \
-                and check.spatial_dims == 2:
+                and check.spatial_dims == 2 and check.units == {"px"}:
+            # images with a pixel size would make a card in micrometres, whose objects have
+            # no size in pixels to zoom to: those are trained on as they are
             self.scale_to = self.base.object_diameter_px
         held = hold_out(check.pairs, seed=options.seed, band_dir=self.run_dir / "bands",
                         instances=self.instances, slicewise=slicewise)
@@ -116,8 +118,11 @@ class FinetuneRun:
         logger.info("base %s: %s %.4f on the held-back images", self.base.name,
                     metric_name(self.instances), before)
         ruled = self.ruled_base(rule)
-        with_rule, ruled_instances = (self.score_weights(ruled, held) if ruled is not None
-                                      else (None, None))
+        # scored as the fine-tuned model will be (one-scale: the base's settings, not the best
+        # of a grid chosen on these same images)
+        with_rule, ruled_instances = (
+            self.score_weights(ruled, held, fixed=self.scale_to is not None)
+            if ruled is not None else (None, None))
         if with_rule is not None:
             logger.info("base %s's weights with the channel rule %r: %.4f", self.base.name,
                         rule, with_rule)
@@ -140,7 +145,8 @@ class FinetuneRun:
                              steps=result.iterations, improved=improved)
         record.update({"base_with_rule": None if with_rule is None else round(with_rule, 4),
                        "trained": round(trained, 4), "kept_base_weights": kept_base,
-                       "instances_rechosen": instances != self.base.instances})
+                       "instances_rechosen": _without_diameter(instances)
+                       != _without_diameter(self.base.instances)})
         self.report("saving")
         destination = self.destination(improved)
         model_path, card_path = write_finetuned_model(
@@ -186,13 +192,15 @@ class FinetuneRun:
         card.input_channels = None
         return save_model(self.run_dir / "base-with-rule.safetensors", model, card)
 
-    def score_weights(self, model: Path, held: HoldOut, *, scaled: bool = False
-                      ) -> tuple[float, dict[str, Any] | None]:
+    def score_weights(self, model: Path, held: HoldOut, *, scaled: bool = False,
+                      fixed: bool = False) -> tuple[float, dict[str, Any] | None]:
         """The figure of ``model`` on the held-back cases, and the instance settings that
         gave it (the base's, or others re-chosen on them). ``scaled``: the model learnt at
         one object scale; it is scored as it will run, sizing each image
         (``object_diameter="auto"``, with the base's settings: they were chosen at that
-        scale)."""
+        scale). ``fixed``: with the base's settings only (no grid)."""
+        if fixed and not scaled:
+            return self.score(model, held), self.base.instances
         if scaled:
             from medseg.model_card import load_model, save_model
 
@@ -314,6 +322,11 @@ class FinetuneRun:
             "date": time.strftime("%Y-%m-%d"),
             "phase_start_s": dict(self.phase_start),
         }
+
+
+def _without_diameter(spec: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Instance settings without ``object_diameter`` (a sizing, not a setting re-chosen)."""
+    return None if spec is None else {k: v for k, v in spec.items() if k != "object_diameter"}
 
 
 def default_name(base: str) -> str:
