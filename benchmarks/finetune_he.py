@@ -322,6 +322,35 @@ def cmd_memory(args: argparse.Namespace) -> None:
     shutil.rmtree(work, ignore_errors=True)
 
 
+def grid_tables(rows: list[dict], pool_size: int, recipe: str) -> list[str]:
+    """The K x minutes table (draw 0) and the draws table of ``rows`` (one recipe)."""
+    out: list[str] = []
+    grid = {(r["k"], r["minutes"]): r["test"]["ap50"] for r in rows
+            if r.get("tag") in ("grid", "cv") and not r.get("draw")}
+    if grid:
+        out += ["", f"test AP@0.5 after fine-tuning on K images for N minutes, {recipe}: draw "
+                "0; latest run of each cell; - = not run; small K stop before the budget, at "
+                "300 patches per image, so their columns would repeat:",
+                f"{'K':>6} " + " ".join(f"{m:>7g} min" for m in (5, 10, 20))]
+        for k in (1, 3, 5, 10, pool_size):
+            label = "all " + str(k) if k == pool_size else str(k)
+            out.append(f"{label:>6} " + " ".join(
+                f"{grid[(k, m)]:>11.3f}" if (k, m) in grid else f"{'-':>11}"
+                for m in (5.0, 10.0, 20.0)))
+    latest = {(r["k"], r.get("draw", 0)): r["test"]["ap50"] for r in rows
+              if r.get("tag") == "grid" and r["minutes"] == 10.0 and r["k"] < pool_size}
+    draws: dict[int, list[float]] = {}
+    for (k, _), value in sorted(latest.items()):
+        draws.setdefault(k, []).append(value)
+    if any(len(v) > 1 for v in draws.values()):
+        out += ["", f"test AP@0.5 over different draws of K images, {recipe} (10 min; latest "
+                "run of each draw):"]
+        for k, values in sorted(draws.items()):
+            out.append(f"  K={k}: mean {np.mean(values):.3f} over {len(values)} draw(s) "
+                       f"({', '.join(f'{v:.3f}' for v in values)})")
+    return out
+
+
 def cross_validation(rows: list[dict]) -> list[str]:
     """Lines of the all-pool fine-tunes over the :data:`FOLDS` colour-group folds: each fold's
     test AP@0.5 and the AP@0.5 pooled over every image, each scored by the fine-tune that did
@@ -387,29 +416,10 @@ def render() -> None:
                        + (f"; fluorescence validation AP@0.5 {fl['ap50']:.3f}" if fl else ""))
     folded = [r for r in rows if r["kind"] == "cell" and r.get("commit")]
     final = [r for r in folded if not r.get("fold")]
-    grid = {(r["k"], r["minutes"]): r["test"]["ap50"] for r in final
-            if r.get("tag") == "grid" and not r.get("draw")}
-    if grid:
-        out += ["", "test AP@0.5 after fine-tuning on K images for N minutes (the recipe as "
-                "committed, draw 0; latest run of each cell; - = not run; small K stop "
-                "before the budget, at 300 patches per image):",
-                f"{'K':>6} " + " ".join(f"{m:>7g} min" for m in (5, 10, 20))]
-        for k in (1, 3, 5, 10, len(pool)):
-            label = "all " + str(k) if k == len(pool) else str(k)
-            out.append(f"{label:>6} " + " ".join(
-                f"{grid[(k, m)]:>11.3f}" if (k, m) in grid else f"{'-':>11}"
-                for m in (5.0, 10.0, 20.0)))
-    latest = {(r["k"], r.get("draw", 0)): r["test"]["ap50"] for r in final
-              if r.get("tag") == "grid" and r["minutes"] == 10.0 and r["k"] < len(pool)}
-    draws: dict[int, list[float]] = {}
-    for (k, _), value in sorted(latest.items()):
-        draws.setdefault(k, []).append(value)
-    if any(len(v) > 1 for v in draws.values()):
-        out += ["", "test AP@0.5 over different draws of K images (10 min; latest run of each "
-                "draw):"]
-        for k, values in sorted(draws.items()):
-            out.append(f"  K={k}: mean {np.mean(values):.3f} over {len(values)} draw(s) "
-                       f"({', '.join(f'{v:.3f}' for v in values)})")
+    for scale in (True, False):
+        out += grid_tables([r for r in final if bool(r.get("object_scale")) == scale],
+                           len(pool), "one object scale (the recipe as committed)" if scale
+                           else "native scale (before one object scale)")
     out += cross_validation(folded)
     out += ["", "every run (commit = the code it ran; rows without one ran before the recipe "
             "was final: no step cap, instance settings re-chosen on any hold-out, no "
