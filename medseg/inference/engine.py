@@ -76,8 +76,10 @@ _WHOLE_IMAGE_PIXELS = 1 << 21
 #: ``object_diameter`` zooms an image by at most this factor either way.
 MAX_ZOOM = 2.0
 #: ``object_diameter="auto"``: zoomed passes after the first at native pixels, at most (H&E
-#: nuclei, a fine-tuned model: one re-estimate gave pooled AP@0.5 0.547, two 0.556, the true
-#: diameters 0.574; benchmarks/results/finetune_he.txt).
+#: nuclei, models fine-tuned at one object scale, 3 folds of other images: pooled AP@0.5 at
+#: native pixels 0.577 / 0.470 / 0.616, one re-estimate 0.648 / 0.545 / 0.618, two 0.641 /
+#: 0.550 / 0.627, each image's true diameter 0.637 / 0.550 / 0.658;
+#: benchmarks/results/finetune_he.txt).
 AUTO_DIAMETER_PASSES = 2
 #: ... and no further pass once the estimate is within this fraction of the diameter used.
 AUTO_DIAMETER_TOLERANCE = 0.1
