@@ -32,7 +32,7 @@ def median_object_diameter(ids: np.ndarray) -> float | None:
     Examples:
         >>> ids = np.zeros((40, 40), np.uint16); ids[:10, :10] = 1; ids[20:, 20:] = 2
         >>> round(median_object_diameter(ids), 1)
-        17.0
+        17.8
     """
     _, counts = np.unique(ids[ids > 0], return_counts=True)
     if counts.size == 0:
