@@ -315,3 +315,26 @@ def test_auto_object_diameter_finds_the_magnification_itself() -> None:
     with pytest.raises(ModelError, match="object_diameter"):
         ModelCard.from_dict({**native.card.to_dict(),
                              "instances": {**native.card.instances, "object_diameter": 20}})
+
+
+def test_the_models_own_diameter_on_a_stack_is_no_zoom() -> None:
+    """A 2D model over a stack runs each slice at native pixels: its own diameter (what napari
+    passes for "native" on a model whose card says auto) is accepted, another is refused."""
+    from medseg.errors import ModelError
+    from medseg.inference import Segmenter
+    from medseg.io import ImageMeta, MedImage, read_image
+    from medseg.samples import nuclei_samples
+
+    png, _ = nuclei_samples()[0]
+    plane = read_image(png).array[:, :64, :64]
+    stack = MedImage(np.stack([plane, plane], axis=-1), ImageMeta.identity(3))
+    native = Segmenter.from_file("nuclei", device="cpu")
+    trained = native.card.object_diameter_px
+    same = Segmenter(native.model, native.card,
+                     native.inference_options.replace(object_diameter=trained))
+    np.testing.assert_array_equal(same.predict(stack).labels.array,
+                                  native.predict(stack).labels.array)
+    other = Segmenter(native.model, native.card,
+                      native.inference_options.replace(object_diameter=2 * trained))
+    with pytest.raises(ModelError, match="zooms 2D images"):
+        other.predict(stack)
