@@ -656,9 +656,9 @@ class Segmenter:
         recorded in ``model_grid["object_diameter"]``. A volume runs at native pixels."""
         from medseg.inference.diameter import estimate_diameter
 
-        if self.card.spatial_dims == 2 and image.meta.ndim == 3:
-            return self._predict(image, diameter=None, **kwargs)
         prediction = self._predict(image, diameter=None, **kwargs)
+        if self.card.spatial_dims == 2 and image.meta.ndim == 3:
+            return prediction
         trained = used = self._trained_diameter()
         estimates: list[float] = []
         timings = dict(prediction.timings)
