@@ -194,7 +194,10 @@ def main() -> None:
     try:
         app()
     except SystemExit as exc:  # typer ends every command this way
+        distributed = ddp.is_distributed()
         ddp.shutdown(together=exc.code in (0, None))
+        if distributed:
+            ddp.exit_process(exc.code)
         raise
     except BaseException:
         ddp.shutdown(together=False)
