@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections import Counter
 from types import SimpleNamespace
 
@@ -160,3 +162,23 @@ def test_weighted_stream_draws_by_the_weights_and_resumes_the_same_sequence() ->
         ddp.CaseStream(3, batch_size=1, seed=0, rank=0, world_size=1, weights=[0.5, 0.5])
     with pytest.raises(ValueError, match="not all zero"):
         ddp.CaseStream(2, batch_size=1, seed=0, rank=0, world_size=1, weights=[0.0, 0.0])
+
+
+@pytest.mark.parametrize(("code", "status", "stderr"), [(None, 0, ""), (0, 0, ""), (3, 3, ""),
+                                                        ("bad config", 1, "bad config")])
+def test_exit_process_flushes_and_keeps_the_exit_status(code: object, status: int,
+                                                        stderr: str) -> None:
+    """A finished distributed rank leaves with ``os._exit``: what it printed and logged (still
+    buffered, as through a pipe) reaches the reader, and the exit status is SystemExit's."""
+    script = ("import logging, sys\n"
+              "from medseg.distributed import ddp\n"
+              "logging.basicConfig(stream=sys.stderr, format='%(message)s')\n"
+              "print('{\"iterations\": 6}')\n"
+              "logging.getLogger('x').warning('logged before exit')\n"
+              f"ddp.exit_process({code!r})\n"
+              "print('never reached')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == status
+    assert done.stdout == '{"iterations": 6}\n'
+    assert "logged before exit" in done.stderr and stderr in done.stderr
