@@ -351,6 +351,13 @@ def grid_tables(rows: list[dict], pool_size: int, recipe: str) -> list[str]:
     return out
 
 
+def _true_positives(test: dict) -> int:
+    """A scored run's matched objects (older rows kept only AP, n_true and n_pred:
+    AP = TP / (n_true + n_pred - TP))."""
+    return int(test.get("tp", round(test["ap50"] * (test["n_true"] + test["n_pred"])
+                                     / (1 + test["ap50"]))))
+
+
 def cross_validation(rows: list[dict]) -> list[str]:
     """Lines of the all-pool fine-tunes over the :data:`FOLDS` colour-group folds: each fold's
     test AP@0.5 and the AP@0.5 pooled over every image, each scored by the fine-tune that did
@@ -374,8 +381,7 @@ def cross_validation(rows: list[dict]) -> list[str]:
                                                    for f in range(FOLDS)) + f" {'pooled':>7}"]
     for (overrides, minutes, seed, scratch, keep, scale), by_fold in done.items():
         t = [by_fold[f]["test"] for f in range(FOLDS)]
-        tps = [x.get("tp", round(x["ap50"] * (x["n_true"] + x["n_pred"]) / (1 + x["ap50"])))
-               for x in t]
+        tps = [_true_positives(x) for x in t]
         pooled = sum(tps) / (sum(x["n_true"] + x["n_pred"] for x in t) - sum(tps))
         name = ("one object scale " if scale else "native scale ") + \
             ("from scratch " if scratch else "") + ("+keep-skill " if keep else "") + \
@@ -384,6 +390,46 @@ def cross_validation(rows: list[dict]) -> list[str]:
         commits = sorted({by_fold[f]["commit"] for f in range(FOLDS)})
         out.append(f"{name:<40} {minutes:>4g} " + " ".join(f"{x['ap50']:>7.3f}" for x in t)
                    + f" {pooled:>7.3f}  [{', '.join(commits)}]")
+    return out
+
+
+def few_images_over_folds(rows: list[dict]) -> list[str]:
+    """Lines of the few-image fine-tunes (K < the pool, 10 min, one object scale, tag ``grid``
+    on fold 0 or ``kfold`` on the others) over the colour-group folds: per K and fold the test
+    AP@0.5 of each draw, and per draw number the AP@0.5 pooled over every fold's test images
+    (all 47 images, each scored by a fine-tune that did not see it); latest run of each cell."""
+    latest: dict[tuple[int, int, int], dict] = {}
+    for r in rows:
+        if (r["kind"] == "cell" and r.get("commit") and r.get("object_scale")
+                and r["minutes"] == 10.0 and not r["scratch"] and not r["keep_skill"]
+                and not r["overrides"] and r["k"] <= 10
+                and r.get("tag") in ("grid", "kfold")):
+            latest[(r["k"], r.get("fold", 0), r.get("draw", 0))] = r
+    out: list[str] = []
+    for k in sorted({key[0] for key in latest}):
+        folds: dict[int, dict[int, dict]] = {f: {} for f in range(FOLDS)}
+        for (kk, f, d), r in latest.items():
+            if kk == k:
+                folds[f][d] = r["test"]
+        if sum(1 for v in folds.values() if v) < 2:
+            continue
+        if not out:
+            out += ["", "few images over the folds (one object scale, 10 min): test AP@0.5 of "
+                    "each draw of K images from the fold's pool; pooled = one draw per fold, "
+                    "over all 47 images, each scored by a fine-tune that did not see it"]
+        for f, by_draw in folds.items():
+            if by_draw:
+                values = [by_draw[d]["ap50"] for d in sorted(by_draw)]
+                out.append(f"  K={k} fold {f}: mean {np.mean(values):.3f} over {len(values)} "
+                           f"draw(s) ({', '.join(f'{v:.3f}' for v in values)})")
+        pooled = []
+        for d in sorted(set.intersection(*(set(v) for v in folds.values()))):
+            t = [folds[f][d] for f in range(FOLDS)]
+            tp = sum(_true_positives(x) for x in t)
+            pooled.append(tp / (sum(x["n_true"] + x["n_pred"] for x in t) - tp))
+        if pooled:
+            out.append(f"  K={k} pooled over the {FOLDS} folds: mean {np.mean(pooled):.3f} over "
+                       f"{len(pooled)} draw(s) ({', '.join(f'{v:.3f}' for v in pooled)})")
     return out
 
 
@@ -421,6 +467,7 @@ def render() -> None:
                            len(pool), "one object scale (the recipe as committed)" if scale
                            else "native scale (before one object scale)")
     out += cross_validation(folded)
+    out += few_images_over_folds(folded)
     out += ["", "every run (commit = the code it ran; rows without one ran before the recipe "
             "was final: no step cap, instance settings re-chosen on any hold-out, no "
             "rule-alone comparison):",
