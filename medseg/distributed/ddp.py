@@ -150,7 +150,7 @@ def exit_process(code: object) -> None:
     elif isinstance(code, int):
         status = code
     else:
-        print(code, file=sys.stderr)
+        sys.stderr.write(f"{code}\n")  # as SystemExit reports a message
         status = 1
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):  # closed or broken pipe: nothing to lose
