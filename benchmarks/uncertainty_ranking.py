@@ -84,11 +84,12 @@ def run_one(ids: list[str], *, strategy: str, k: int, number: int, steps: int,
     folder = make_folder(ids, work / "data")
     os.environ["MEDSEG_MODELS_DIR"] = str(work / "models")
     t0 = time.monotonic()
-    result = finetune(FinetuneOptions(base="nuclei", data=folder, minutes=minutes,
-                                      export=work / "out.safetensors", seed=seed,
-                                      num_threads=1,
-                                      overrides={"epochs": steps // ITERS_PER_EPOCH}))
+    options = FinetuneOptions(base="nuclei", data=folder, minutes=minutes,
+                              export=work / "out.safetensors", seed=seed, num_threads=1,
+                              overrides={"epochs": steps // ITERS_PER_EPOCH})
+    result = finetune(options)
     row = {"strategy": strategy, "k": k, "draw": number, "seed": seed, "planned_steps": steps,
+           "object_scale": options.object_scale,
            "minutes": minutes, "images": ids,
            "steps": result.steps, "wall_min": round((time.monotonic() - t0) / 60, 2),
            "own_before": round(result.before, 4), "own_after": round(result.after, 4),
@@ -152,7 +153,10 @@ def render() -> None:
         out.append("")
     table = rows()
     for steps in sorted({r["planned_steps"] for r in table}):
-        out.append(f"test AP@0.5 after fine-tuning for {steps} steps:")
+        scale = any(r.get("object_scale") for r in table if r["planned_steps"] == steps)
+        out.append(f"test AP@0.5 after fine-tuning for {steps} steps"
+                   + (" (one object scale, the current recipe):" if scale
+                      else " (native scale, the recipe before one object scale):"))
         out.append(f"{'K':>3}  {'least confident (each seed)':<27} {'mean':>6} {'sd':>5}  "
                    f"{'random (each draw)':<22} {'mean':>6} {'sd':>5}  {'difference':>10}")
         for k in sorted({r["k"] for r in table if r["planned_steps"] == steps}):
