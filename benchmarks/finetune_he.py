@@ -351,11 +351,12 @@ def grid_tables(rows: list[dict], pool_size: int, recipe: str) -> list[str]:
     return out
 
 
-def _true_positives(test: dict) -> int:
-    """A scored run's matched objects (older rows kept only AP, n_true and n_pred:
-    AP = TP / (n_true + n_pred - TP))."""
-    return int(test.get("tp", round(test["ap50"] * (test["n_true"] + test["n_pred"])
-                                     / (1 + test["ap50"]))))
+def _pooled_ap(tests: list[dict]) -> float:
+    """AP@0.5 pooled over several scored runs' test images: TP / (n_true + n_pred - TP) summed
+    over the runs (older rows kept only AP, n_true and n_pred; their TP is solved from them)."""
+    tp = sum(int(x.get("tp", round(x["ap50"] * (x["n_true"] + x["n_pred"]) / (1 + x["ap50"]))))
+             for x in tests)
+    return tp / (sum(x["n_true"] + x["n_pred"] for x in tests) - tp)
 
 
 def cross_validation(rows: list[dict]) -> list[str]:
@@ -381,8 +382,7 @@ def cross_validation(rows: list[dict]) -> list[str]:
                                                    for f in range(FOLDS)) + f" {'pooled':>7}"]
     for (overrides, minutes, seed, scratch, keep, scale), by_fold in done.items():
         t = [by_fold[f]["test"] for f in range(FOLDS)]
-        tps = [_true_positives(x) for x in t]
-        pooled = sum(tps) / (sum(x["n_true"] + x["n_pred"] for x in t) - sum(tps))
+        pooled = _pooled_ap(t)
         name = ("one object scale " if scale else "native scale ") + \
             ("from scratch " if scratch else "") + ("+keep-skill " if keep else "") + \
             (overrides if overrides != "{}" else "as committed") + \
@@ -422,11 +422,8 @@ def few_images_over_folds(rows: list[dict]) -> list[str]:
                 values = [by_draw[d]["ap50"] for d in sorted(by_draw)]
                 out.append(f"  K={k} fold {f}: mean {np.mean(values):.3f} over {len(values)} "
                            f"draw(s) ({', '.join(f'{v:.3f}' for v in values)})")
-        pooled = []
-        for d in sorted(set.intersection(*(set(v) for v in folds.values()))):
-            t = [folds[f][d] for f in range(FOLDS)]
-            tp = sum(_true_positives(x) for x in t)
-            pooled.append(tp / (sum(x["n_true"] + x["n_pred"] for x in t) - tp))
+        pooled = [_pooled_ap([folds[f][d] for f in range(FOLDS)])
+                  for d in sorted(set.intersection(*(set(v) for v in folds.values())))]
         if pooled:
             out.append(f"  K={k} pooled over the {FOLDS} folds: mean {np.mean(pooled):.3f} over "
                        f"{len(pooled)} draw(s) ({', '.join(f'{v:.3f}' for v in pooled)})")

@@ -26,6 +26,7 @@ import atexit
 import contextlib
 import logging
 import os
+import sys
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
@@ -143,8 +144,6 @@ def exit_process(code: object) -> None:
     had finished and written everything, and ``torchrun`` then reported the run as failed.
     Everything the run writes is closed before this point; ``atexit`` handlers do not run.
     """
-    import sys
-
     if code is None:
         status = 0
     elif isinstance(code, int):
