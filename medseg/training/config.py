@@ -252,6 +252,10 @@ class TrainConfig:
         lr_schedule: ``"poly"`` (exponent 0.9) or ``"cosine"``, over the run's progress
             (iterations or time budget, whichever ends first).
         warmup_iters: Linear warm-up iterations.
+        ema_decay: Keep an exponential moving average of the weights with this decay per
+            step (``0``: off). Validation, the ``best``/``last`` checkpoints and the exported
+            model are the average; the raw weights travel in the resume state. The average
+            starts with a shorter memory (``min(decay, (1 + t) / (10 + t))`` at step ``t``).
         epochs: Maximum epochs.
         iters_per_epoch: Iterations per epoch.
         time_budget_min: Stop after this many minutes (whole run) and keep best; ``None`` off.
@@ -304,6 +308,7 @@ class TrainConfig:
     weight_decay: float = 3e-5
     lr_schedule: str = "poly"
     warmup_iters: int = 0
+    ema_decay: float = 0.0
     epochs: int = 100
     iters_per_epoch: int = 100
     time_budget_min: float | None = None
@@ -334,6 +339,8 @@ class TrainConfig:
             raise ConfigError(f"loss must be 'dice_ce' or 'ce', got {self.loss!r}")
         if self.lr_schedule not in ("poly", "cosine"):
             raise ConfigError(f"lr_schedule must be 'poly' or 'cosine', got {self.lr_schedule!r}")
+        if not 0.0 <= float(self.ema_decay) < 1.0:
+            raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.amp not in ("auto", "bf16", "fp16", "off"):
             raise ConfigError(f"amp must be auto, bf16, fp16 or off, got {self.amp!r}")
         if self.spatial_dims not in (None, 2, 3):

@@ -8,6 +8,7 @@ logs and writes, and the model can be wrapped (``wrap_model``, e.g. DDP) from ou
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import time
@@ -236,6 +237,9 @@ class _Run:
             logger.info("weights from %s", config.init_from)
         self.on_validation: Callable[[dict[str, Any]], None] | None = None
         self.net = self.model
+        #: The moving average of the weights (``config.ema_decay``): what is validated, saved
+        #: and exported; ``None``: the weights themselves.
+        self.ema = _frozen_copy(self.model) if config.ema_decay else None
         self.optimizer = _make_optimizer(config, self.model)
         self.generator = torch.Generator().manual_seed(config.seed * 1000 + runtime.rank)
         self.iteration, self.elapsed_before = 0, 0.0
@@ -295,7 +299,12 @@ class _Run:
                               "differs from the checkpoint's (dataset or seed changed)")
         weights, _ = checkpoint_paths(self.run_dir, "last")
         device = str(next(self.model.parameters()).device)
-        load_safetensors_model(self.model, str(weights), strict=True, device=device)
+        load_safetensors_model(self.kept_model, str(weights), strict=True, device=device)
+        if self.ema is not None:
+            if "raw_weights" not in state:
+                raise ConfigError(f"{self.run_dir}: cannot resume with ema_decay, the "
+                                  "checkpoint was saved without a moving average")
+            self.model.load_state_dict(state["raw_weights"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(self.group.generator_state(state, seed=self.config.seed))
         logger.info("resumed from %s at iteration %d", weights, state["iteration"])
@@ -350,8 +359,15 @@ class _Run:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), 12.0)
             self.optimizer.step()
+        if self.ema is not None:
+            update_average(self.ema, self.model, ema_decay_at(config.ema_decay, self.iteration))
         self.iteration += 1
         return float(loss.detach()), lr
+
+    @property
+    def kept_model(self) -> torch.nn.Module:
+        """The weights that are validated and saved: the moving average when there is one."""
+        return self.ema if self.ema is not None else self.model
 
     def validate(self) -> None:
         """Validation Dice over the held-out cases (sharded over the ranks); a new best is
@@ -361,7 +377,7 @@ class _Run:
             return
         config, plan = self.config, self.plan
         t0 = time.monotonic()
-        result = self.group.validate(validate, self.model, self.data.val_cases,
+        result = self.group.validate(validate, self.kept_model, self.data.val_cases,
                                      num_classes=plan.num_classes,
                                      roi_size=plan.patch_size, overlap=config.val_overlap,
                                      device=self.runtime.device,
@@ -399,7 +415,10 @@ class _Run:
                  "optimizer": self.optimizer.state_dict(),
                  "generator": self.generator.get_state(), "rank_generators": rank_generators,
                  "history": self.history, "best": self.best, "split": self.data.split}
-        save_checkpoint(self.run_dir, tag, self.model, card, state)
+        if self.ema is not None:  # the file holds the average; resuming needs the weights too
+            state["raw_weights"] = {k: v.detach().cpu() for k, v in
+                                    self.model.state_dict().items()}
+        save_checkpoint(self.run_dir, tag, self.kept_model, card, state)
 
     def finish(self, stop_reason: str) -> TrainResult:
         """Close the logs and wait for rank 0's checkpoints; the run's result."""
@@ -414,6 +433,36 @@ class _Run:
                         else weights_last)
         return TrainResult(self.run_dir, weights_best, weights_last, self.best or {},
                            self.iteration, self.elapsed(), self.plan)
+
+
+def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
+    ema = copy.deepcopy(model)
+    for p in ema.parameters():
+        p.requires_grad_(False)
+    return ema
+
+
+def ema_decay_at(decay: float, iteration: int) -> float:
+    """The moving average's decay at ``iteration``: ``decay``, with a shorter memory at the
+    start so the first steps away from the initial weights are not averaged away.
+
+    Examples:
+        >>> ema_decay_at(0.99, 0), round(ema_decay_at(0.99, 90), 3), ema_decay_at(0.99, 5000)
+        (0.1, 0.91, 0.99)
+    """
+    return min(decay, (1 + iteration) / (10 + iteration))
+
+
+@torch.no_grad()
+def update_average(average: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """``average <- decay * average + (1 - decay) * model`` for every floating-point
+    parameter and buffer (other buffers are copied)."""
+    avg = average.state_dict()
+    for name, value in model.state_dict().items():
+        if value.is_floating_point():
+            avg[name].lerp_(value, 1.0 - decay)
+        else:
+            avg[name].copy_(value)
 
 
 def make_targets(label: torch.Tensor, config: TrainConfig
