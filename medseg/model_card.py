@@ -126,8 +126,9 @@ class ModelCard:
             confidence", with what it was chosen on and how well it separates poor results);
             with it the engine always computes the score. ``None``: no threshold (the score is
             still computed whenever probabilities are).
-        channel_rule: How an input becomes the model's one channel (``"luminance-inverted"``:
-            the negative of a colour image's luminance; see :mod:`medseg.transforms.channels`),
+        channel_rule: How an input becomes the model's channel(s) (``"luminance-inverted"``:
+            the negative of a colour image's luminance; ``"rgb-auto"``: three colour channels;
+            see :mod:`medseg.transforms.channels`),
             applied in training and at inference alike, before ``input_channels``;
             ``None``: no rule.
         context_slices: For a 2D model over volumes: how many neighbouring slices on either
@@ -218,11 +219,13 @@ class ModelCard:
                              f"2k + 1 slices, got {k!r} ({self.network.spatial_dims}D network, "
                              f"{self.network.in_channels} input channels)")
         if self.channel_rule is not None:
-            from medseg.transforms.channels import CHANNEL_RULES
+            from medseg.transforms.channels import CHANNEL_RULES, rule_channels
 
-            if self.channel_rule not in CHANNEL_RULES or self.image_channels != 1:
+            if self.channel_rule not in CHANNEL_RULES \
+                    or self.image_channels != rule_channels(self.channel_rule):
                 raise ModelError(f"model card {self.name!r}: channel_rule must be one of "
-                                 f"{CHANNEL_RULES} for a one-channel network, got "
+                                 f"{CHANNEL_RULES} that makes the network's "
+                                 f"{self.image_channels} input channel(s), got "
                                  f"{self.channel_rule!r}")
         for name in ("input_channels", "fov_pixels"):
             value = getattr(self, name)

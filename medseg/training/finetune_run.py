@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from medseg.errors import DatasetError
+from medseg.errors import DatasetError, ModelError
 from medseg.model_card import ModelCard, file_sha256, read_model_card
 from medseg.models import MODEL_SUFFIX, list_models, user_models_dir
 from medseg.training.config import TrainConfig
@@ -38,6 +38,7 @@ from medseg.training.finetune_score import (
     score_model,
     settings_variants,
 )
+from medseg.transforms.channels import rule_channels
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,9 @@ class FinetuneRun:
         self.budget_s = options.minutes * 60.0
         self.base_path = base_model_path(options.base)
         self.base = read_model_card(self.base_path)
+        #: the weights training starts from: the base's, or the base's widened to the rule's
+        #: channels (:func:`widened`)
+        self.start_path = self.base_path
         self.name = options.name or (options.export.name[: -len(MODEL_SUFFIX)]
                                      if options.export else default_name(self.base.name))
         self.run_dir = options.run_dir or user_models_dir() / "runs" / self.name
@@ -188,9 +192,15 @@ class FinetuneRun:
         from medseg.model_card import load_model, save_model
 
         model, card = load_model(self.base_path)
+        wider = rule_channels(rule) != card.image_channels
+        if wider:
+            model, card = widened(model, card, rule_channels(rule))
         card.channel_rule = rule
         card.input_channels = None
-        return save_model(self.run_dir / "base-with-rule.safetensors", model, card)
+        path = save_model(self.run_dir / "base-with-rule.safetensors", model, card)
+        if wider:
+            self.start_path = path
+        return path
 
     def score_weights(self, model: Path, held: HoldOut, *, scaled: bool = False,
                       fixed: bool = False) -> tuple[float, dict[str, Any] | None]:
@@ -269,7 +279,7 @@ class FinetuneRun:
         fails first)."""
         options = self.options
         channels = check.channels if check is not None else set()
-        return finetune_config(self.base, base_path=self.base_path, name=self.name,
+        return finetune_config(self.base, base_path=self.start_path, name=self.name,
                                manifest=manifest, val_cases=val_cases,
                                run_dir=self.run_dir / "train", minutes=minutes,
                                channel_rule=rule, seed=options.seed,
@@ -338,6 +348,34 @@ def default_name(base: str) -> str:
         n += 1
         name = f"{stem}-{n}"
     return name
+
+
+def widened(model: Any, card: ModelCard, channels: int) -> tuple[Any, ModelCard]:
+    """A one-channel 2D/3D network (and its card) widened to ``channels`` (3) input channels:
+    the input layer's weights spread over the colours
+    (:func:`medseg.transforms.channels.widen_input_weights`), every other weight kept."""
+    from dataclasses import replace
+
+    import torch
+
+    from medseg.networks.factory import build_network
+    from medseg.transforms.channels import widen_input_weights
+
+    if card.image_channels != 1 or card.context_slices or channels != 3:
+        raise ModelError(f"model {card.name!r}: only a one-channel network (no context slices) "
+                         f"can be widened to three colour channels")
+    network = replace(card.network, in_channels=channels)
+    wide = build_network(network)
+    old = model.state_dict()
+    state = {}
+    for name, value in wide.state_dict().items():
+        source = old[name]
+        if source.shape != value.shape:
+            source = torch.from_numpy(widen_input_weights(source.detach().cpu().numpy()))
+        state[name] = source
+    wide.load_state_dict(state)
+    card = replace(card, network=network)
+    return wide, card
 
 
 def polarity_rule(check: FolderCheck, card: ModelCard) -> str:

@@ -1,4 +1,4 @@
-"""Channel rules: how a colour (or grey) image becomes the one channel a model takes.
+"""Channel rules: how a colour (or grey) image becomes the channel(s) a model takes.
 
 A model trained on one-channel images (fluorescence nuclei: bright nuclei on a dark background)
 meets RGB(A) images (H&E: dark purple nuclei on a bright background). A rule, written in the
@@ -15,6 +15,10 @@ input into one channel the same way in training and at inference:
   the upper half of its 1st-99.8th percentile range (a bright background: H&E, brightfield),
   kept as it is otherwise (a dark background: fluorescence). Each image is judged on its own,
   so a model fine-tuned on H&E with this rule still sees fluorescence images as before.
+* ``rgb-auto``: three channels, R, G and B (a grey image repeated three times), all turned into
+  their negative when the luminance has a bright background (as ``luminance-auto`` judges
+  it). A one-channel model fine-tuned with it first has its input layer widened so that it
+  sees ``luminance-auto`` (:func:`widen_input_weights`), then learns from the colours.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from medseg.errors import ModelError
 
 SOURCES = ("luminance", "red", "green", "blue")
 CHANNEL_RULES = (*(f"{s}{inv}" for s in SOURCES for inv in ("", "-inverted")),
-                 "luminance-auto")
+                 "luminance-auto", "rgb-auto")
 #: ``luminance-auto`` inverts an image whose median sits above this fraction of its range.
 AUTO_MIDPOINT = 0.5
 _AUTO_SAMPLE = 1_000_000
@@ -39,8 +43,14 @@ def check_channel_rule(rule: str) -> str:
     return rule
 
 
+def rule_channels(rule: str) -> int:
+    """How many channels ``rule`` makes (3 for ``rgb-auto``, else 1)."""
+    return 3 if check_channel_rule(rule) == "rgb-auto" else 1
+
+
 def apply_channel_rule(array: np.ndarray, rule: str) -> np.ndarray:
-    """The one channel ``(1, *spatial)`` float32 that ``rule`` makes of ``array`` ``(C, *spatial)``.
+    """The channel(s) ``(rule_channels(rule), *spatial)`` float32 that ``rule`` makes of
+    ``array`` ``(C, *spatial)``.
 
     A grey image (one channel) or a colour image (3 channels, or 4 with alpha) is accepted.
 
@@ -52,6 +62,8 @@ def apply_channel_rule(array: np.ndarray, rule: str) -> np.ndarray:
         [[[155.0]]]
         >>> round(float(apply_channel_rule(rgb, "luminance")[0, 0, 0]), 1)
         124.2
+        >>> apply_channel_rule(np.array([[[7]]], dtype=np.uint8), "rgb-auto").ravel().tolist()
+        [7.0, 7.0, 7.0]
     """
     check_channel_rule(rule)
     source, _, inverted = rule.partition("-")
@@ -59,6 +71,12 @@ def apply_channel_rule(array: np.ndarray, rule: str) -> np.ndarray:
     if channels not in (1, 3, 4):
         raise ModelError(f"channel rule {rule!r} takes a grey or RGB(A) image, this one has "
                          f"{channels} channels")
+    if source == "rgb":
+        out = np.asarray(np.repeat(array, 3, 0) if channels == 1 else array[:3], np.float32)
+        luma = out[:1] if channels == 1 else np.tensordot(_LUMA, out, axes=1)[None]
+        if bright_background(luma):
+            out = _top(array) - out
+        return np.ascontiguousarray(out, dtype=np.float32)
     if channels == 1:
         out = np.asarray(array, dtype=np.float32)
     elif source == "luminance":
@@ -92,3 +110,21 @@ def _top(array: np.ndarray) -> float:
     if np.issubdtype(array.dtype, np.integer) and np.iinfo(array.dtype).bits <= 16:
         return float(np.iinfo(array.dtype).max)
     return float(np.max(array)) if array.size else 0.0
+
+
+def widen_input_weights(weight: np.ndarray) -> np.ndarray:
+    """A one-channel network's first convolution ``(out, 1, *kernel)`` widened to take the
+    three channels of ``rgb-auto``: each channel gets the weights times its luma coefficient,
+    so on an image the widened network computes what the one-channel network computes on
+    the ``luminance-auto`` channel (the same sum of R, G and B; with a per-channel
+    normalisation, nearly: the channels' ranges differ a little).
+
+    Examples:
+        >>> w = np.ones((2, 1, 3, 3), np.float32)
+        >>> widen_input_weights(w).shape, round(float(widen_input_weights(w)[0, :, 0, 0].sum()), 6)
+        ((2, 3, 3, 3), 1.0)
+    """
+    if weight.ndim < 3 or weight.shape[1] != 1:
+        raise ModelError(f"only a one-channel input layer can be widened, got {weight.shape}")
+    shape = [1, 3] + [1] * (weight.ndim - 2)
+    return (np.asarray(weight, np.float32) * _LUMA.reshape(shape)).astype(weight.dtype)
