@@ -104,8 +104,9 @@ class DataConfig:
         folds: Cross-validation: split the cases (whole groups with ``group_file``) into this
             many folds by a seeded shuffle; ``fold`` is validated on, the rest trained on.
         fold: Which fold (``0 .. folds-1``) is the validation set.
-        channel_rule: Turn every image into one channel by this rule (``"luminance-inverted"``
-            for H&E images given to a fluorescence model; see
+        channel_rule: Turn every image into the model's channel(s) by this rule
+            (``"luminance-inverted"`` for H&E images given to a fluorescence model,
+            ``"rgb-auto"`` for their three colours; see
             :mod:`medseg.transforms.channels`), recorded in the model card so inference does
             the same; applied before ``channels``. ``None``: no rule.
         stream: Keep the prepared cases on disk (in the run folder) and read each patch's

@@ -39,3 +39,48 @@ def test_a_channel_rule_needs_a_one_channel_network() -> None:
     data["channel_rule"] = "sepia"
     with pytest.raises(ModelError, match="channel_rule must be one of"):
         type(card).from_dict(data)
+    data["channel_rule"] = "rgb-auto"  # three channels, for a one-channel network
+    with pytest.raises(ModelError, match="3 input channel|1 input channel"):
+        type(card).from_dict(data)
+
+
+def test_rgb_auto_keeps_the_colours_inverting_a_bright_background() -> None:
+    rgba = np.full((4, 8, 8), 255, np.uint8)
+    rgba[:3] = np.array([230, 190, 220], np.uint8)[:, None, None]  # pale pink
+    rgba[:3, 2:4, 2:4] = np.array([90, 40, 140], np.uint8)[:, None, None]  # a purple nucleus
+    out = apply_channel_rule(rgba, "rgb-auto")
+    assert out.shape == (3, 8, 8) and out.dtype == np.float32
+    np.testing.assert_array_equal(out[:, 0, 0], [25, 65, 35])  # 255 - background
+    np.testing.assert_array_equal(out[:, 2, 2], [165, 215, 115])  # 255 - nucleus
+    dark = np.zeros((1, 8, 8), np.uint16)
+    dark[0, 2:4, 2:4] = 900  # fluorescence: kept as it is, repeated
+    np.testing.assert_array_equal(apply_channel_rule(dark, "rgb-auto"),
+                                  np.repeat(dark, 3, 0).astype(np.float32))
+
+
+def test_a_widened_network_sees_colour_as_the_base_sees_luminance(tmp_path: Path) -> None:
+    """The base's input layer spread over R, G and B by the luma weights: on an H&E-like
+    image the widened model's objects are the base model's under ``luminance-auto``."""
+    from medseg.training.finetune_run import widened
+
+    model, card = load_model(resolve_model("nuclei"))
+    card.channel_rule = "luminance-auto"
+    grey = save_model(tmp_path / "grey.safetensors", model, card)
+    card.channel_rule = None
+    wide_model, wide_card = widened(model, card, 3)
+    wide_card.channel_rule = "rgb-auto"
+    wide = save_model(tmp_path / "wide.safetensors", wide_model, wide_card)
+    assert wide_card.network.in_channels == 3 and wide_card.image_channels == 3
+    rng = np.random.default_rng(1)
+    rgba = np.empty((4, 96, 96), np.uint8)
+    rgba[:3] = (np.array([230, 190, 220])[:, None, None]
+                + rng.normal(0, 6, (3, 96, 96))).clip(0, 255)
+    yy, xx = np.mgrid[:96, :96]
+    for cy, cx in ((20, 24), (50, 60), (75, 30)):
+        rgba[:3, (yy - cy) ** 2 + (xx - cx) ** 2 < 60] = np.array([90, 40, 140])[:, None]
+    rgba[3] = 255
+    meta = ImageMeta(spacing=(1.0, 1.0), origin=(0.0, 0.0), direction=((1.0, 0.0), (0.0, 1.0)))
+    a = Segmenter.from_file(grey, device="cpu").predict(MedImage(rgba, meta)).labels.array
+    b = Segmenter.from_file(wide, device="cpu").predict(MedImage(rgba, meta)).labels.array
+    assert a.max() == 3 and b.max() == 3
+    assert np.mean((a > 0) == (b > 0)) > 0.99  # per-channel normalisation: nearly the same

@@ -292,6 +292,27 @@ def test_polarity_of_grey_images_follows_the_base_models_images(
     assert polarity_rule(check, card) == rule
 
 
+def test_finetune_with_the_colours_widens_the_base(tmp_path: Path) -> None:
+    """``data.channel_rule: rgb-auto``: the one-channel base starts widened to R, G and B
+    (scored as such before training), the card says so, and the model runs on colour and
+    grey images alike."""
+    from medseg.inference import Segmenter
+
+    folder = write_he_folder(tmp_path / "corrections", 2)
+    result = finetune(FinetuneOptions(
+        base="nuclei", data=folder, minutes=2.0, num_threads=1,
+        overrides={**FEW_STEPS, "patch_size": [64, 64], "data.channel_rule": "rgb-auto"}))
+    card = read_model_card(result.model_path)
+    assert card.channel_rule == "rgb-auto" and card.network.in_channels == 3
+    assert result.with_rule is not None  # the widened base, untrained, was scored
+    assert card.training["finetune"]["channel_rule"] == "rgb-auto"
+    segmenter = Segmenter.from_file(result.model_path, device="cpu")
+    colour = read_image(folder / "images" / "he0.png")
+    grey = colour.with_array(colour.array[1:2])
+    for image in (colour, grey):
+        assert segmenter.predict(image).labels.array.shape[1:] == image.array.shape[1:]
+
+
 def test_keep_skill_mixes_in_images_like_the_base_models(tmp_path: Path) -> None:
     folder = write_he_folder(tmp_path / "corrections", 2)
     keep = tmp_path / "fluorescence"
