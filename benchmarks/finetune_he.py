@@ -326,7 +326,7 @@ def grid_tables(rows: list[dict], pool_size: int, recipe: str) -> list[str]:
     """The K x minutes table (draw 0) and the draws table of ``rows`` (one recipe)."""
     out: list[str] = []
     grid = {(r["k"], r["minutes"]): r["test"]["ap50"] for r in rows
-            if r.get("tag") in ("grid", "cv") and not r.get("draw")}
+            if r.get("tag") in ("grid", "cv") and not r.get("draw") and not r.get("seed")}
     if grid:
         out += ["", f"test AP@0.5 after fine-tuning on K images for N minutes, {recipe}: draw "
                 "0; latest run of each cell; - = not run; small K stop before the budget, at "
@@ -390,6 +390,34 @@ def cross_validation(rows: list[dict]) -> list[str]:
         commits = sorted({by_fold[f]["commit"] for f in range(FOLDS)})
         out.append(f"{name:<40} {minutes:>4g} " + " ".join(f"{x['ap50']:>7.3f}" for x in t)
                    + f" {pooled:>7.3f}  [{', '.join(commits)}]")
+    return out + over_seeds(done)
+
+
+def over_seeds(done: dict[tuple, dict[int, dict]]) -> list[str]:
+    """Per recipe run with several training seeds (each seed also holds back other images),
+    or run at a seed the committed recipe (no options) was run at: the pooled AP@0.5 of each
+    seed and their mean, and against the committed recipe the mean paired difference."""
+    pooled: dict[tuple, dict[int, float]] = {}
+    for (overrides, minutes, seed, scratch, keep, scale), by_fold in done.items():
+        pooled.setdefault((overrides, minutes, scratch, keep, scale), {})[seed] = _pooled_ap(
+            [by_fold[f]["test"] for f in range(FOLDS)])
+    out: list[str] = []
+    for key, by_seed in pooled.items():
+        base = pooled.get(("{}", *key[1:]), {})
+        common = sorted(set(base) & set(by_seed))
+        if len(by_seed) < 2 and (key[0] == "{}" or not common):
+            continue
+        if not out:
+            out += ["", "over training seeds (pooled AP@0.5 over all 47 images of each seed; "
+                    "paired = the mean difference from the committed recipe at the same seeds)"]
+        overrides, minutes = key[0], key[1]
+        line = (f"  {overrides if overrides != '{}' else 'as committed':<40} {minutes:>4g} min: "
+                + ", ".join(f"seed {s} {v:.3f}" for s, v in sorted(by_seed.items()))
+                + f"; mean {np.mean(list(by_seed.values())):.3f}")
+        if overrides != "{}" and common:
+            diff = [by_seed[s] - base[s] for s in common]
+            line += f"; paired {np.mean(diff):+.3f} over {len(common)} seed(s)"
+        out.append(line)
     return out
 
 
