@@ -351,8 +351,8 @@ def default_name(base: str) -> str:
 
 
 def widened(model: Any, card: ModelCard, channels: int) -> tuple[Any, ModelCard]:
-    """A one-channel 2D/3D network (and its card) widened to ``channels`` (3) input channels:
-    the input layer's weights spread over the colours
+    """A one-channel 2D/3D network (and its card, without a channel rule) widened to
+    ``channels`` (3) input channels: the input layer's weights spread over the colours
     (:func:`medseg.transforms.channels.widen_input_weights`), every other weight kept."""
     from dataclasses import replace
 
@@ -374,7 +374,9 @@ def widened(model: Any, card: ModelCard, channels: int) -> tuple[Any, ModelCard]
             source = torch.from_numpy(widen_input_weights(source.detach().cpu().numpy()))
         state[name] = source
     wide.load_state_dict(state)
-    card = replace(card, network=network)
+    # the one-channel rule (a fine-tuned base may carry one) no longer fits: the caller sets
+    # the three-channel one
+    card = replace(card, network=network, channel_rule=None)
     return wide, card
 
 

@@ -66,8 +66,8 @@ def test_a_widened_network_sees_colour_as_the_base_sees_luminance(tmp_path: Path
     model, card = load_model(resolve_model("nuclei"))
     card.channel_rule = "luminance-auto"
     grey = save_model(tmp_path / "grey.safetensors", model, card)
-    card.channel_rule = None
-    wide_model, wide_card = widened(model, card, 3)
+    wide_model, wide_card = widened(model, card, 3)  # a base with a one-channel rule, too
+    assert wide_card.channel_rule is None
     wide_card.channel_rule = "rgb-auto"
     wide = save_model(tmp_path / "wide.safetensors", wide_model, wide_card)
     assert wide_card.network.in_channels == 3 and wide_card.image_channels == 3
