@@ -71,22 +71,26 @@ def apply_channel_rule(array: np.ndarray, rule: str) -> np.ndarray:
     if channels not in (1, 3, 4):
         raise ModelError(f"channel rule {rule!r} takes a grey or RGB(A) image, this one has "
                          f"{channels} channels")
-    if source == "rgb":
+    if source == "rgb":  # three channels; the luminance judges the background
         out = np.asarray(np.repeat(array, 3, 0) if channels == 1 else array[:3], np.float32)
-        luma = out[:1] if channels == 1 else np.tensordot(_LUMA, out, axes=1)[None]
-        if bright_background(luma):
-            out = _top(array) - out
-        return np.ascontiguousarray(out, dtype=np.float32)
-    if channels == 1:
-        out = np.asarray(array, dtype=np.float32)
-    elif source == "luminance":
-        out = np.tensordot(_LUMA, np.asarray(array[:3], dtype=np.float32), axes=1)[None]
+        judged = _luminance(array)
     else:
-        out = np.asarray(array[SOURCES.index(source) - 1: SOURCES.index(source)],
-                         dtype=np.float32)
-    if inverted == "inverted" or (inverted == "auto" and bright_background(out)):
+        if channels == 1 or source == "luminance":
+            out = _luminance(array)
+        else:
+            out = np.asarray(array[SOURCES.index(source) - 1: SOURCES.index(source)],
+                             dtype=np.float32)
+        judged = out
+    if inverted == "inverted" or (inverted == "auto" and bright_background(judged)):
         out = _top(array) - out
     return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def _luminance(array: np.ndarray) -> np.ndarray:
+    """``(1, *spatial)`` float32: the luma of a colour image, a grey image as it is."""
+    if array.shape[0] == 1:
+        return np.asarray(array, dtype=np.float32)
+    return np.tensordot(_LUMA, np.asarray(array[:3], dtype=np.float32), axes=1)[None]
 
 
 def bright_background(channel: np.ndarray) -> bool:
