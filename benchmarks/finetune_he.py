@@ -380,9 +380,11 @@ def cross_validation(rows: list[dict]) -> list[str]:
            "fine-tune that did not see it",
            f"{'recipe':<40} {'min':>4} " + " ".join(f"{'fold ' + str(f):>7}"
                                                    for f in range(FOLDS)) + f" {'pooled':>7}"]
+    pooled_of = {key: _pooled_ap([by_fold[f]["test"] for f in range(FOLDS)])
+                 for key, by_fold in done.items()}
     for (overrides, minutes, seed, scratch, keep, scale), by_fold in done.items():
         t = [by_fold[f]["test"] for f in range(FOLDS)]
-        pooled = _pooled_ap(t)
+        pooled = pooled_of[(overrides, minutes, seed, scratch, keep, scale)]
         name = ("one object scale " if scale else "native scale ") + \
             ("from scratch " if scratch else "") + ("+keep-skill " if keep else "") + \
             (overrides if overrides != "{}" else "as committed") + \
@@ -390,17 +392,17 @@ def cross_validation(rows: list[dict]) -> list[str]:
         commits = sorted({by_fold[f]["commit"] for f in range(FOLDS)})
         out.append(f"{name:<40} {minutes:>4g} " + " ".join(f"{x['ap50']:>7.3f}" for x in t)
                    + f" {pooled:>7.3f}  [{', '.join(commits)}]")
-    return out + over_seeds(done)
+    return out + over_seeds(pooled_of)
 
 
-def over_seeds(done: dict[tuple, dict[int, dict]]) -> list[str]:
+def over_seeds(pooled_of: dict[tuple, float]) -> list[str]:
     """Per recipe run with several training seeds (each seed also holds back other images),
     or run at a seed the committed recipe (no options) was run at: the pooled AP@0.5 of each
-    seed and their mean, and against the committed recipe the mean paired difference."""
+    seed and their mean, and against the committed recipe the mean paired difference.
+    ``pooled_of``: ``{(options, minutes, seed, scratch, keep-skill, one scale): pooled AP}``."""
     pooled: dict[tuple, dict[int, float]] = {}
-    for (overrides, minutes, seed, scratch, keep, scale), by_fold in done.items():
-        pooled.setdefault((overrides, minutes, scratch, keep, scale), {})[seed] = _pooled_ap(
-            [by_fold[f]["test"] for f in range(FOLDS)])
+    for (overrides, minutes, seed, scratch, keep, scale), value in pooled_of.items():
+        pooled.setdefault((overrides, minutes, scratch, keep, scale), {})[seed] = value
     out: list[str] = []
     for key, by_seed in pooled.items():
         base = pooled.get(("{}", *key[1:]), {})
