@@ -359,11 +359,19 @@ def _pooled_ap(tests: list[dict]) -> float:
     return tp / (sum(x["n_true"] + x["n_pred"] for x in tests) - tp)
 
 
-def cross_validation(rows: list[dict]) -> list[str]:
+def without_bf16(row: dict) -> bool:
+    """The run's CPU had no bf16 instructions (it trained in float32). Runs recorded before
+    the CPU's instruction sets were (``cpu`` "AMD EPYC" alone) ran on an AMD EPYC with
+    avx512_bf16, in bf16 autocast."""
+    return "no bf16" in row.get("cpu", "")
+
+
+def cross_validation(rows: list[dict], machine: str = "") -> list[str]:
     """Lines of the all-pool fine-tunes over the :data:`FOLDS` colour-group folds: each fold's
     test AP@0.5 and the AP@0.5 pooled over every image, each scored by the fine-tune that did
     not see it. Runs are grouped by recipe (object scale, options, minutes, seed); the latest
-    run per fold counts, and the commits they ran are listed."""
+    run per fold counts, and the commits they ran are listed. ``machine``: the CPU the rows
+    ran on, for the heading."""
     runs: dict[tuple, dict[int, dict]] = {}
     for r in rows:
         if not r.get("all_pool", r["k"] == 31 and not r.get("fold")):
@@ -374,10 +382,10 @@ def cross_validation(rows: list[dict]) -> list[str]:
     done = {key: by_fold for key, by_fold in runs.items() if len(by_fold) == FOLDS}
     if not done:
         return []
-    out = ["", f"fine-tuned on the whole pool, {FOLDS} folds by colour group (each fold's test "
-           "set is whole colour groups, the pool the other images; fold 0 is the test set "
-           "above): test AP@0.5 per fold, and pooled over all 47 images, each scored by the "
-           "fine-tune that did not see it",
+    out = ["", f"fine-tuned on the whole pool{machine}, {FOLDS} folds by colour group (each "
+           "fold's test set is whole colour groups, the pool the other images; fold 0 is the "
+           "test set above): test AP@0.5 per fold, and pooled over all 47 images, each scored "
+           "by the fine-tune that did not see it",
            f"{'recipe':<40} {'min':>4} " + " ".join(f"{'fold ' + str(f):>7}"
                                                    for f in range(FOLDS)) + f" {'pooled':>7}"]
     pooled_of = {key: _pooled_ap([by_fold[f]["test"] for f in range(FOLDS)])
@@ -461,16 +469,16 @@ def few_images_over_folds(rows: list[dict]) -> list[str]:
 
 
 def render() -> None:
-    from medseg.training.runtime import cpu_name
-
     rows = [json.loads(line) for line in LINES.read_text().splitlines()] if LINES.exists() \
         else []
     pool, test, n_groups = split()
     out = [
         "Fine-tuning nuclei (fluorescence) on H&E: benchmarks/finetune_he.py",
-        f"machine: {cpu_name()}, {platform.machine()}, 2 cores shared with other trainings "
+        f"machine: AMD EPYC, {platform.machine()}, 2 cores shared with other trainings "
         "(the 15-minute load average of each run is printed: 2 means both cores busy); torch 1 "
-        "thread per run, bf16 autocast (the card's recipe: amp auto)",
+        "thread per run; the card's recipe (amp auto) trains in bf16 autocast on the CPU with "
+        "avx512_bf16 (every table but the last ones, and every run recorded as 'AMD EPYC' "
+        "alone) and in float32 on the CPU without bf16 (AVX2 only: its own tables, marked)",
         f"data: {DATA.name}, {len(pool) + len(test)} images; test = {len(test)} images (whole "
         f"colour groups of {n_groups}, never fine-tuned on); pool = {len(pool)}; K images = "
         "a seeded nested draw from the pool; 'all' = the whole pool",
@@ -487,7 +495,8 @@ def render() -> None:
             out.append(f"shipped nuclei{rule}: test AP@0.5 {r['test']['ap50']:.3f} (objects "
                        f"{r['test']['n_pred']}/{r['test']['n_true']})"
                        + (f"; fluorescence validation AP@0.5 {fl['ap50']:.3f}" if fl else ""))
-    folded = [r for r in rows if r["kind"] == "cell" and r.get("commit")]
+    cells = [r for r in rows if r["kind"] == "cell" and r.get("commit")]
+    folded = [r for r in cells if not without_bf16(r)]
     final = [r for r in folded if not r.get("fold")]
     for scale in (True, False):
         out += grid_tables([r for r in final if bool(r.get("object_scale")) == scale],
@@ -495,6 +504,8 @@ def render() -> None:
                            else "native scale (before one object scale)")
     out += cross_validation(folded)
     out += few_images_over_folds(folded)
+    out += cross_validation([r for r in cells if without_bf16(r)],
+                            " on the CPU without bf16 (AMD EPYC, AVX2 only: float32)")
     out += ["", "every run (commit = the code it ran; rows without one ran before the recipe "
             "was final: no step cap, instance settings re-chosen on any hold-out, no "
             "rule-alone comparison):",
@@ -518,6 +529,7 @@ def render() -> None:
                    f" {extra or ''}"
                    + (f" load {r['load_avg_15min']}" if "load_avg_15min" in r else "")
                    + (f" [{r['commit']}]" if r.get("commit") else "")
+                   + (" AVX2 float32" if without_bf16(r) else "")
                    + (" kept base weights+rule" if r.get("kept_base_weights") else ""))
     sized = [r for r in rows if r["kind"] == "diameter"]
     if sized:

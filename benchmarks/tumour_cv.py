@@ -35,6 +35,7 @@ import numpy as np
 from scipy import ndimage
 
 from medseg.inference.confidence import SCORE_RULES, auroc, confidence_of, score_from_sums
+from medseg.inference.postprocess import fill_holes
 from medseg.training.runtime import cpu_name
 
 REPO = Path(__file__).resolve().parents[1]
@@ -116,7 +117,16 @@ def clean(mask: np.ndarray, how: str, p: np.ndarray | None = None) -> np.ndarray
     """``none``, ``largest``, ``min:<voxels>``, ``rel:<fraction of the largest>``, ``mass``
     (the component with the most foreground probability ``p``) or ``near:<voxels>`` (the
     largest and the pieces of at least 5% of its size within that many voxels of it);
-    face-connected components, as the engine's clean-up."""
+    face-connected components, as the engine's clean-up. A ``+fill`` suffix then fills the
+    holes of what is kept in each slice (background it encloses in the slice's plane, as a
+    cyst or cavity inside a lesion), ``+fill3d`` those it encloses in the volume, both as the
+    engine's ``fill_holes``."""
+    how, _, fill = how.partition("+")
+    mask = _components(mask, how, p)
+    return fill_holes(mask, per_slice=fill == "fill") if fill else mask
+
+
+def _components(mask: np.ndarray, how: str, p: np.ndarray | None) -> np.ndarray:
     if how == "none" or not mask.any():
         return mask
     comp, n = ndimage.label(mask)
@@ -209,7 +219,8 @@ def main() -> None:
 
     thresholds = [0.3, 0.4, 0.5, 0.6, 0.7]
     cleanups = ["none", "largest", "min:100", "min:500", "min:1000", "rel:0.1", "rel:0.2",
-                "mass", "near:5", "near:10"]
+                "mass", "near:5", "near:10", "none+fill", "largest+fill", "largest+fill3d",
+                "near:10+fill"]
     table: dict[tuple[float, str], list[float]] = {}
     for t in thresholds:
         for how in cleanups:
@@ -217,7 +228,7 @@ def main() -> None:
     print("\n## Post-processing on the out-of-fold predictions (per-patient Dice)")
     print("threshold, clean-up, mean, median, min, below 0.6")
     for (t, how), v in table.items():
-        print(f"  {t:.1f} {how:9s} {np.mean(v):.4f} {np.median(v):.4f} {np.min(v):.4f} "
+        print(f"  {t:.1f} {how:14s} {np.mean(v):.4f} {np.median(v):.4f} {np.min(v):.4f} "
               f"{int((np.asarray(v) < POOR).sum())}")
     best = max(table, key=lambda k: (round(float(np.mean(table[k])), 4), k[1] == "none"))
     print(f"best by out-of-fold mean: threshold {best[0]}, clean-up {best[1]}: "

@@ -109,8 +109,9 @@ class ModelCard:
             foreground, grown back over the gaps the model draws between touching objects);
             ``None``: semantic only.
         postprocess: The clean-up a run applies when it asks for none itself
-            (``{"min_size_ml": float, "keep_largest": bool}``, see
-            :class:`medseg.inference.postprocess.PostprocessConfig`); ``None``: none.
+            (``{"min_size_ml": float, "keep_largest": bool, "fill_holes": bool}``, see
+            :class:`medseg.inference.postprocess.PostprocessConfig`, and the decision
+            ``threshold``); ``None``: none.
         label_offset: Voxels (array axes) by which the model draws labels off the image
             structures, as trained with ``augment.label_offset``; empty when none. Mirror TTA
             moves each flipped-back prediction by twice it

@@ -21,6 +21,7 @@ import numpy as np
 
 from medseg.errors import GeometryError, ModelError
 from medseg.inference.options import InferenceOptions
+from medseg.inference.postprocess import PostprocessConfig
 from medseg.io.image import ImageMeta, MedImage
 from napari_plugin._geometry import (
     META_KEY,
@@ -316,6 +317,9 @@ class Relabel:
         min_voxels: Objects (components of a class, or instances) smaller than this many
             voxels are removed; 0 keeps all.
         instances: The model card's ``instances`` entry for an instance model, else ``None``.
+        postprocess: The run's class-map clean-up (keep-largest, hole filling: the card's
+            default), repeated at every threshold; ``None``: none.
+        per_slice: Holes are filled per slice (a 2D model's volume).
     """
 
     probabilities: np.ndarray
@@ -323,6 +327,8 @@ class Relabel:
     threshold: float = 0.5
     min_voxels: int = 0
     instances: dict[str, Any] | None = None
+    postprocess: PostprocessConfig | None = None
+    per_slice: bool = False
 
 
 def relabel_job(request: SegmentRequest, prediction: Any) -> Relabel | None:
@@ -336,7 +342,10 @@ def relabel_job(request: SegmentRequest, prediction: Any) -> Relabel | None:
         spec = dict(getattr(prediction, "instance_settings", None) or {})
     return Relabel(probabilities=prediction.probabilities.array,
                    spacing=tuple(request.image.meta.spacing), instances=spec,
-                   threshold=float(getattr(prediction, "threshold", 0.5)))
+                   threshold=float(getattr(prediction, "threshold", 0.5)),
+                   postprocess=None if spec is not None else getattr(prediction, "postprocess",
+                                                                     None),
+                   per_slice=bool(getattr(prediction, "per_slice", False)))
 
 
 def relabel(job: Relabel) -> np.ndarray:
@@ -344,11 +353,7 @@ def relabel(job: Relabel) -> np.ndarray:
     probabilities: the same clean-up and instance separation as the engine, no network run
     (worker thread)."""
     from medseg.inference.instances import instances_from_classes
-    from medseg.inference.postprocess import (
-        PostprocessConfig,
-        clean_labels,
-        labels_from_probabilities,
-    )
+    from medseg.inference.postprocess import clean_labels, labels_from_probabilities
 
     labels = labels_from_probabilities(job.probabilities, job.threshold)
     if job.instances:
@@ -357,12 +362,13 @@ def relabel(job: Relabel) -> np.ndarray:
             spec["foreground_threshold"] = job.threshold
         spec["min_size"] = max(int(spec.get("min_size", 1)), job.min_voxels)
         return instances_from_classes(labels, job.probabilities, spec)
+    post = job.postprocess or PostprocessConfig()
     if job.min_voxels > 0:
         voxel_ml = math.prod(job.spacing) / 1000.0
         # just under the size: clean_labels rounds min_size_ml / voxel_ml up
-        clean_labels(labels, job.spacing,
-                     PostprocessConfig(min_size_ml=(job.min_voxels - 0.5) * voxel_ml))
-    return labels
+        post = dataclasses.replace(post, min_size_ml=max(post.min_size_ml,
+                                                         (job.min_voxels - 0.5) * voxel_ml))
+    return clean_labels(labels, job.spacing, post, per_slice=job.per_slice)
 
 
 def result_summary(prediction: Any) -> str:

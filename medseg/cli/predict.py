@@ -103,6 +103,9 @@ def predict_command(
                                       "connected component of each label."),
     min_size_ml: float = typer.Option(0.0, "--min-size-ml", help="Remove components smaller "
                                       "than this volume (mL)."),
+    fill_holes: bool = typer.Option(False, "--fill-holes", help="Label the background each "
+                                    "label encloses (a cyst or cavity inside a lesion): per "
+                                    "slice for a 2D model, in 3D for a 3D one."),
     log_json: str | None = typer.Option(None, "--log-json", help="Write JSON-lines events to "
                                         "this file ('-' for stdout)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
@@ -162,6 +165,7 @@ def predict_command(
         guard = {"max_work": max_work} if max_work is not None else {}
         inference = InferenceOptions(device=device, overlap=overlap, tta=tta, amp=amp,
                                      keep_largest=keep_largest, min_size_ml=min_size_ml,
+                                     fill_holes=fill_holes,
                                      low_memory=low_memory, whole_image=whole_image,
                                      strict=strict, object_diameter=_diameter(diameter),
                                      force=force,

@@ -326,6 +326,7 @@ def requested_options(model_path: Path | None, options: InferenceOptions,
         opts = segmenter.options()
         return {"overlap": opts["overlap"], "tta": opts["tta"],
                 "keep_largest": opts["keep_largest"], "min_size_ml": opts["min_size_ml"],
+                "fill_holes": opts["fill_holes"],
                 "amp": opts["amp_dtype"] is not None,
                 "object_diameter": opts["object_diameter"]}
     from medseg.inference.postprocess import PostprocessConfig
@@ -343,6 +344,7 @@ def requested_options(model_path: Path | None, options: InferenceOptions,
     # a record made before object_diameter existed has none: it matches a run without one
     wanted: dict[str, Any] = {"overlap": options.overlap, "tta": options.tta,
                               "keep_largest": post.keep_largest, "min_size_ml": post.min_size_ml,
+                              "fill_holes": post.fill_holes,
                               "object_diameter": diameter}
     if options.amp is not None:
         wanted["amp"] = bool(options.amp)
@@ -361,6 +363,7 @@ def is_finished(out_dir: Path, case: CaseInput, options: BatchOptions,
         return False
     made = dict(record.provenance.get("options") or {})
     made["amp"] = made.get("amp_dtype") is not None
+    made.setdefault("fill_holes", False)  # records made before the option existed
     if wanted and any(made.get(k) != v for k, v in wanted.items()):
         return False
     ndim = len(record.geometry.get("shape") or ()) or 3

@@ -123,6 +123,9 @@ class Prediction:
             the seconds expected on this device.
         threshold: The foreground probability the labels were drawn at (the card's
             ``postprocess.threshold``; 0.5: the argmax of two classes).
+        postprocess: The class-map clean-up the labels were made with (the options', else the
+            card's default); a relabelling of the kept probabilities repeats it.
+        per_slice: The clean-up's holes were filled per slice (a 2D model's volume).
     """
 
     labels: MedImage
@@ -141,6 +144,8 @@ class Prediction:
     confidence: CaseConfidence | None = None
     work: WorkEstimate | None = None
     threshold: float = 0.5
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    per_slice: bool = False
 
     def uncertainty(self) -> MedImage:
         """Normalised entropy of the probabilities, in ``[0, 1]`` (float16, one channel):
@@ -261,7 +266,8 @@ class Segmenter:
 
     Raises:
         ModelError: Options the model cannot take: ``object_diameter`` for a model that
-            records none, a class-map clean-up (``keep_largest``, ``min_size_ml``) for an
+            records none, a class-map clean-up (``keep_largest``, ``min_size_ml``,
+            ``fill_holes``) for an
             instance model.
     """
 
@@ -301,9 +307,9 @@ class Segmenter:
             postprocess = PostprocessConfig(**card_post)
         if card.instances and postprocess.active:
             raise ModelError(f"model {card.name!r} separates objects (its card's "
-                             "instances.min_size drops small ones): keep_largest and "
-                             "min_size_ml clean class maps, and on its classes would cut "
-                             "holes in objects")
+                             "instances.min_size drops small ones): keep_largest, "
+                             "min_size_ml and fill_holes clean class maps, and on its classes "
+                             "would cut or merge objects")
         self.postprocess = postprocess
         self.channels_last = (self.device.type == "cpu") if options.channels_last is None \
             else options.channels_last
@@ -357,7 +363,8 @@ class Segmenter:
             "stitch_dtype": str(self.stitch_dtype).replace("torch.", ""),
             "amp_dtype": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else None,
             "keep_largest": self.postprocess.keep_largest,
-            "min_size_ml": self.postprocess.min_size_ml, "roi_size": list(self.card.roi_size),
+            "min_size_ml": self.postprocess.min_size_ml,
+            "fill_holes": self.postprocess.fill_holes, "roi_size": list(self.card.roi_size),
             "threshold": self.decision_threshold,
             "target_spacing": self.card.target_spacing,
             "low_memory": self.inference_options.low_memory,
@@ -843,7 +850,8 @@ class Segmenter:
         if self.decision_threshold != 0.5 and probabilities is not None \
                 and not self.card.instances:  # (a one-channel foreground reads as a sigmoid's)
             labels = labels_from_probabilities(probabilities, self.decision_threshold)
-        labels = clean_labels(labels, image.meta.spacing, self.postprocess)
+        labels = clean_labels(labels, image.meta.spacing, self.postprocess,
+                              per_slice=self.card.spatial_dims == 2)
         instances = bool(self.card.instances)
         num_objects = None
         spec = None
@@ -883,6 +891,7 @@ class Segmenter:
             timings=timings, volumes_ml=volumes, num_windows=num_windows, areas=areas,
             area_unit=unit, instances=instances, num_objects=num_objects,
             instance_settings=spec, confidence=confidence, threshold=self.decision_threshold,
+            postprocess=self.postprocess, per_slice=self.card.spatial_dims == 2,
         )
 
     def _predict_slices(self, image: MedImage, *, progress: ProgressFn | None,

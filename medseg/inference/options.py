@@ -63,6 +63,8 @@ class InferenceOptions:
         blend: ``"gaussian"`` or ``"constant"`` window weighting.
         keep_largest: Keep only the largest connected component of each label.
         min_size_ml: Remove components smaller than this (mL; mm^2 / 1000 in 2D).
+        fill_holes: Label the background each label encloses (a cyst or cavity inside a
+            lesion): in each slice for a 2D model, in the volume for a 3D one.
         channels_last: Channels-last convolutions; ``None``: on for CPU.
         low_memory: Smaller peak memory, slower forward passes (:mod:`medseg.inference.heap`).
         whole_image: 2D models: run an image (or each slice of a volume) whole, in one forward
@@ -98,6 +100,7 @@ class InferenceOptions:
     blend: str = "gaussian"
     keep_largest: bool = False
     min_size_ml: float = 0.0
+    fill_holes: bool = False
     channels_last: bool | None = None
     low_memory: bool = False
     whole_image: bool | None = None
@@ -135,7 +138,8 @@ class InferenceOptions:
 
     @property
     def postprocess(self) -> PostprocessConfig:
-        return PostprocessConfig(keep_largest=self.keep_largest, min_size_ml=self.min_size_ml)
+        return PostprocessConfig(keep_largest=self.keep_largest, min_size_ml=self.min_size_ml,
+                                 fill_holes=self.fill_holes)
 
     def replace(self, **changes: Any) -> InferenceOptions:
         """A copy with ``changes`` (unknown names raise ``ConfigError``)."""
@@ -153,11 +157,13 @@ class InferenceOptions:
 
 def merge_options(options: InferenceOptions | None, **legacy: Any) -> InferenceOptions:
     """``options`` (or the defaults) with the keyword settings given one by one; a
-    ``postprocess=PostprocessConfig`` keyword becomes ``keep_largest`` / ``min_size_ml``."""
+    ``postprocess=PostprocessConfig`` keyword becomes ``keep_largest`` / ``min_size_ml`` /
+    ``fill_holes``."""
     base = options or InferenceOptions()
     post = legacy.pop("postprocess", None)
     if post is not None:
-        legacy.update(keep_largest=post.keep_largest, min_size_ml=post.min_size_ml)
+        legacy.update(keep_largest=post.keep_largest, min_size_ml=post.min_size_ml,
+                      fill_holes=post.fill_holes)
     if "device" in legacy and legacy["device"] is not None:
         legacy["device"] = str(legacy["device"])
     return base.replace(**legacy) if legacy else base

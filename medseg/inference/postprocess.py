@@ -1,4 +1,5 @@
-"""Optional clean-up of label maps: keep the largest component per label, drop small ones.
+"""Optional clean-up of label maps: keep the largest component per label, drop small ones,
+fill the holes a label encloses.
 
 Hand-written on ``scipy.ndimage.label`` rather than MONAI's ``KeepLargestConnectedComponent`` /
 ``RemoveSmallObjects``: those work on one-hot tensors (``classes x volume`` memory) and the
@@ -26,40 +27,98 @@ class PostprocessConfig:
     Attributes:
         keep_largest: Keep only the largest connected component of each label.
         min_size_ml: Remove components smaller than this (mL for 3D; mm^2 / 1000 for 2D).
+        fill_holes: After the above, label the background each label encloses (a cyst or a
+            resection cavity inside a lesion, which FLAIR shows dark and readers outline with
+            the lesion): in each slice for a 2D model's volume, in the volume for a 3D model.
+            Only background is filled, never another label.
     """
 
     keep_largest: bool = False
     min_size_ml: float = 0.0
+    fill_holes: bool = False
 
     @property
     def active(self) -> bool:
-        return self.keep_largest or self.min_size_ml > 0
+        return self.keep_largest or self.min_size_ml > 0 or self.fill_holes
 
 
-def clean_labels(labels: np.ndarray, spacing: tuple[float, ...], config: PostprocessConfig
-                 ) -> np.ndarray:
+def clean_labels(labels: np.ndarray, spacing: tuple[float, ...], config: PostprocessConfig,
+                 *, per_slice: bool = False) -> np.ndarray:
     """Apply ``config`` to a label map ``(*spatial)`` in place; removed voxels become 0.
 
-    Components are face-connected (6-connectivity in 3D, 4 in 2D).
+    Components are face-connected (6-connectivity in 3D, 4 in 2D). ``per_slice``: the map is
+    a 2D model's volume, whose holes are filled in each slice (the planes of the first two
+    axes, the engine's slices).
 
     Examples:
         >>> lab = np.zeros((10, 10), np.uint8); lab[1:4, 1:4] = 1; lab[7, 7] = 1
         >>> int(clean_labels(lab, (1.0, 1.0), PostprocessConfig(keep_largest=True)).sum())
         9
+        >>> ring = np.zeros((7, 7), np.uint8); ring[1:6, 1:6] = 1; ring[3, 3] = 0
+        >>> int(clean_labels(ring, (1.0, 1.0), PostprocessConfig(fill_holes=True))[3, 3])
+        1
     """
     if not config.active:
         return labels
+    if config.keep_largest or config.min_size_ml > 0:
+        _drop_components(labels, spacing, config)
+    if config.fill_holes:
+        for value in _present(labels):
+            mask = labels == value
+            # a hole lies inside the label's bounding box: background touching the box's faces
+            # touches the outside
+            box = _bounding_box(mask)
+            inside = labels[box]  # a view: the filling writes into ``labels``
+            inside[fill_holes(mask[box], per_slice=per_slice) & (inside == 0)] = value
+    return labels
+
+
+def fill_holes(mask: np.ndarray, *, per_slice: bool = False) -> np.ndarray:
+    """``mask`` with the background it encloses set; ``per_slice``: enclosed in each plane of
+    the first two axes of a 3D mask, else in the whole mask. Background connects through faces
+    only, so a rim closed at a corner still encloses.
+
+    Examples:
+        >>> tube = np.ones((5, 5, 3), bool); tube[2, 2, :] = False  # open at both ends
+        >>> bool(fill_holes(tube)[2, 2, 1]), bool(fill_holes(tube, per_slice=True)[2, 2, 1])
+        (False, True)
+    """
+    from scipy import ndimage
+
+    if per_slice and mask.ndim == 3:
+        out = mask.copy()
+        for k in range(mask.shape[2]):
+            if mask[:, :, k].any():
+                out[:, :, k] = ndimage.binary_fill_holes(mask[:, :, k])
+        return out
+    return ndimage.binary_fill_holes(mask)
+
+
+def _present(labels: np.ndarray) -> np.ndarray:
+    """The non-zero values of a label map (a histogram for uint8/uint16, not a sort)."""
+    return (np.flatnonzero(count_values(labels, 2)[1:]) + 1
+            if labels.dtype in (np.uint8, np.uint16) else np.unique(labels[labels != 0]))
+
+
+def _bounding_box(mask: np.ndarray) -> tuple[slice, ...]:
+    from scipy import ndimage
+
+    return ndimage.find_objects(mask.view(np.uint8))[0]
+
+
+def _drop_components(labels: np.ndarray, spacing: tuple[float, ...],
+                     config: PostprocessConfig) -> None:
+    """Remove the components ``config`` does not keep (smaller than ``min_size_ml``, not the
+    largest), in place."""
     from scipy import ndimage
 
     voxel_ml = math.prod(spacing) / 1000.0
     min_voxels = int(math.ceil(config.min_size_ml / voxel_ml)) if config.min_size_ml > 0 else 0
-    present = (np.flatnonzero(count_values(labels, 2)[1:]) + 1  # a histogram, not a sort
-               if labels.dtype in (np.uint8, np.uint16) else np.unique(labels[labels != 0]))
-    for value in present:
+    for value in _present(labels):
         mask = labels == value
         # components are found inside the label's bounding box only: predictions are mostly
         # background, and labelling the whole volume was most of the clean-up's time
-        box = ndimage.find_objects(mask.view(np.uint8))[0]
+        box = _bounding_box(mask)
         components, _ = ndimage.label(mask[box])
         sizes = np.bincount(components.ravel(order="A"))
         sizes[0] = 0
@@ -70,7 +129,6 @@ def clean_labels(labels: np.ndarray, spacing: tuple[float, ...], config: Postpro
             keep &= largest
         inside = labels[box]  # a view: the removal writes into ``labels``
         inside[(components > 0) & ~keep[components]] = 0
-    return labels
 
 
 def count_values(labels: np.ndarray, minlength: int) -> np.ndarray:

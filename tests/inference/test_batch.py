@@ -254,3 +254,26 @@ def test_resume_redoes_cases_made_with_other_options(tmp_path: Path,
     again = run_batch([root], tiny_model_file, out, device="cpu", tta=True, overlap=0.25,
                       postprocess=PostprocessConfig(keep_largest=True))
     assert (again.already_done, again.completed) == (2, 0)
+    holes = run_batch([root], tiny_model_file, out, device="cpu", tta=True, overlap=0.25,
+                      postprocess=PostprocessConfig(keep_largest=True, fill_holes=True))
+    assert holes.completed == 2  # made without filling holes: redone
+    record = json.loads((out / f"{holes.records[0].case_id}.json").read_text())
+    assert record["provenance"]["options"]["fill_holes"] is True
+
+
+def test_resume_takes_a_record_made_before_fill_holes_existed(tmp_path: Path,
+                                                              tiny_model_file: Path) -> None:
+    from medseg.inference.postprocess import PostprocessConfig
+
+    root, out = _inputs(tmp_path), tmp_path / "out"
+    assert run_batch([root], tiny_model_file, out, device="cpu").completed == 2
+    for f in out.glob("*.json"):  # as an older medseg wrote them: no fill_holes option
+        record = json.loads(f.read_text())
+        if "provenance" in record:
+            del record["provenance"]["options"]["fill_holes"]
+            f.write_text(json.dumps(record))
+    again = run_batch([root], tiny_model_file, out, device="cpu")
+    assert (again.already_done, again.completed) == (2, 0)
+    filled = run_batch([root], tiny_model_file, out, device="cpu",
+                       postprocess=PostprocessConfig(fill_holes=True))
+    assert (filled.already_done, filled.completed) == (0, 2)

@@ -163,6 +163,30 @@ def test_card_postprocess_default_applies_unless_the_run_sets_its_own() -> None:
     assert int(_slicewise().predict(image).labels.array.sum()) == 201
 
 
+def test_card_fill_holes_fills_each_slice_of_a_2d_models_volume() -> None:
+    from medseg.inference import PostprocessConfig
+    from medseg.io import ImageMeta
+
+    # a lesion around a dark cavity that runs through the whole volume: enclosed in every
+    # slice, open at both ends (a hole of each slice, not of the volume)
+    values = np.zeros((1, 20, 20, 4), np.float32)
+    values[0, 3:15, 3:15, :] = 1.0
+    values[0, 6:12, 6:12, :] = 0.0
+    image = MedImage(values, ImageMeta.identity(3))
+    plain = _slicewise().predict(image)
+    assert int(plain.labels.array.sum()) == (144 - 36) * 4
+    filled = _slicewise(postprocess={"keep_largest": True, "fill_holes": True}).predict(image)
+    assert int(filled.labels.array.sum()) == 144 * 4
+    assert filled.postprocess == PostprocessConfig(keep_largest=True, fill_holes=True)
+    assert filled.per_slice
+    segmenter = _slicewise(postprocess={"fill_holes": True})
+    assert segmenter.options()["fill_holes"] is True
+    # the run's own clean-up replaces the card's, as for keep-largest
+    own = Segmenter(segmenter.model, segmenter.card, device="cpu",
+                    postprocess=PostprocessConfig(min_size_ml=0.001))
+    assert int(own.predict(image).labels.array.sum()) == (144 - 36) * 4
+
+
 def test_an_instance_model_over_a_volume_reports_objects_and_their_volume_in_ml() -> None:
     meta = oblique_meta(3)
     values = np.zeros((1, 20, 21, 6), np.float32)

@@ -38,6 +38,25 @@ def test_relabel_threshold_and_min_size_by_hand() -> None:
         assert np.count_nonzero(big == value) == all_sizes[all_sizes >= 40].sum()
 
 
+def test_relabel_repeats_the_runs_clean_up_at_every_threshold() -> None:
+    from medseg.inference.postprocess import PostprocessConfig
+
+    # two-class probabilities of a ring-shaped lesion (a dark cavity inside) and a far speck,
+    # over 3 slices of a 2D model's volume
+    fg = np.zeros((16, 16, 3), np.float32)
+    fg[2:10, 2:10] = 0.9
+    fg[4:8, 4:8] = 0.1
+    fg[13, 13] = 0.6
+    p = np.stack([1 - fg, fg]).astype(np.float16)
+    post = PostprocessConfig(keep_largest=True, fill_holes=True)
+    for threshold in (0.5, 0.55):
+        labels = relabel(Relabel(p, (1.0, 1.0, 1.0), threshold=threshold, postprocess=post,
+                                 per_slice=True))
+        assert int(labels.sum()) == 64 * 3 and labels[13, 13, 0] == 0
+    bare = relabel(Relabel(p, (1.0, 1.0, 1.0), threshold=0.5))
+    assert int(bare.sum()) == (64 - 16 + 1) * 3
+
+
 def test_relabel_instances_drops_small_objects_and_keeps_ids_consecutive() -> None:
     shape = (40, 40)
     p = np.zeros((3, *shape), np.float32)
