@@ -15,8 +15,15 @@ post-processing choice is then scored on the same out-of-fold predictions:
   Dice 0.6, and the warning threshold that warns at most 1 in 10 good results;
 * per patient, per site, and why each patient below 0.6 failed.
 
+The same report for a model on the patients it never trained on (``--model``: those of
+``lgg_flair`` and ``lgg_flair_more`` outside its card's training split), e.g. the fast preset,
+trained on 14 of ``lgg_flair``'s patients: a second set of unseen predictions to choose
+post-processing on when the folds' run folders are gone (cached in ``--cache``).
+
 Usage (repository root):
     .venv/bin/python benchmarks/tumour_cv.py --runs runs/tumour-cv [--tta] [--threads 1]
+    .venv/bin/python benchmarks/tumour_cv.py --model brain-flair-tumour-fast \
+        --cache runs/unseen-fast --post 0.5,largest
 """
 
 from __future__ import annotations
@@ -76,21 +83,37 @@ def patient_truth(patient: str) -> np.ndarray:
 
 def predict_fold(run: Path, *, tta: bool, threads: int) -> list[Case]:
     """Out-of-fold foreground probabilities of one fold's validation patients (cached)."""
+    from medseg.model_card import read_model_card
+
+    weights = run / "last.safetensors"
+    fold = int(json.loads((run / "config.json").read_text())["data"]["fold"])
+    return predict_patients(weights, read_model_card(weights).training["split"]["val"], fold,
+                            run / ("oof-tta" if tta else "oof"), tta=tta, threads=threads)
+
+
+def unseen_patients(weights: Path) -> list[str]:
+    """The patients of ``lgg_flair`` and ``lgg_flair_more`` outside the model's training split."""
+    from medseg.model_card import read_model_card
+
+    trained = set(read_model_card(weights).training.get("split", {}).get("train", []))
+    everyone = sorted(d.name for d in (DATA / "lgg_flair").glob("TCGA_*") if d.is_dir()) + \
+        sorted(f.name[:-7] for f in (DATA / "lgg_flair_more" / "imagesTr").glob("*.nii.gz"))
+    return [p for p in everyone if p not in trained]
+
+
+def predict_patients(weights: Path, patients: list[str], fold: int, cache: Path, *, tta: bool,
+                     threads: int) -> list[Case]:
+    """Foreground probabilities of ``patients`` by the model ``weights`` (cached in ``cache``)."""
     import torch
 
     from medseg.inference import Segmenter
     from medseg.io import read_image
-    from medseg.model_card import read_model_card
 
-    weights = run / "last.safetensors"
-    card = read_model_card(weights)
-    fold = int(json.loads((run / "config.json").read_text())["data"]["fold"])
-    cache = run / ("oof-tta" if tta else "oof")
-    cache.mkdir(exist_ok=True)
+    cache.mkdir(parents=True, exist_ok=True)
     seg = None
     cases = []
     with tempfile.TemporaryDirectory() as tmp:
-        for patient in card.training["split"]["val"]:
+        for patient in patients:
             f = cache / f"{patient}.npz"
             if not f.is_file():
                 if seg is None:
@@ -198,7 +221,12 @@ def why(case: Case, pred: np.ndarray, raw: np.ndarray, qs: np.ndarray) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", required=True, type=Path)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--runs", type=Path, help="a cross-validation folder (fold-K/...)")
+    source.add_argument("--model", help="a model (name or file), scored on the patients it "
+                        "never trained on")
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="with --model: where its predictions are kept")
     parser.add_argument("--tta", action="store_true")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--post", default=None,
@@ -207,15 +235,31 @@ def main() -> None:
     parser.add_argument("--rule", default=None, choices=sorted(SCORE_RULES),
                         help="the confidence score to report (default: the best AUROC)")
     args = parser.parse_args()
-    folds = sorted(d for d in args.runs.glob("fold-*") if (d / "result.json").is_file())
-    cases = [c for run in folds for c in predict_fold(run, tta=args.tta, threads=args.threads)]
-    print(f"# out-of-fold brain-tumour scores: {len(cases)} patients from {len(folds)} folds "
-          f"({', '.join(d.name for d in folds)}), tta={args.tta}")
+    if args.model:
+        from medseg.models import resolve_model
+
+        weights = resolve_model(args.model)
+        cache = args.cache or REPO / "runs" / f"unseen-{weights.stem}"
+        cases = predict_patients(weights, unseen_patients(weights), -1,
+                                 cache / ("tta" if args.tta else "plain"), tta=args.tta,
+                                 threads=args.threads)
+        print(f"# brain-tumour scores of {weights.name} on the {len(cases)} patients it never "
+              f"trained on (fold -1), tta={args.tta}")
+        source = f"--model {args.model}"
+    else:
+        folds = sorted(d for d in args.runs.glob("fold-*") if (d / "result.json").is_file())
+        cases = [c for run in folds
+                 for c in predict_fold(run, tta=args.tta, threads=args.threads)]
+        print(f"# out-of-fold brain-tumour scores: {len(cases)} patients from {len(folds)} "
+              f"folds ({', '.join(d.name for d in folds)}), tta={args.tta}")
+        source = f"--runs {args.runs}"
     print(f"# machine: {cpu_name()}, {platform.machine()}; python benchmarks/tumour_cv.py "
-          f"--runs {args.runs}{' --tta' if args.tta else ''}")
-    for run in folds:
-        r = json.loads((run / "result.json").read_text())
-        print(f"# {run.name}: {r['iterations']} iterations, {r['elapsed_s'] / 60:.1f} min")
+          f"{source}{' --tta' if args.tta else ''}"
+          + (f" --post {args.post}" if args.post else ""))
+    if not args.model:
+        for run in folds:
+            r = json.loads((run / "result.json").read_text())
+            print(f"# {run.name}: {r['iterations']} iterations, {r['elapsed_s'] / 60:.1f} min")
 
     thresholds = [0.3, 0.4, 0.5, 0.6, 0.7]
     cleanups = ["none", "largest", "min:100", "min:500", "min:1000", "rel:0.1", "rel:0.2",
