@@ -227,6 +227,7 @@ def cmd_cell(args: argparse.Namespace) -> None:
     row.update({k: story.get(k) for k in ("base_with_rule", "trained", "kept_base_weights")})
     row["instances"] = card.instances
     row["channel_rule"] = card.channel_rule
+    row["patch"] = story.get("patch")
     if args.fluo:
         row["fluorescence"] = score(result.model_path, fluorescence_val(), FLUO)
     append(row)
@@ -359,6 +360,15 @@ def _pooled_ap(tests: list[dict]) -> float:
     return tp / (sum(x["n_true"] + x["n_pred"] for x in tests) - tp)
 
 
+def fitted_patch(row: dict) -> dict:
+    """``{"patch_size (speed fit)": [...]}`` when the fine-tune halved its patch to fit the
+    machine's speed (``medseg.training.finetune_speed``), else ``{}``."""
+    fit = row.get("patch") or {}
+    if fit and fit["patch_size"] != fit["card_patch"]:
+        return {"patch_size (speed fit)": fit["patch_size"]}
+    return {}
+
+
 def without_bf16(row: dict) -> bool:
     """The run's CPU had no bf16 instructions (it trained in float32). Runs recorded before
     the CPU's instruction sets were (``cpu`` "AMD EPYC" alone) ran on an AMD EPYC with
@@ -376,7 +386,7 @@ def cross_validation(rows: list[dict], machine: str = "") -> list[str]:
     for r in rows:
         if not r.get("all_pool", r["k"] == 31 and not r.get("fold")):
             continue
-        key = (json.dumps(r["overrides"], sort_keys=True), r["minutes"],
+        key = (json.dumps({**r["overrides"], **fitted_patch(r)}, sort_keys=True), r["minutes"],
                r.get("seed", 0), r["scratch"], r["keep_skill"], r.get("object_scale", False))
         runs.setdefault(key, {})[r.get("fold", 0)] = r
     done = {key: by_fold for key, by_fold in runs.items() if len(by_fold) == FOLDS}
@@ -519,7 +529,7 @@ def render() -> None:
             (" 1-scale" if r.get("object_scale") else "")
         fl = r.get("fluorescence")
         extra = {k: v for k, v in r["overrides"].items() if k not in SCRATCH or
-                 not r["scratch"]}
+                 not r["scratch"]} | fitted_patch(r)
         out.append(f"{r['k']:>4} {r['minutes']:>5g} {kind:<22} {r['steps']:>6} "
                    f"{r['wall_min']:>5.1f}m {r['own_before']:.3f}->{r['own_after']:.3f} "
                    f"{r['test']['ap50']:>11.3f} {(fl['ap50'] if fl else float('nan')):>11.3f}"

@@ -38,6 +38,7 @@ from medseg.training.finetune_score import (
     score_model,
     settings_variants,
 )
+from medseg.training.finetune_speed import PatchFit, can_halve, fitted_patch, step_seconds
 from medseg.transforms.channels import rule_channels
 
 logger = logging.getLogger(__name__)
@@ -71,6 +72,8 @@ class FinetuneRun:
         #: the objects' diameter every training image is zoomed to (None: as they are)
         self.scale_to: float | None = None
         self.zooms: dict[str, float] = {}
+        #: the patch fitted to this machine's speed (None: the card's, never probed)
+        self.patch_fit: PatchFit | None = None
 
     # -- progress ---------------------------------------------------------------------------
     def elapsed(self) -> float:
@@ -249,6 +252,7 @@ class FinetuneRun:
             logger.info("%d of %d training images zoomed to objects %.1f px across",
                         sum(z != 1.0 for z in self.zooms.values()), len(cases), self.scale_to)
         manifest = write_manifest(self.run_dir / "cases.json", cases)
+        self.patch_fit = self.fit_patch(self.budget_s - self.elapsed() - reserve_s)
         left_s = self.budget_s - self.elapsed() - reserve_s
         if left_s < 30.0:
             logger.warning("the %.1f-minute budget leaves %.0f s for training after checking "
@@ -257,7 +261,9 @@ class FinetuneRun:
                            max(left_s, 0.0), self.elapsed() + reserve_s)
         minutes = max(0.05, left_s / 60.0)
         config = self.config(manifest, [p.case_id for p in held.val], rule=rule, check=check,
-                             minutes=minutes, n_train=len(held.train) + len(kept))
+                             minutes=minutes, n_train=len(held.train) + len(kept),
+                             patch_size=self.patch_fit.patch_size
+                             if self.patch_fit is not None and self.patch_fit.halved else None)
         self.reserve_s = reserve_s
 
         def on_step(done: int, total: int) -> None:
@@ -274,7 +280,8 @@ class FinetuneRun:
         return result
 
     def config(self, manifest: Path, val_cases: list[str], *, rule: str | None,
-               check: FolderCheck | None, minutes: float, n_train: int = 0) -> TrainConfig:
+               check: FolderCheck | None, minutes: float, n_train: int = 0,
+               patch_size: list[int] | None = None) -> TrainConfig:
         """The training config (also made before anything runs, so that a bad ``--set``
         fails first)."""
         options = self.options
@@ -285,7 +292,31 @@ class FinetuneRun:
                                channel_rule=rule, seed=options.seed,
                                num_threads=options.num_threads, device=options.device,
                                channels_needed=bool(channels - {self.base.image_channels}),
-                               n_train=n_train, overrides=options.overrides)
+                               n_train=n_train, overrides=options.overrides,
+                               patch_size=patch_size)
+
+    def fit_patch(self, train_seconds: float) -> PatchFit | None:
+        """The patch fitted to this machine's speed (:mod:`medseg.training.finetune_speed`):
+        a training step of the base network is timed here, with the training's threads, and
+        a 2D model's patch is halved when the budget holds too few steps of it. ``None``: the
+        card's patch, not probed (a ``patch_size`` override, a 3D model, a fixed field of
+        view)."""
+        if "patch_size" in self.options.overrides or not can_halve(self.base,
+                                                                      self.base.roi_size):
+            return None
+        import torch
+
+        if self.options.num_threads:
+            torch.set_num_threads(self.options.num_threads)  # finetune() restores the caller's
+        recipe = (self.base.training or {}).get("config") or {}
+        seconds = step_seconds(self.start_path, self.base.roi_size,
+                               int(recipe.get("batch_size") or 2), device=self.options.device,
+                               amp=recipe.get("amp"))
+        fit = fitted_patch(self.base, seconds, train_seconds)
+        logger.info("a training step of %s patches takes %.2f s here: about %d steps in the "
+                    "budget; training on %s patches", "x".join(map(str, fit.card_patch)),
+                    seconds, fit.expected_steps, "x".join(map(str, fit.patch_size)))
+        return fit
 
     def kept_skill(self, n_train: int) -> list[Any]:
         """A seeded draw of ``max(10, n_train)`` pairs from ``keep_skill`` (none without)."""
@@ -331,6 +362,7 @@ class FinetuneRun:
             "overrides": dict(self.options.overrides), "seed": self.options.seed,
             "date": time.strftime("%Y-%m-%d"),
             "phase_start_s": dict(self.phase_start),
+            "patch": None if self.patch_fit is None else self.patch_fit.to_dict(),
         }
 
 

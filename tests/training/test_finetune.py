@@ -366,3 +366,68 @@ def test_many_images_are_fine_tuned_at_the_base_rate(tmp_path: Path) -> None:
 
     assert lr(MANY_IMAGES) == pytest.approx(base_lr)
     assert lr(MANY_IMAGES - 1) == pytest.approx(0.3 * base_lr)
+
+
+def _wide_tiny_nuclei(tmp_path: Path) -> Path:
+    """The nuclei card (instances, domain, recipe) on a tiny random network with the card's
+    256 x 256 window."""
+    import dataclasses
+
+    import torch
+
+    from medseg.model_card import save_model
+    from medseg.networks import build_network, plan_network
+
+    torch.manual_seed(0)
+    card = read_model_card(resolve_model("nuclei"))
+    network = plan_network(spatial_dims=2, in_channels=1, out_channels=3,
+                           patch_size=[256, 256], base_filters=4, max_filters=8)
+    card = dataclasses.replace(card, name="wide-tiny", network=network, roi_size=[256, 256])
+    return save_model(tmp_path / "wide-tiny.safetensors", build_network(network), card)
+
+
+@pytest.mark.parametrize(("seconds", "patch"), [(30.0, [128, 128]), (1e-4, [256, 256])])
+def test_a_slow_machine_fine_tunes_on_smaller_patches(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      seconds: float, patch: list[int]) -> None:
+    import medseg.training.finetune_run as finetune_run
+
+    probed: list[tuple] = []
+
+    def step_seconds(model_path, card_patch, batch_size, **kwargs) -> float:
+        probed.append((tuple(card_patch), batch_size))
+        return seconds  # a training step of the card's patch, as timed on this "machine"
+
+    monkeypatch.setattr(finetune_run, "step_seconds", step_seconds)
+    base = _wide_tiny_nuclei(tmp_path)
+    folder = write_he_folder(tmp_path / "corrections", 2)
+    overrides = {key: value for key, value in FEW_STEPS.items() if key != "batch_size"}
+    result = finetune(FinetuneOptions(base=str(base), data=folder, minutes=1.0,
+                                      num_threads=1, overrides=overrides,
+                                      run_dir=tmp_path / "run"))
+    assert probed == [((256, 256), 4)]  # the card's window and the recipe's batch
+    fit = read_model_card(result.model_path).training["finetune"]["patch"]
+    assert fit["patch_size"] == patch and fit["card_patch"] == [256, 256]
+    assert fit["seconds_per_step"] == round(seconds, 4)
+    assert (fit["expected_steps"] < 1000) == (patch == [128, 128])
+    plan = json.loads((tmp_path / "run" / "train" / "plan.json").read_text())["plan"]
+    assert plan["patch_size"] == patch
+
+
+def test_the_speed_probe_times_a_real_training_step(tmp_path: Path) -> None:
+    from medseg.training.finetune_recipe import finetune_config
+    from medseg.training.finetune_speed import step_seconds
+
+    base = _wide_tiny_nuclei(tmp_path)
+    seconds = step_seconds(base, [128, 128], 2, device="cpu", amp="off")
+    assert 0.0 < seconds < 30.0
+    # smaller patches draw as many pixels: four times the steps of the card's window
+    card = read_model_card(base)
+
+    def epochs(patch_size: list[int] | None) -> int:
+        return finetune_config(card, base_path=base, name="x", manifest=tmp_path / "c.json",
+                               val_cases=[], run_dir=tmp_path / "run", minutes=1.0,
+                               channel_rule=None, seed=0, num_threads=1, device="cpu",
+                               n_train=25, patch_size=patch_size).epochs
+
+    assert (epochs(None), epochs([128, 128])) == (38, 150)
