@@ -141,6 +141,8 @@ class FinetuneResult:
             rule alone), when the fine-tune chose a rule the base did not have.
         kept_base_weights: Training did not beat ``with_rule``: the model written is the
             base's weights with the channel rule (``after`` equals ``with_rule``).
+        patch: The patch fitted to the machine's speed, when the card's was halved
+            (:class:`medseg.training.finetune_speed.PatchFit` as a dict); ``None``: the card's.
     """
 
     model_path: Path
@@ -156,6 +158,7 @@ class FinetuneResult:
     val_cases: list[str]
     with_rule: float | None = None
     kept_base_weights: bool = False
+    patch: dict[str, Any] | None = None
 
     def summary(self) -> str:
         """One line a user reads: the figures and where the model went."""
@@ -165,6 +168,10 @@ class FinetuneResult:
                 f", base weights with the channel rule alone {self.with_rule:.3f}")
         kept = (" (training did not beat the channel rule alone: the base's weights are kept)"
                 if self.kept_base_weights else "")
+        if self.patch:
+            kept += (f"; trained on {'x'.join(map(str, self.patch['patch_size']))} patches: "
+                     f"this machine had time for about {self.patch['expected_steps']} steps of "
+                     f"{'x'.join(map(str, self.patch['card_patch']))}")
         return (f"{self.metric} on {len(self.val_cases)} held-back image(s): base "
                 f"{self.before:.3f}{rule}, fine-tuned {self.after:.3f}{kept} ({self.steps} "
                 f"steps, {self.minutes:.1f} min); {verdict}")

@@ -31,7 +31,12 @@ from medseg.training.finetune_data import (
     hold_out,
     index_folder,
 )
-from medseg.training.finetune_recipe import finetune_config, write_manifest
+from medseg.training.finetune_recipe import (
+    ITERS_PER_EPOCH,
+    finetune_config,
+    max_epochs,
+    write_manifest,
+)
 from medseg.training.finetune_score import (
     metric_name,
     score_instance_settings,
@@ -163,6 +168,8 @@ class FinetuneRun:
                              metric=metric_name(self.instances), before=before, after=after,
                              improved=improved, candidate=not improved, steps=result.iterations,
                              with_rule=with_rule, kept_base_weights=kept_base,
+                             patch=self.patch_fit.to_dict()
+                             if self.patch_fit is not None and self.patch_fit.halved else None,
                              minutes=self.elapsed() / 60.0,
                              train_cases=[p.case_id for p in held.train],
                              val_cases=[p.case_id for p in held.val])
@@ -252,7 +259,8 @@ class FinetuneRun:
             logger.info("%d of %d training images zoomed to objects %.1f px across",
                         sum(z != 1.0 for z in self.zooms.values()), len(cases), self.scale_to)
         manifest = write_manifest(self.run_dir / "cases.json", cases)
-        self.patch_fit = self.fit_patch(self.budget_s - self.elapsed() - reserve_s)
+        self.patch_fit = self.fit_patch(self.budget_s - self.elapsed() - reserve_s,
+                                        n_train=len(held.train) + len(kept))
         left_s = self.budget_s - self.elapsed() - reserve_s
         if left_s < 30.0:
             logger.warning("the %.1f-minute budget leaves %.0f s for training after checking "
@@ -295,12 +303,12 @@ class FinetuneRun:
                                n_train=n_train, overrides=options.overrides,
                                patch_size=patch_size)
 
-    def fit_patch(self, train_seconds: float) -> PatchFit | None:
+    def fit_patch(self, train_seconds: float, n_train: int) -> PatchFit | None:
         """The patch fitted to this machine's speed (:mod:`medseg.training.finetune_speed`):
         a training step of the base network is timed here, with the training's threads, and
-        a 2D model's patch is halved when the budget holds too few steps of it. ``None``: the
-        card's patch, not probed (a ``patch_size`` override, a 3D model, a fixed field of
-        view)."""
+        a 2D model's patch is halved when the budget holds too few steps of it (fewer than the
+        schedule's cap for ``n_train`` images, too). ``None``: the card's patch, not probed (a
+        ``patch_size`` override, a 3D model, a fixed field of view)."""
         if "patch_size" in self.options.overrides or not can_halve(self.base,
                                                                       self.base.roi_size):
             return None
@@ -309,10 +317,11 @@ class FinetuneRun:
         if self.options.num_threads:
             torch.set_num_threads(self.options.num_threads)  # finetune() restores the caller's
         recipe = (self.base.training or {}).get("config") or {}
-        seconds = step_seconds(self.start_path, self.base.roi_size,
-                               int(recipe.get("batch_size") or 2), device=self.options.device,
-                               amp=recipe.get("amp"))
-        fit = fitted_patch(self.base, seconds, train_seconds)
+        batch = int(recipe.get("batch_size") or 2)
+        seconds = step_seconds(self.start_path, self.base.roi_size, batch,
+                               device=self.options.device, amp=recipe.get("amp"))
+        fit = fitted_patch(self.base, seconds, train_seconds,
+                           cap_steps=max_epochs(n_train, batch) * ITERS_PER_EPOCH)
         logger.info("a training step of %s patches takes %.2f s here: about %d steps in the "
                     "budget; training on %s patches", "x".join(map(str, fit.card_patch)),
                     seconds, fit.expected_steps, "x".join(map(str, fit.patch_size)))

@@ -4,12 +4,13 @@ A fine-tune trains for minutes, so the number of steps it gets is set by the mac
 with bf16 instructions (AVX-512 bf16, AMX) the ``nuclei`` recipe's 256 x 256 patches run about
 1,500 steps in a 10-minute H&E fine-tune; on a CPU with AVX2 only, in float32, about 500, and
 the fine-tuned model is worse for it (pooled AP@0.5 over three folds of H&E images,
-``benchmarks/results/finetune_he.txt``). Patches of half the side cost a quarter of the time:
+``benchmarks/results/finetune_he.txt``). Patches of half the side take a third of the time:
 there, 128 x 128 patches ran about 1,650 steps and scored better than the 500 larger ones.
 
 So before training, :func:`step_seconds` times the base network's training step on this
 machine, as loaded as it is, and :func:`fitted_patch` halves a 2D model's patch when the
-budget would hold fewer than :data:`FEW_STEPS` steps of it. The step cap of the schedule is
+budget would hold fewer than :data:`FEW_STEPS` steps of it, and fewer than the schedule's own
+step cap (a few images end at the cap, not at the budget: those keep the patch). The cap is
 counted in pixels (:func:`medseg.training.finetune_recipe.max_epochs`), so the smaller patches
 see as much of each image as the larger ones would have. Models that see a fixed field of view
 (a card's ``fov_pixels``: whole brain slices) and 3D models keep their patch.
@@ -74,9 +75,10 @@ def can_halve(card: ModelCard, patch: Sequence[int]) -> bool:
 
 
 def fitted_patch(card: ModelCard, seconds_per_step: float, train_seconds: float,
-                 patch: Sequence[int] | None = None) -> PatchFit:
+                 patch: Sequence[int] | None = None, cap_steps: int | None = None) -> PatchFit:
     """The patch to fine-tune ``card``'s model with, when a step of ``patch`` (default: the
-    card's window) takes ``seconds_per_step`` and training has ``train_seconds``.
+    card's window) takes ``seconds_per_step``, training has ``train_seconds`` and the schedule
+    ends after at most ``cap_steps`` steps of ``patch``.
 
     Examples:
         >>> from medseg.model_card import ModelCard
@@ -89,11 +91,14 @@ def fitted_patch(card: ModelCard, seconds_per_step: float, train_seconds: float,
         [128, 128]
         >>> fitted_patch(card, 0.25, 540.0).patch_size      # 2,160 steps: kept
         [256, 256]
+        >>> fitted_patch(card, 1.0, 540.0, cap_steps=300).patch_size  # ends at its cap: kept
+        [256, 256]
     """
     card_patch = [int(p) for p in (patch or card.roi_size)]
     expected = int(train_seconds / max(seconds_per_step, 1e-6))
     chosen = card_patch
-    if expected < FEW_STEPS and can_halve(card, card_patch):
+    enough = FEW_STEPS if cap_steps is None else min(FEW_STEPS, cap_steps)
+    if expected < enough and can_halve(card, card_patch):
         chosen = [p // 2 for p in card_patch]
     return PatchFit(patch_size=chosen, card_patch=card_patch,
                     seconds_per_step=seconds_per_step, expected_steps=expected)

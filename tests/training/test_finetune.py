@@ -412,6 +412,8 @@ def test_a_slow_machine_fine_tunes_on_smaller_patches(tmp_path: Path,
     assert (fit["expected_steps"] < 1000) == (patch == [128, 128])
     plan = json.loads((tmp_path / "run" / "train" / "plan.json").read_text())["plan"]
     assert plan["patch_size"] == patch
+    # the user is told why the patches are smaller
+    assert ("trained on 128x128 patches" in result.summary()) == (patch == [128, 128])
 
 
 def test_the_speed_probe_times_a_real_training_step(tmp_path: Path) -> None:
