@@ -316,7 +316,8 @@ class FinetuneRun:
 
         if self.options.num_threads:
             torch.set_num_threads(self.options.num_threads)  # finetune() restores the caller's
-        recipe = (self.base.training or {}).get("config") or {}
+        # the batch and precision the training will run: the base recipe's, or the overrides'
+        recipe = {**((self.base.training or {}).get("config") or {}), **self.options.overrides}
         batch = int(recipe.get("batch_size") or 2)
         seconds = step_seconds(self.start_path, self.base.roi_size, batch,
                                device=self.options.device, amp=recipe.get("amp"))

@@ -386,10 +386,12 @@ def _wide_tiny_nuclei(tmp_path: Path) -> Path:
     return save_model(tmp_path / "wide-tiny.safetensors", build_network(network), card)
 
 
-@pytest.mark.parametrize(("seconds", "patch"), [(30.0, [128, 128]), (1e-4, [256, 256])])
+@pytest.mark.parametrize(("seconds", "patch", "batch"),
+                         [(30.0, [128, 128], None), (1e-4, [256, 256], 2)])
 def test_a_slow_machine_fine_tunes_on_smaller_patches(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch,
-                                                      seconds: float, patch: list[int]) -> None:
+                                                      seconds: float, patch: list[int],
+                                                      batch: int | None) -> None:
     import medseg.training.finetune_run as finetune_run
 
     probed: list[tuple] = []
@@ -402,10 +404,13 @@ def test_a_slow_machine_fine_tunes_on_smaller_patches(tmp_path: Path,
     base = _wide_tiny_nuclei(tmp_path)
     folder = write_he_folder(tmp_path / "corrections", 2)
     overrides = {key: value for key, value in FEW_STEPS.items() if key != "batch_size"}
+    if batch is not None:
+        overrides["batch_size"] = batch
     result = finetune(FinetuneOptions(base=str(base), data=folder, minutes=1.0,
                                       num_threads=1, overrides=overrides,
                                       run_dir=tmp_path / "run"))
-    assert probed == [((256, 256), 4)]  # the card's window and the recipe's batch
+    # the card's window, and the batch the training runs: the recipe's or the override's
+    assert probed == [((256, 256), batch or 4)]
     fit = read_model_card(result.model_path).training["finetune"]["patch"]
     assert fit["patch_size"] == patch and fit["card_patch"] == [256, 256]
     assert fit["seconds_per_step"] == round(seconds, 4)
