@@ -21,13 +21,17 @@ from medseg.errors import ConfigError
 AmpChoice = bool | str | None
 
 
+#: The ``/proc/cpuinfo`` flags of bf16 matrix instructions (AMX-BF16, AVX512-BF16).
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
 def cpu_has_native_bf16() -> bool:
-    """True when the CPU has bf16 matrix instructions (AMX-BF16 or AVX512-BF16)."""
+    """True when the CPU has bf16 matrix instructions (:data:`BF16_FLAGS`)."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:  # not Linux: be conservative
         return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+    return any(flag in flags for flag in BF16_FLAGS)
 
 
 def resolve_device(device: torch.device | str | None) -> torch.device:

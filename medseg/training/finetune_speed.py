@@ -69,9 +69,9 @@ class PatchFit:
 def can_halve(card: ModelCard, patch: Sequence[int]) -> bool:
     """A 2D model without a fixed field of view, whose patch sides are all at least twice
     :data:`SMALLEST_PATCH` (and halve to a multiple of the network's divisor)."""
-    divisor = 2 ** (len(card.network.strides) - 1)
     return (card.spatial_dims == 2 and not card.fov_pixels and len(patch) == 2
-            and all(p >= 2 * SMALLEST_PATCH and (p // 2) % divisor == 0 for p in patch))
+            and all(p >= 2 * SMALLEST_PATCH and (p // 2) % d == 0
+                    for p, d in zip(patch, card.network.divisor, strict=True)))
 
 
 def fitted_patch(card: ModelCard, seconds_per_step: float, train_seconds: float,
@@ -108,7 +108,8 @@ def step_seconds(model_path: Path, patch: Sequence[int], batch_size: int, *,
                  device: str | None, amp: str | bool | None) -> float:
     """Seconds of one training step (forward, loss, backward) of ``model_path``'s network on a
     random batch of ``batch_size`` patches, on this machine with the training's device,
-    precision and torch threads (the median of :data:`PROBE_STEPS` steps after a warm-up)."""
+    precision and torch threads (the upper median of :data:`PROBE_STEPS` timed steps, after a
+    warm-up step: with two, the slower)."""
     import torch
     import torch.nn.functional as F
 

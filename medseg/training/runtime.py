@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medseg.devices import autocast_dtype, resolve_device
+from medseg.devices import BF16_FLAGS, autocast_dtype, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def instruction_sets(flags: list[str]) -> str:
         'AVX-512, amx_bf16, avx512_bf16'
     """
     widest = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
-    bf16 = sorted(f for f in flags if f in ("amx_bf16", "avx512_bf16"))
+    bf16 = sorted(f for f in flags if f in BF16_FLAGS)
     return ", ".join([widest, *(bf16 or ["no bf16"])])
 
 
