@@ -43,14 +43,8 @@ def row(name: str, probs: dict[str, np.ndarray], truths: dict[str, np.ndarray], 
         dices[p] = dice(pred, truths[p])
         scores.append(confidence_of(two_class_probabilities(prob), pred,
                                     rule="inside_probability").score)
-    v = np.asarray(list(dices.values()))
-    sites: dict[str, list[float]] = defaultdict(list)
-    for p, d in dices.items():
-        sites[p.split("_")[1]].append(d)
-    text = (f"  {name:14s} {t:.1f}  {v.mean():.4f} {np.median(v):.4f} {v.min():.4f} "
-            f"{int((v < POOR).sum()):3d}   {auroc(scores, list(v < POOR)):.3f}   "
-            + " ".join(f"{s} {np.mean(x):.3f}" for s, x in sorted(sites.items())))
-    return text, dices
+    poor = [d < POOR for d in dices.values()]
+    return summary_row(name, dices, t, f"{auroc(scores, poor):.3f}"), dices
 
 
 def committed_dice(report: Path) -> dict[str, float]:
@@ -78,13 +72,16 @@ def paired(label: str, a: dict[str, float], b: dict[str, float], common: list[st
           f"{int((diff < -0.01).sum())}, within 0.01 on {int((abs(diff) <= 0.01).sum())} patients")
 
 
-def summary_row(name: str, dices: dict[str, float]) -> str:
+def summary_row(name: str, dices: dict[str, float], t: float = 0.5, auroc_text: str = "  -  "
+                ) -> str:
+    """A table line: threshold, mean, median, min, patients below 0.6, the confidence's AUROC
+    (``"  -  "`` when there are no probabilities), per-site means."""
     v = np.asarray(list(dices.values()))
     sites: dict[str, list[float]] = defaultdict(list)
     for p, d in dices.items():
         sites[p.split("_")[1]].append(d)
-    return (f"  {name:14s} 0.5  {v.mean():.4f} {np.median(v):.4f} {v.min():.4f} "
-            f"{int((v < POOR).sum()):3d}      -    "
+    return (f"  {name:14s} {t:.1f}  {v.mean():.4f} {np.median(v):.4f} {v.min():.4f} "
+            f"{int((v < POOR).sum()):3d}   {auroc_text}   "
             + " ".join(f"{s} {np.mean(x):.3f}" for s, x in sorted(sites.items())))
 
 
