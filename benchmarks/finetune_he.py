@@ -39,7 +39,6 @@ DATA = ROOT.parent / "shared" / "data" / "dsb2018_brightfield"
 FLUO = ROOT.parent / "shared" / "data" / "dsb2018_nuclei"
 RESULTS = ROOT / "benchmarks" / "results"
 LINES = RESULTS / "finetune_he.jsonl"
-TEST_SIZE = 15
 FOLDS = 3
 GROUP_DISTANCE = 8.0
 SEED = 0
@@ -65,21 +64,23 @@ def colour_groups(ids: list[str]) -> dict[str, int]:
     return {i: int(g) for i, g in zip(ids, groups, strict=True)}
 
 
-def split(fold: int = 0) -> tuple[list[str], list[str], int]:
+def split(fold: int = 0, folds: int = FOLDS) -> tuple[list[str], list[str], int]:
     """``(pool, test, number of groups)``: whole colour groups, in one seeded order, dealt into
-    :data:`FOLDS` test sets of at least ``TEST_SIZE`` images (the last takes the rest); ``fold``
-    picks the test set, the other images are the pool. Fold 0 is the test set of every figure
-    before the other folds existed."""
+    ``folds`` test sets of at least a ``folds``-th of the images each (the last takes the
+    rest; 15 for the 3 folds); ``fold`` picks the test set, the other images are the pool.
+    Fold 0 of the 3 folds is the test set of every figure before the other folds existed.
+    More folds leave a larger pool, closer to a fine-tune on all 47."""
     ids = image_ids()
+    size = len(ids) // folds
     groups = colour_groups(ids)
     names = sorted(set(groups.values()))
     order = np.random.default_rng(SEED).permutation(len(names))
-    folds: list[list[str]] = [[]]
+    dealt: list[list[str]] = [[]]
     for k in order:
-        if len(folds[-1]) >= TEST_SIZE and len(folds) < FOLDS:
-            folds.append([])
-        folds[-1] += [i for i in ids if groups[i] == names[k]]
-    test = folds[fold]
+        if len(dealt[-1]) >= size and len(dealt) < folds:
+            dealt.append([])
+        dealt[-1] += [i for i in ids if groups[i] == names[k]]
+    test = dealt[fold]
     pool = [i for i in ids if i not in set(test)]
     return pool, sorted(test), len(names)
 
@@ -191,7 +192,10 @@ def cmd_cell(args: argparse.Namespace) -> None:
     from medseg.training.finetune import FinetuneOptions, finetune
     from medseg.training.runtime import cpu_name
 
-    pool, test, _ = split(args.fold)
+    if args.fold >= args.folds:
+        raise SystemExit(f"--fold {args.fold}: there are {args.folds} folds (0 to "
+                         f"{args.folds - 1})")
+    pool, test, _ = split(args.fold, args.folds)
     ids = pool if args.k == 0 else draw(pool, args.k, args.draw)
     overrides = dict(SCRATCH) if args.scratch else {}
     import yaml
@@ -212,8 +216,8 @@ def cmd_cell(args: argparse.Namespace) -> None:
                                       object_scale=not args.native_scale))
     wall = time.monotonic() - t0
     row = {"kind": "cell", "tag": args.tag, "k": len(ids), "draw": args.draw,
-           "fold": args.fold, "all_pool": args.k == 0, "object_scale": not args.native_scale,
-           "minutes": args.minutes,
+           "fold": args.fold, "folds": args.folds, "all_pool": args.k == 0,
+           "object_scale": not args.native_scale, "minutes": args.minutes,
            "scratch": args.scratch, "keep_skill": args.keep_skill, "overrides": overrides,
            "seed": args.seed, "steps": result.steps, "wall_min": round(wall / 60, 2),
            "own_before": round(result.before, 4), "own_after": round(result.after, 4),
@@ -376,38 +380,43 @@ def without_bf16(row: dict) -> bool:
     return "no bf16" in row.get("cpu", "")
 
 
-def cross_validation(rows: list[dict], machine: str = "") -> list[str]:
-    """Lines of the all-pool fine-tunes over the :data:`FOLDS` colour-group folds: each fold's
-    test AP@0.5 and the AP@0.5 pooled over every image, each scored by the fine-tune that did
-    not see it. Runs are grouped by recipe (object scale, options, minutes, seed); the latest
-    run per fold counts, and the commits they ran are listed. ``machine``: the CPU the rows
-    ran on, for the heading."""
+def cross_validation(rows: list[dict], machine: str = "", folds: int = FOLDS) -> list[str]:
+    """Lines of the all-pool fine-tunes over ``folds`` colour-group folds: each fold's test
+    AP@0.5 and the AP@0.5 pooled over every image, each scored by the fine-tune that did not
+    see it. Runs are grouped by recipe (object scale, options, minutes, seed); the latest run
+    per fold counts, and the commits they ran are listed. ``machine``: the CPU the rows ran
+    on, for the heading."""
     runs: dict[tuple, dict[int, dict]] = {}
     for r in rows:
         if not r.get("all_pool", r["k"] == 31 and not r.get("fold")):
             continue
+        if r.get("folds", FOLDS) != folds:
+            continue
         key = (json.dumps({**r["overrides"], **fitted_patch(r)}, sort_keys=True), r["minutes"],
                r.get("seed", 0), r["scratch"], r["keep_skill"], r.get("object_scale", False))
         runs.setdefault(key, {})[r.get("fold", 0)] = r
-    done = {key: by_fold for key, by_fold in runs.items() if len(by_fold) == FOLDS}
+    done = {key: by_fold for key, by_fold in runs.items() if len(by_fold) == folds}
     if not done:
         return []
-    out = ["", f"fine-tuned on the whole pool{machine}, {FOLDS} folds by colour group (each "
-           "fold's test set is whole colour groups, the pool the other images; fold 0 is the "
-           "test set above): test AP@0.5 per fold, and pooled over all 47 images, each scored "
-           "by the fine-tune that did not see it",
+    sizes = sorted({r["k"] for by_fold in done.values() for r in by_fold.values()})
+    out = ["", f"fine-tuned on the whole pool{machine}, {folds} folds by colour group (each "
+           "fold's test set is whole colour groups, the pool the other images"
+           + ("; fold 0 is the test set above" if folds == FOLDS else "")
+           + f"; pools of {sizes[0]}-{sizes[-1]} images, of which the fine-tune holds back its "
+           "own validation part): test AP@0.5 per fold, and pooled over all 47 images, each "
+           "scored by the fine-tune that did not see it",
            f"{'recipe':<40} {'min':>4} " + " ".join(f"{'fold ' + str(f):>7}"
-                                                   for f in range(FOLDS)) + f" {'pooled':>7}"]
-    pooled_of = {key: _pooled_ap([by_fold[f]["test"] for f in range(FOLDS)])
+                                                   for f in range(folds)) + f" {'pooled':>7}"]
+    pooled_of = {key: _pooled_ap([by_fold[f]["test"] for f in range(folds)])
                  for key, by_fold in done.items()}
     for (overrides, minutes, seed, scratch, keep, scale), by_fold in done.items():
-        t = [by_fold[f]["test"] for f in range(FOLDS)]
+        t = [by_fold[f]["test"] for f in range(folds)]
         pooled = pooled_of[(overrides, minutes, seed, scratch, keep, scale)]
         name = ("one object scale " if scale else "native scale ") + \
             ("from scratch " if scratch else "") + ("+keep-skill " if keep else "") + \
             (overrides if overrides != "{}" else "as committed") + \
             (f" seed {seed}" if seed else "")
-        commits = sorted({by_fold[f]["commit"] for f in range(FOLDS)})
+        commits = sorted({by_fold[f]["commit"] for f in range(folds)})
         out.append(f"{name:<40} {minutes:>4g} " + " ".join(f"{x['ap50']:>7.3f}" for x in t)
                    + f" {pooled:>7.3f}  [{', '.join(commits)}]")
     return out + over_seeds(pooled_of)
@@ -451,7 +460,7 @@ def few_images_over_folds(rows: list[dict]) -> list[str]:
         if (r["kind"] == "cell" and r.get("commit") and r.get("object_scale")
                 and r["minutes"] == 10.0 and not r["scratch"] and not r["keep_skill"]
                 and not r["overrides"] and r["k"] <= 10
-                and r.get("tag") in ("grid", "kfold")):
+                and r.get("tag") in ("grid", "kfold") and r.get("folds", FOLDS) == FOLDS):
             latest[(r["k"], r.get("fold", 0), r.get("draw", 0))] = r
     out: list[str] = []
     for k in sorted({key[0] for key in latest}):
@@ -514,8 +523,9 @@ def render() -> None:
                            else "native scale (before one object scale)")
     out += cross_validation(folded)
     out += few_images_over_folds(folded)
-    out += cross_validation([r for r in cells if without_bf16(r)],
-                            " on the CPU without bf16 (AMD EPYC, AVX2 only: float32)")
+    avx2 = " on the CPU without bf16 (AMD EPYC, AVX2 only: float32)"
+    out += cross_validation([r for r in cells if without_bf16(r)], avx2)
+    out += cross_validation([r for r in cells if without_bf16(r)], avx2, folds=5)
     out += ["", "every run (commit = the code it ran; rows without one ran before the recipe "
             "was final: no step cap, instance settings re-chosen on any hold-out, no "
             "rule-alone comparison):",
@@ -586,8 +596,10 @@ def main() -> None:
     p.add_argument("--tag", default="")
     p.add_argument("--native-scale", action="store_true",
                    help="fine-tune on the images as they are (no zoom to one object scale)")
-    p.add_argument("--fold", type=int, default=0, choices=range(FOLDS),
+    p.add_argument("--fold", type=int, default=0,
                    help="which colour-group fold is the test set (0: the first figures')")
+    p.add_argument("--folds", type=int, default=FOLDS,
+                   help="how many colour-group folds the images are dealt into")
     p.add_argument("--keep", type=Path, help="copy the fine-tuned model (and its card) here")
     p = sub.add_parser("diameter")
     p.add_argument("model", type=Path)
