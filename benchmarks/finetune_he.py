@@ -173,7 +173,9 @@ def append(row: dict) -> None:
 
 def cmd_shipped(args: argparse.Namespace) -> None:
     """The shipped model as it is, or (``--rule``) its weights with a channel rule in the card
-    and no training at all."""
+    and no training at all; ``--diameter``: the images zoomed to the model's object size
+    (``auto``: each image's estimate); ``--all``: also scored on all 47 images (none of them
+    ever trained on)."""
     from medseg.model_card import load_model, save_model
     from medseg.models import resolve_model
 
@@ -183,8 +185,18 @@ def cmd_shipped(args: argparse.Namespace) -> None:
         net, card = load_model(resolve_model("nuclei"))
         card.channel_rule = args.rule
         model = save_model(Path(tempfile.mkdtemp()) / "ruled.safetensors", net, card)
-    row = {"kind": "shipped", "model": "nuclei", "rule": args.rule, "test": score(model, test),
+    diameter = (None if args.diameter is None else
+                args.diameter if args.diameter == "auto" else float(args.diameter))
+    row = {"kind": "shipped", "model": "nuclei", "rule": args.rule,
+           "test": score(model, test, diameter=diameter),
            "fluorescence": score(model, fluorescence_val(), FLUO) if args.fluo else None}
+    from medseg.training.runtime import cpu_name
+
+    row["cpu"] = cpu_name()
+    if diameter is not None:
+        row["diameter"] = diameter
+    if args.all:
+        row["all47"] = score(model, sorted(pool + test), diameter=diameter)
     append(row)
 
 
@@ -510,10 +522,15 @@ def render() -> None:
         if r["kind"] == "shipped":
             fl = r.get("fluorescence")
             rule = (f" with channel rule {r['rule']} (no training)" if r.get("rule")
-                    else "")
+                    else "") + (f", object diameter {r['diameter']}" if r.get("diameter")
+                                else "")
+            every = r.get("all47")
             out.append(f"shipped nuclei{rule}: test AP@0.5 {r['test']['ap50']:.3f} (objects "
                        f"{r['test']['n_pred']}/{r['test']['n_true']})"
-                       + (f"; fluorescence validation AP@0.5 {fl['ap50']:.3f}" if fl else ""))
+                       + (f"; all 47 images {every['ap50']:.3f} (objects {every['n_pred']}/"
+                          f"{every['n_true']})" if every else "")
+                       + (f"; fluorescence validation AP@0.5 {fl['ap50']:.3f}" if fl else "")
+                       + (f" [{r['cpu']}]" if r.get("cpu") else ""))
     cells = [r for r in rows if r["kind"] == "cell" and r.get("commit")]
     folded = [r for r in cells if not without_bf16(r)]
     final = [r for r in folded if not r.get("fold")]
@@ -584,6 +601,9 @@ def main() -> None:
     p = sub.add_parser("shipped")
     p.add_argument("--fluo", action="store_true")
     p.add_argument("--rule", default=None, help="score the weights with this channel rule")
+    p.add_argument("--diameter", default=None,
+                   help="object diameter at inference: pixels, or 'auto' (each image's estimate)")
+    p.add_argument("--all", action="store_true", help="also score all 47 images")
     p = sub.add_parser("cell")
     p.add_argument("--k", type=int, required=True, help="images (0: the whole pool)")
     p.add_argument("--minutes", type=float, required=True)
