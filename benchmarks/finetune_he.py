@@ -462,7 +462,7 @@ def over_seeds(pooled_of: dict[tuple, float]) -> list[str]:
     return out
 
 
-def few_images_over_folds(rows: list[dict]) -> list[str]:
+def few_images_over_folds(rows: list[dict], machine: str = "") -> list[str]:
     """Lines of the few-image fine-tunes (K < the pool, 10 min, one object scale, tag ``grid``
     on fold 0 or ``kfold`` on the others) over the colour-group folds: per K and fold the test
     AP@0.5 of each draw, and per draw number the AP@0.5 pooled over every fold's test images
@@ -483,7 +483,8 @@ def few_images_over_folds(rows: list[dict]) -> list[str]:
         if sum(1 for v in folds.values() if v) < 2:
             continue
         if not out:
-            out += ["", "few images over the folds (one object scale, 10 min): test AP@0.5 of "
+            out += ["", f"few images over the folds{machine} (one object scale, 10 min): test "
+                    "AP@0.5 of "
                     "each draw of K images from the fold's pool; pooled = one draw per fold, "
                     "over all 47 images, each scored by a fine-tune that did not see it"]
         for f, by_draw in folds.items():
@@ -543,6 +544,7 @@ def render() -> None:
     avx2 = " on the CPU without bf16 (AMD EPYC, AVX2 only: float32)"
     out += cross_validation([r for r in cells if without_bf16(r)], avx2)
     out += cross_validation([r for r in cells if without_bf16(r)], avx2, folds=5)
+    out += few_images_over_folds([r for r in cells if without_bf16(r)], avx2)
     out += ["", "every run (commit = the code it ran; rows without one ran before the recipe "
             "was final: no step cap, instance settings re-chosen on any hold-out, no "
             "rule-alone comparison):",
