@@ -123,6 +123,26 @@ def test_finetune_2d_colour_instance_model(tmp_path: Path, user_models: Path) ->
         assert card.name not in list_models()
 
 
+def test_the_rule_alone_is_scored_and_kept_sized_to_the_base_objects(tmp_path: Path) -> None:
+    """At one object scale, the base's weights with the channel rule alone are scored as the
+    fine-tuned weights are, each image sized to the base's objects; when they win, the exported
+    card sizes each image too."""
+    folder = write_he_folder(tmp_path / "corrections", 2)
+    # no learning: the trained weights are the base's, so the rule alone wins the tie
+    result = finetune(FinetuneOptions(base="nuclei", data=folder, minutes=1.0, num_threads=1,
+                                      export=tmp_path / "he.safetensors",
+                                      overrides={**FEW_STEPS, "lr": 0.0,
+                                                 "patch_size": [64, 64]}))
+    story = read_model_card(result.model_path).training["finetune"]
+    assert result.kept_base_weights
+    assert result.with_rule == pytest.approx(story["trained"], abs=1e-4)
+    card = read_model_card(result.model_path)
+    assert card.instances["object_diameter"] == "auto"
+    assert card.channel_rule == "luminance-auto"
+    base = read_model_card(resolve_model("nuclei")).instances
+    assert {k: v for k, v in card.instances.items() if k != "object_diameter"} == base
+
+
 def test_a_model_not_better_is_kept_as_a_candidate_only(tmp_path: Path) -> None:
     folder = write_he_folder(tmp_path / "corrections", 2)
     export = tmp_path / "out" / "he.safetensors"
