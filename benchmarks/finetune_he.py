@@ -462,17 +462,19 @@ def over_seeds(pooled_of: dict[tuple, float]) -> list[str]:
     return out
 
 
-def few_images_over_folds(rows: list[dict], machine: str = "") -> list[str]:
+def few_images_over_folds(rows: list[dict], machine: str = "",
+                          tags: tuple[str, ...] = ("grid", "kfold")) -> list[str]:
     """Lines of the few-image fine-tunes (K < the pool, 10 min, one object scale, tag ``grid``
-    on fold 0 or ``kfold`` on the others) over the colour-group folds: per K and fold the test
-    AP@0.5 of each draw, and per draw number the AP@0.5 pooled over every fold's test images
-    (all 47 images, each scored by a fine-tune that did not see it); latest run of each cell."""
+    on fold 0 or ``kfold`` on the others, or one of ``tags``) over the colour-group folds: per
+    K and fold the test AP@0.5 of each draw, and per draw number the AP@0.5 pooled over every
+    fold's test images (all 47 images, each scored by a fine-tune that did not see it); latest
+    run of each cell."""
     latest: dict[tuple[int, int, int], dict] = {}
     for r in rows:
         if (r["kind"] == "cell" and r.get("commit") and r.get("object_scale")
                 and r["minutes"] == 10.0 and not r["scratch"] and not r["keep_skill"]
                 and not r["overrides"] and r["k"] <= 10
-                and r.get("tag") in ("grid", "kfold") and r.get("folds", FOLDS) == FOLDS):
+                and r.get("tag") in tags and r.get("folds", FOLDS) == FOLDS):
             latest[(r["k"], r.get("fold", 0), r.get("draw", 0))] = r
     out: list[str] = []
     for k in sorted({key[0] for key in latest}):
@@ -545,6 +547,8 @@ def render() -> None:
     out += cross_validation([r for r in cells if without_bf16(r)], avx2)
     out += cross_validation([r for r in cells if without_bf16(r)], avx2, folds=5)
     out += few_images_over_folds([r for r in cells if without_bf16(r)], avx2)
+    out += few_images_over_folds([r for r in cells if without_bf16(r)], avx2 + ", the code "
+                                 "before the rule alone was sized (a4e1b8c)", ("rule-native",))
     out += ["", "every run (commit = the code it ran; rows without one ran before the recipe "
             "was final: no step cap, instance settings re-chosen on any hold-out, no "
             "rule-alone comparison):",
