@@ -8,7 +8,8 @@ starts from the base weights (``init_from``) under a fine-tuning schedule and a 
 then scores the base and the fine-tuned model on held-back images through the inference
 engine (:mod:`medseg.training.finetune_score`). When the fine-tune gives the model a channel
 rule it did not have (colour or inverted images), the base's weights with that rule and no
-training are scored too, and the better weights are kept. Only a model better than the base
+training are scored too (at one object scale, sizing each image as the fine-tuned weights do),
+and the better weights are kept. Only a model better than the base
 is written where asked; one that is not better is kept as a named candidate, and the result
 says so. The new card
 names its base, its images and both figures (:mod:`medseg.training.finetune_card`).
