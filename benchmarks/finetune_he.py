@@ -464,11 +464,11 @@ def over_seeds(pooled_of: dict[tuple, float]) -> list[str]:
 
 def few_images_over_folds(rows: list[dict], machine: str = "",
                           tags: tuple[str, ...] = ("grid", "kfold")) -> list[str]:
-    """Lines of the few-image fine-tunes (K < the pool, 10 min, one object scale, tag ``grid``
-    on fold 0 or ``kfold`` on the others, or one of ``tags``) over the colour-group folds: per
-    K and fold the test AP@0.5 of each draw, and per draw number the AP@0.5 pooled over every
-    fold's test images (all 47 images, each scored by a fine-tune that did not see it); latest
-    run of each cell."""
+    """Lines of the few-image fine-tunes (K < the pool, 10 min, one object scale, tagged one of
+    ``tags``: by default ``grid`` on fold 0, ``kfold`` on the others) over the colour-group
+    folds: per K and fold the test AP@0.5 of each draw, and per draw number the AP@0.5 pooled
+    over every fold's test images (all 47 images, each scored by a fine-tune that did not see
+    it); latest run of each cell."""
     latest: dict[tuple[int, int, int], dict] = {}
     for r in rows:
         if (r["kind"] == "cell" and r.get("commit") and r.get("object_scale")
@@ -543,12 +543,13 @@ def render() -> None:
                            else "native scale (before one object scale)")
     out += cross_validation(folded)
     out += few_images_over_folds(folded)
+    float32 = [r for r in cells if without_bf16(r)]
     avx2 = " on the CPU without bf16 (AMD EPYC, AVX2 only: float32)"
-    out += cross_validation([r for r in cells if without_bf16(r)], avx2)
-    out += cross_validation([r for r in cells if without_bf16(r)], avx2, folds=5)
-    out += few_images_over_folds([r for r in cells if without_bf16(r)], avx2)
-    out += few_images_over_folds([r for r in cells if without_bf16(r)], avx2 + ", the code "
-                                 "before the rule alone was sized (a4e1b8c)", ("rule-native",))
+    out += cross_validation(float32, avx2)
+    out += cross_validation(float32, avx2, folds=5)
+    out += few_images_over_folds(float32, avx2)
+    out += few_images_over_folds(float32, avx2 + ", the code before the rule alone was sized "
+                                 "(a4e1b8c)", ("rule-native",))
     out += ["", "every run (commit = the code it ran; rows without one ran before the recipe "
             "was final: no step cap, instance settings re-chosen on any hold-out, no "
             "rule-alone comparison):",

@@ -88,8 +88,7 @@ def test_finetune_2d_colour_instance_model(tmp_path: Path, user_models: Path) ->
     base_instances = read_model_card(resolve_model("nuclei")).instances
     # the base's instance settings (each image sized to the base's objects), or others
     # re-chosen on the held-back images
-    settings = {k: v for k, v in card.instances.items() if k != "object_diameter"}
-    assert (settings == base_instances) != story["instances_rechosen"]
+    assert (_without_diameter(card.instances) == base_instances) != story["instances_rechosen"]
     assert card.instances["method"] == "boundary" and set(card.instances) >= set(
         base_instances) - {"min_score"}
     assert card.domain["num_cases"] == 2 and card.domain["unit"] == "px"
@@ -133,14 +132,18 @@ def test_the_rule_alone_is_scored_and_kept_sized_to_the_base_objects(tmp_path: P
                                       export=tmp_path / "he.safetensors",
                                       overrides={**FEW_STEPS, "lr": 0.0,
                                                  "patch_size": [64, 64]}))
-    story = read_model_card(result.model_path).training["finetune"]
-    assert result.kept_base_weights
-    assert result.with_rule == pytest.approx(story["trained"], abs=1e-4)
     card = read_model_card(result.model_path)
+    assert result.kept_base_weights
+    assert result.with_rule == pytest.approx(card.training["finetune"]["trained"], abs=1e-4)
     assert card.instances["object_diameter"] == "auto"
     assert card.channel_rule == "luminance-auto"
-    base = read_model_card(resolve_model("nuclei")).instances
-    assert {k: v for k, v in card.instances.items() if k != "object_diameter"} == base
+    assert _without_diameter(card.instances) == read_model_card(
+        resolve_model("nuclei")).instances
+
+
+def _without_diameter(instances: dict) -> dict:
+    """A card's instance settings but the object diameter (how each image is sized)."""
+    return {k: v for k, v in instances.items() if k != "object_diameter"}
 
 
 def test_a_model_not_better_is_kept_as_a_candidate_only(tmp_path: Path) -> None:
