@@ -42,13 +42,18 @@ def _save_kill_model(path: Path) -> Path:
     return save_model(path, build_network(config), card)
 
 
+def _records(out: Path) -> list[Path]:
+    """The case records in ``out``: not the run's own files (``_summary.json``), and not a
+    temporary a kill left between its write and its rename (pathlib's glob matches dot-files)."""
+    return [p for p in out.glob("*.json")
+            if not p.name.startswith("_") and not p.name.startswith(TMP_PREFIX)]
+
+
 def _check_visible_outputs_complete(out: Path, shape: tuple[int, ...] = (24, 24, 24)
                                     ) -> set[str]:
     """Every visible output file is complete; returns the finished case ids."""
     finished = set()
-    for record_file in out.glob("*.json"):
-        if record_file.name.startswith("_"):
-            continue
+    for record_file in _records(out):
         record = json.loads(record_file.read_text())  # a record is never half-written
         assert record["status"] == "ok"
         assert (out / record["outputs"]["nifti"]).is_file()  # outputs precede their record
@@ -99,7 +104,7 @@ def _check_summary_matches_records(out: Path) -> dict:
     records on disk are the already-done cases, the ok cases it lists, and perhaps cases it
     lists as running (killed between a case's record and the next summary)."""
     summary = json.loads((out / "_summary.json").read_text())
-    ok_on_disk = {p.stem for p in out.glob("*.json") if not p.name.startswith("_")}
+    ok_on_disk = {p.stem for p in _records(out)}
     failed_on_disk = {p.stem for p in (out / "_failed").glob("*.json")}
     listed_ok = {r["case_id"] for r in summary["records"] if r["status"] == "ok"}
     running = set(summary["running"])
