@@ -153,6 +153,8 @@ def _default(param: Any) -> str:
         return "required"
     value = param.default
     if param.is_flag and param.secondary_opts:
+        if value is None:  # neither flag given: the code decides (the help says how)
+            return "auto"
         return (param.opts if value else param.secondary_opts)[0]
     if param.is_flag:
         return "off" if not value else "on"

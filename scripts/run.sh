@@ -49,7 +49,7 @@ setup_python() {
 
 setup_test_system() {
     # Xvfb + Mesa for the napari GUI tests; dicom3tools for the DICOM validator dciodvfy.
-    apt_install "command -v xvfb-run && command -v dciodvfy && test -e /usr/lib/x86_64-linux-gnu/libxcb-cursor.so.0" \
+    apt_install "command -v xvfb-run && command -v dciodvfy && { ldconfig -p || /sbin/ldconfig -p; } | grep -q libxcb-cursor.so.0" \
         xvfb xauth libgl1-mesa-dri libglx-mesa0 libegl1 libxkbcommon-x11-0 libxcb-icccm4 \
         libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-xinerama0 \
         libxcb-xfixes0 libxcb-shape0 libxcb-cursor0 libdbus-1-3 libfontconfig1 dicom3tools

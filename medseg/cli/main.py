@@ -70,7 +70,8 @@ def demo_command(
                                help="Train the lesion model here first, on synthetic volumes."),
     train_minutes: float | None = typer.Option(
         None, "--train-minutes",
-        help="Training time budget with --train (default 3; the shipped model took 50)."),
+        help="Training time budget with --train (default 3, or 0.5 with --size small; "
+             "the shipped model took 50)."),
     device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ..."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every step."),
@@ -107,7 +108,7 @@ def models_command(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """List the models shipped with medseg and your own (fine-tuned) ones: name, version,
-    modality, labels, spacing.
+    modality, the label ids its outputs hold, spacing.
 
     Example: medseg models --json
     """
@@ -121,8 +122,14 @@ def models_command(
     for r in rows:
         typer.echo(f"{r['name']}  ({r['source']}, medseg {r['medseg_version']}, card "
                    f"{r['card_sha256'][:12]})")
-        typer.echo(f"  modality {r['modality'] or '?'}, labels {r['labels']}, "
-                   f"spacing {r['target_spacing_mm']} mm, window {r['roi_size']}")
+        if r["unit"] == "px":
+            spacing = "on the image's own pixels"
+        elif r["target_spacing_mm"] is None and r["fov_pixels"]:
+            spacing = f"field of view resampled to {r['fov_pixels']} px"
+        else:
+            spacing = f"spacing {r['target_spacing_mm']} {r['unit']}"
+        typer.echo(f"  modality {r['modality'] or '?'}, writes {r['output_labels']}, "
+                   f"{spacing}, window {r['roi_size']}")
         if r["description"]:
             typer.echo(f"  {r['description']}")
         typer.echo(f"  {r['path']}")
@@ -171,8 +178,14 @@ def _shipped_models(*, user: bool = False) -> list[dict[str, Any]]:
             "medseg_version": card.versions.get("medseg", "?"),
             "card_sha256": card.hash(),
             "modality": card.modality,
-            "labels": {str(k): v for k, v in card.label_names.items()},
+            "labels": {str(k): v for k, v in card.label_names.items()},  # network classes
+            # what its label files hold: object ids for an instance model, else the classes
+            "output_labels": ("objects 1..N (one id per object), 0 background"
+                              if card.instances else
+                              ", ".join(f"{k} {v}" for k, v in sorted(card.label_names.items()))),
+            "unit": (card.domain or {}).get("unit", "mm"),
             "target_spacing_mm": card.target_spacing,
+            "fov_pixels": card.fov_pixels,
             "roi_size": card.roi_size,
             "description": card.description,
         })

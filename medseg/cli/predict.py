@@ -69,7 +69,8 @@ def predict_command(
     amp: bool | None = typer.Option(None, "--amp/--no-amp", help="Mixed precision (default: "
                                     "on for CUDA and for CPUs with native bf16)."),
     low_memory: bool = typer.Option(False, "--low-memory", help="Smaller peak memory, slower "
-                                    "forward passes (see README); Ray workers get it too."),
+                                    "forward passes (see docs/predict.md); Ray workers get it "
+                                    "too."),
     whole_image: bool | None = typer.Option(None, "--whole-image/--windows", help="2D "
                                             "models: run each image whole in one pass, or in "
                                             "overlapping windows (default: whole up to about "
@@ -117,8 +118,8 @@ def predict_command(
                                     "the local backend, sharing the threads (default: 2 for a "
                                     "2D model on a multi-core CPU, else 1)."),
     backend: str = typer.Option("local", "--backend", help="local (this process) or ray "
-                                "(spread cases over Ray workers; pip install "
-                                "'medseg[distributed]')."),
+                                "(spread cases over Ray workers; needs the optional "
+                                "'distributed' extra, see docs/SCALING.md)."),
     workers: int | None = typer.Option(None, "--workers", help="Ray workers (default: one per "
                                        "GPU, else one per CPU)."),
     ray_address: str | None = typer.Option(None, "--ray-address", help="Join this Ray cluster "

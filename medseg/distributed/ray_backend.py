@@ -14,7 +14,8 @@ Failure isolation: :func:`predict_case` records a case problem instead of raisin
 process dies (out of memory, a crash in a native library), its case is recorded as failed and a
 fresh actor takes its place; the other cases go on.
 
-Ray is imported only here, and only when a runner starts (``pip install 'medseg[distributed]'``).
+Ray is imported only here, and only when a runner starts (``pip install ".[distributed]"`` from
+the clone).
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ def import_ray() -> ModuleType:
     try:
         import ray
     except ImportError as exc:
-        raise ConfigError("the Ray backend needs Ray: pip install 'medseg[distributed]'") from exc
+        raise ConfigError("the Ray backend needs Ray: pip install '.[distributed]' in "
+                          "medseg's clone (the optional 'distributed' extra)") from exc
     return ray
 
 

@@ -153,6 +153,26 @@ def test_models_and_info_commands_list_the_demo_model():
     assert "medseg 0.1.0" in result.output
 
 
+def test_models_says_what_the_label_files_hold_and_on_which_grid():
+    """An instance model's files hold object ids (not its network classes); a pixel model runs
+    on the image's own pixels (no spacing in mm); a slice model at its field of view."""
+    result = CliRunner().invoke(app, ["models"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+
+    def about(name: str) -> str:
+        return next(lines[i + 1] for i, line in enumerate(lines) if line.startswith(f"{name} "))
+
+    assert "writes objects 1..N (one id per object), 0 background" in about("nuclei")
+    assert "on the image's own pixels" in about("nuclei") and " mm" not in about("nuclei")
+    assert "writes 0 background, 1 liver, 2 lesion, spacing [2.5, 2.5, 2.5] mm" in about(
+        DEMO_MODEL_NAME)
+    assert "field of view resampled to [256, 256] px" in about("brain-flair-tumour")
+    rows = {r["name"]: r for r in json.loads(CliRunner().invoke(app, ["models", "--json"]).output)}
+    assert rows["nuclei"]["labels"] == {"0": "background", "1": "interior", "2": "boundary"}
+    assert rows["nuclei"]["output_labels"].startswith("objects 1..N")
+
+
 def test_demo_errors_are_one_line_messages(tmp_path):
     runner = CliRunner()
     result = runner.invoke(app, ["demo", "--size", "huge", "--out", str(tmp_path / "o")])

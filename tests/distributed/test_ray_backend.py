@@ -149,7 +149,7 @@ def test_missing_ray_and_bad_options_are_config_errors(monkeypatch: pytest.Monke
     empty = RayRunner()  # nothing to predict: Ray is never imported nor started
     assert list(empty([], BatchOptions(), tmp_path, lambda: None)) == [] and empty._ray is None
     monkeypatch.setitem(sys.modules, "ray", None)
-    with pytest.raises(ConfigError, match=r"needs Ray: pip install 'medseg\[distributed\]'"):
+    with pytest.raises(ConfigError, match=r"needs Ray: pip install '\.\[distributed\]'"):
         import_ray()
 
 
