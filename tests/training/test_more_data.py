@@ -4,6 +4,7 @@ as a FLAIR NIfTI volume (how unseen patients arrive) give the network the same i
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import nibabel as nib
@@ -116,10 +117,12 @@ def _percentile():
     return NormalizationConfig(scheme="percentile")
 
 
+@pytest.mark.parametrize("nonzero", [False, True])
 def test_lgg_tiff_patient_and_its_nifti_give_the_model_the_same_input(
-        shared_data: Path, tmp_path: Path) -> None:
+        shared_data: Path, tmp_path: Path, nonzero: bool) -> None:
     """Training reads a patient's TIFF slices; the shipped model is judged on the same patient
-    as a FLAIR NIfTI built as SOURCE.txt says. What the network sees must be identical."""
+    as a FLAIR NIfTI built as SOURCE.txt says. What the network sees must be identical, with the
+    card's normalisation and with its statistics over the head alone (``percentile-nonzero``)."""
     cfg = load_config(REPO / "workflows" / "brain_tumour.yaml", overrides={
         "data.path": str(shared_data / "lgg_flair"),
         "data.more": [{"source": "msd", "path": str(shared_data / "lgg_flair_more"),
@@ -128,6 +131,7 @@ def test_lgg_tiff_patient_and_its_nifti_give_the_model_the_same_input(
     raw = load_raw_case(pair, label_values=cfg.data.label_values, num_classes=2,
                         channels=cfg.data.channels)
     seg = Segmenter.from_file("brain-flair-tumour")
+    seg.card.normalization = dataclasses.replace(seg.card.normalization, nonzero=nonzero)
     trained = prepare_case(raw, normalization=seg.card.normalization, target_spacing=None,
                            num_classes=2)
 
