@@ -20,8 +20,11 @@ apt_install() {  # apt_install CHECK_CMD PKG...: install Debian packages if CHEC
     if eval "$check" >/dev/null 2>&1; then return 0; fi
     if [ "${MEDSEG_SKIP_APT:-0}" = 1 ]; then log "skipping apt-get for: $*"; return 0; fi
     local sudo=""
-    [ "$(id -u)" = 0 ] || sudo="sudo"
     if ! command -v apt-get >/dev/null; then log "no apt-get: install $* yourself"; return 0; fi
+    if [ "$(id -u)" != 0 ]; then
+        if ! command -v sudo >/dev/null; then log "not root and no sudo: install $* yourself"; return 0; fi
+        sudo="sudo"
+    fi
     log "installing system packages: $*"
     $sudo apt-get update -qq >/dev/null
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null
@@ -49,7 +52,7 @@ setup_python() {
 
 setup_test_system() {
     # Xvfb + Mesa for the napari GUI tests; dicom3tools for the DICOM validator dciodvfy.
-    apt_install "command -v xvfb-run && command -v dciodvfy && { ldconfig -p || /sbin/ldconfig -p; } | grep -q libxcb-cursor.so.0" \
+    apt_install "command -v xvfb-run && command -v dciodvfy && { ldconfig -p 2>/dev/null || /sbin/ldconfig -p; } | grep libxcb-cursor.so.0" \
         xvfb xauth libgl1-mesa-dri libglx-mesa0 libegl1 libxkbcommon-x11-0 libxcb-icccm4 \
         libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-xinerama0 \
         libxcb-xfixes0 libxcb-shape0 libxcb-cursor0 libdbus-1-3 libfontconfig1 dicom3tools

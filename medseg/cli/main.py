@@ -122,12 +122,13 @@ def models_command(
     for r in rows:
         typer.echo(f"{r['name']}  ({r['source']}, medseg {r['medseg_version']}, card "
                    f"{r['card_sha256'][:12]})")
-        if r["unit"] == "px":
-            spacing = "on the image's own pixels"
-        elif r["target_spacing_mm"] is None and r["fov_pixels"]:
+        grid = r["target_spacing_mm"]  # in the card's unit (px for pixel models)
+        if r["fov_pixels"]:
             spacing = f"field of view resampled to {r['fov_pixels']} px"
+        elif grid is None or (r["unit"] == "px" and all(s == 1 for s in grid)):
+            spacing = "on the image's own pixels"
         else:
-            spacing = f"spacing {r['target_spacing_mm']} {r['unit']}"
+            spacing = f"spacing {grid} {r['unit']}"
         typer.echo(f"  modality {r['modality'] or '?'}, writes {r['output_labels']}, "
                    f"{spacing}, window {r['roi_size']}")
         if r["description"]:

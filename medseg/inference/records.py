@@ -184,7 +184,7 @@ class BatchSummary:
         started_at: ISO-8601 UTC start time.
         provenance: Provenance of the model used (empty if nothing needed predicting).
         state: ``"running"`` while the run goes (also what a killed run leaves), then
-            ``"finished"``.
+            ``"finished"``; ``"interrupted"`` when an exception or Ctrl-C stopped it.
         running: Ids of the cases being predicted when the summary was written (``None``:
             the runner does not report them, e.g. Ray workers).
         pending: Cases of this run not started yet.

@@ -105,7 +105,7 @@ def _check_summary_matches_records(out: Path) -> dict:
     lists as running (killed between a case's record and the next summary)."""
     summary = json.loads((out / "_summary.json").read_text())
     ok_on_disk = {p.stem for p in _records(out)}
-    failed_on_disk = {p.stem for p in (out / "_failed").glob("*.json")}
+    failed_on_disk = {p.stem for p in _records(out / "_failed")}
     listed_ok = {r["case_id"] for r in summary["records"] if r["status"] == "ok"}
     running = set(summary["running"])
     assert summary["completed"] == len(listed_ok) and listed_ok <= ok_on_disk
