@@ -321,6 +321,13 @@ class ModelCard:
         """SHA-256 of the canonical card JSON (identifies preprocessing + labels + training)."""
         return hashlib.sha256(self.to_json().encode()).hexdigest()
 
+    def output_labels(self) -> str:
+        """What the model's label files hold, in words: one id per object for an instance model
+        (not its network classes), else each class id and name."""
+        if self.instances:
+            return "objects 1..N (one id per object), 0 background"
+        return ", ".join(f"{k} {v}" for k, v in sorted(self.label_names.items()))
+
 
 def library_versions() -> dict[str, str]:
     """Versions of the libraries that shape a model's behaviour, for provenance records."""

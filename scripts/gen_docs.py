@@ -266,12 +266,6 @@ def _input(card: Any) -> str:
     return f"{modality} 2D image{channels}, {where}"
 
 
-def _labels(card: Any) -> str:
-    if card.instances:
-        return "objects 1..N (one id per object), 0 background"
-    return ", ".join(f"{k} {v}" for k, v in sorted(card.label_names.items()))
-
-
 def _licence(card: Any) -> str:
     if (card.domain or {}).get("synthetic"):
         return SYNTHETIC_LICENCE
@@ -298,14 +292,14 @@ def render_models_table() -> str:
                              "to SCORES in scripts/gen_docs.py with its benchmark output")
         rows.append(f"| [`{card.name}`](docs/models.md#{card.name}) | "
                     f"{_cell(_segments(card, intended))} | {_cell(_input(card))} | "
-                    f"{_cell(_labels(card))} | {_cell(SCORES[card.name])} | "
+                    f"{_cell(card.output_labels())} | {_cell(SCORES[card.name])} | "
                     f"{_cell(_licence(card))} |")
     return "\n".join(rows)
 
 
 def render_label_ids() -> str:
     rows = ["| model | label ids |", "|---|---|"]
-    rows += [f"| `{card.name}` | {_cell(_labels(card))} |" for card in _cards()]
+    rows += [f"| `{card.name}` | {_cell(card.output_labels())} |" for card in _cards()]
     return "\n".join(rows)
 
 

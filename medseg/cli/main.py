@@ -180,10 +180,7 @@ def _shipped_models(*, user: bool = False) -> list[dict[str, Any]]:
             "card_sha256": card.hash(),
             "modality": card.modality,
             "labels": {str(k): v for k, v in card.label_names.items()},  # network classes
-            # what its label files hold: object ids for an instance model, else the classes
-            "output_labels": ("objects 1..N (one id per object), 0 background"
-                              if card.instances else
-                              ", ".join(f"{k} {v}" for k, v in sorted(card.label_names.items()))),
+            "output_labels": card.output_labels(),
             "unit": (card.domain or {}).get("unit", "mm"),
             "target_spacing_mm": card.target_spacing,
             "fov_pixels": card.fov_pixels,

@@ -9,10 +9,9 @@ then scores the base and the fine-tuned model on held-back images through the in
 engine (:mod:`medseg.training.finetune_score`). When the fine-tune gives the model a channel
 rule it did not have (colour or inverted images), the base's weights with that rule and no
 training are scored too (at one object scale, sizing each image as the fine-tuned weights do),
-and the better weights are kept. Only a model better than the base
-is written where asked; one that is not better is kept as a named candidate, and the result
-says so. The new card
-names its base, its images and both figures (:mod:`medseg.training.finetune_card`).
+and the better weights are kept. Only a model better than the base is written where asked; one
+that is not better is kept as a named candidate, and the result says so. The new card names its
+base, its images and both figures (:mod:`medseg.training.finetune_card`).
 
 Examples:
     >>> from pathlib import Path
